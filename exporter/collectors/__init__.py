@@ -1,0 +1,1 @@
+"""Database-backed metric sources, refreshed in the background (see base.py)."""

@@ -1,0 +1,288 @@
+"""The YAML configuration: strict structure, runbook defaults, one ConfigError per problem.
+
+Durations are written the Prometheus way (`30s`, `5m`, `1h`, `1h30m`) and held as seconds.
+Secrets are never part of this file: they come from the environment or from files (see secrets.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exporter.labels import REASON_CLASSES
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message lists every problem with its location."""
+
+
+def parse_duration(value: Any) -> float:
+    """Parse `15s`, `5m`, `1h30m` (or a bare number of seconds) into seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION_PART.sub("", value) == "":
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError(f"invalid duration {value!r}: use a number with a unit, like 30s, 5m or 1h")
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus-style spelling of a duration, used for the `window` label."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Model):
+    # The DSN may also come from DATABASE_URL; its password only from the environment or a file.
+    dsn: str | None = None
+    pool_min_size: int = Field(default=0, ge=0)
+    pool_max_size: int = Field(default=4, ge=1)
+    connect_timeout: Duration = 5.0
+    health_interval: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseConfig:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) is larger than "
+                f"pool_max_size ({self.pool_max_size})"
+            )
+        return self
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password_in_dsn(cls, dsn: str | None) -> str | None:
+        if dsn and re.match(r"^[a-z]+://[^/@]*:[^/@]+@", dsn):
+            raise ValueError(
+                "the DSN contains a password: put it in DATABASE_PASSWORD or "
+                "DATABASE_PASSWORD_FILE instead"
+            )
+        return dsn
+
+
+class CollectorConfig(_Model):
+    interval: Duration = 15.0
+    timeout: Duration = 10.0
+    # Snapshots older than this are dropped from /metrics; null keeps the last values forever.
+    snapshot_expiry: Duration | None = 300.0
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> CollectorConfig:
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({format_duration(self.timeout)}) is longer than "
+                f"interval ({format_duration(self.interval)}): refreshes would overlap"
+            )
+        return self
+
+
+def _default_reason_patterns() -> dict[str, list[str]]:
+    # Ordered: the first class whose pattern matches wins, so specific causes come before
+    # generic words such as "timeout" or "unavailable".
+    return {
+        "insufficient_funds": [r"insufficient[\s_-]*(funds|balance)"],
+        "invalid_amount": [
+            r"invalid[\s_-]*(amount|volume|arguments:volume)",
+            r"volume minimum not met",
+            r"order minimum not met",
+        ],
+        "auth": [
+            r"invalid[\s_-]*(signature|key|nonce)",
+            r"permission denied",
+            r"temporary lockout",
+            r"unauthori[sz]ed",
+            r"forbidden",
+            r"authentication",
+            r"\b40[13]\b",
+        ],
+        "rate_limited": [r"rate[\s_-]*limit", r"too many requests", r"\b429\b"],
+        "maintenance": [r"maintenance", r"cancel[\s_-]*only", r"post[\s_-]*only"],
+        "network_timeout": [
+            r"time[\s_-]*d?[\s_-]*out",
+            r"deadline elapsed",
+            r"etimedout|econnreset|econnrefused|enotfound|eai_again",
+            r"socket hang up",
+            r"connection (refused|reset|closed|aborted)",
+            r"network",
+            r"dns",
+        ],
+        "exchange_unavailable": [
+            r"eservice:(unavailable|busy)",
+            r"service unavailable",
+            r"bad gateway",
+            r"\b50[0234]\b",
+            r"exchange[\s_-]*(api[\s_-]*)?(down|unavailable|error)",
+            r"circuit[\s_-]*breaker",
+            r"api[\s_-]*(error|failure)",
+        ],
+    }
+
+
+class PurchasesConfig(_Model):
+    windows: list[Duration] = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
+    # Failure-reason classes in match order; every pattern is a case-insensitive regex.
+    failure_reasons: dict[str, list[str]] = Field(default_factory=_default_reason_patterns)
+    # The runbook's retry criteria.
+    retry_window: Duration = 3600.0
+    retry_max_count: int = Field(default=3, ge=1)
+    retry_excluded_reasons: list[str] = Field(
+        default_factory=lambda: ["insufficient_funds", "invalid_amount"]
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _distinct_windows(cls, windows: list[float]) -> list[float]:
+        if len(set(windows)) != len(windows):
+            raise ValueError("windows must be distinct")
+        return sorted(windows)
+
+    @field_validator("failure_reasons")
+    @classmethod
+    def _known_classes_and_valid_patterns(cls, reasons: dict[str, list[str]]) -> dict:
+        for name, patterns in reasons.items():
+            if name not in REASON_CLASSES or name == "other":
+                allowed = ", ".join(c for c in REASON_CLASSES if c != "other")
+                raise ValueError(f"unknown failure reason class {name!r}: use one of {allowed}")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"invalid pattern {pattern!r} for {name!r}: {exc}") from exc
+        return reasons
+
+    @field_validator("retry_excluded_reasons")
+    @classmethod
+    def _known_excluded(cls, reasons: list[str]) -> list[str]:
+        for name in reasons:
+            if name not in REASON_CLASSES:
+                raise ValueError(f"unknown failure reason class {name!r}")
+        return reasons
+
+
+class ApiCallsConfig(_Model):
+    windows: list[Duration] = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
+    # `endpoint` label values; anything else in api_call_logs counts as `other`.
+    endpoints: list[str] = Field(
+        default_factory=lambda: ["getCurrentPrice", "getBalance", "getOrderBook", "placeOrder"]
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _distinct_windows(cls, windows: list[float]) -> list[float]:
+        if len(set(windows)) != len(windows):
+            raise ValueError("windows must be distinct")
+        return sorted(windows)
+
+
+class KrakenConfig(_Model):
+    base_url: str = "https://api.kraken.com"
+    timeout: Duration = 10.0
+    probe_interval: Duration = 30.0  # the runbook's health check runs every 30 seconds
+    slow_threshold: Duration = 5.0  # the runbook warns above 5000 ms
+    enabled: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
+        return url.rstrip("/")
+
+
+_LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Config(_Model):
+    exchanges: list[str] = Field(default_factory=lambda: ["kraken"], min_length=1)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    collectors: CollectorConfig = Field(default_factory=CollectorConfig)
+    purchases: PurchasesConfig = Field(default_factory=PurchasesConfig)
+    api_calls: ApiCallsConfig = Field(default_factory=ApiCallsConfig)
+    kraken: KrakenConfig = Field(default_factory=KrakenConfig)
+
+    @field_validator("exchanges")
+    @classmethod
+    def _exchange_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _LABEL_VALUE.match(name) or name == "other":
+                raise ValueError(
+                    f"invalid exchange name {name!r}: lower-case letters, digits and _, not 'other'"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("exchanges must be distinct")
+        return names
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    where = _location(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if error["type"] in ("missing",):
+        return f"{where}: required"
+    bad = error.get("input")
+    if bad is not None and not isinstance(bad, dict | list) and repr(bad) not in message:
+        return f"{where}: {message} (got {bad!r})"
+    return f"{where}: {message}"
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate a decoded YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"{source}: invalid configuration:\n{problems}") from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the config file; no file means all defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

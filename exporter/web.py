@@ -1,0 +1,136 @@
+"""The aiohttp application: state under typed app keys, one cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from exporter import __version__
+from exporter.classify import ReasonClassifier
+from exporter.collectors.api_calls import ApiCallsSource
+from exporter.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
+from exporter.collectors.controls import ControlsSource
+from exporter.collectors.purchases import PurchasesSource
+from exporter.config import Config
+from exporter.db import Connection, DatabaseMonitor, create_pool
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+CONNECTION = web.AppKey("connection", Connection)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+POOL = web.AppKey("pool", asyncpg.Pool)
+DB_MONITOR = web.AppKey("db_monitor", DatabaseMonitor)
+RUNNERS = web.AppKey("runners", list[SnapshotRunner])
+
+def build_sources(config: Config) -> list[Source]:
+    classifier = ReasonClassifier(config.purchases.failure_reasons)
+    return [PurchasesSource(config, classifier), ApiCallsSource(config), ControlsSource(config)]
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    connection, config = app[CONNECTION], app[CONFIG]
+    app[POOL] = await create_pool(connection, config.database)
+    log.info("database pool created", extra={"dsn": connection.masked})
+    yield
+    await app[POOL].close()
+
+
+@contextlib.asynccontextmanager
+async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run one background task for the lifetime of the block; cancel and await it at the end."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].database
+    monitor = DatabaseMonitor(app[POOL], config.health_interval, config.connect_timeout)
+    app[DB_MONITOR] = monitor
+    Gauge(
+        "liquid_abt_db_up",
+        "1 when the last ping of the database succeeded.",
+        registry=app[REGISTRY],
+    ).set_function(lambda: 1.0 if monitor.up else 0.0)
+    async with _task("db-monitor", monitor.run()):
+        yield
+
+
+async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    sources = build_sources(config)
+    metrics = SelfMetrics(app[REGISTRY], [s.name for s in sources])
+    collectors = config.collectors
+    app[RUNNERS] = [
+        SnapshotRunner(
+            source, app[POOL], metrics, collectors.interval, collectors.timeout,
+            collectors.snapshot_expiry,
+        )  # fmt: skip
+        for source in sources
+    ]
+    app[REGISTRY].register(SnapshotExposition(app[RUNNERS]))
+    async with contextlib.AsyncExitStack() as stack:
+        for runner in app[RUNNERS]:
+            await stack.enter_async_context(_task(f"collector-{runner.name}", runner.run()))
+        yield
+
+
+def _build_info(registry: CollectorRegistry) -> None:
+    Gauge(
+        "liquid_abt_build_info",
+        "Always 1; the labels say which build is running.",
+        ["version", "python_version"],
+        registry=registry,
+    ).labels(__version__, platform.python_version()).set(1)
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    monitor = request.app[DB_MONITOR]
+    if monitor.up:
+        return web.Response(text="Ready.\n")
+    reason = monitor.last_error or "not checked yet"
+    return web.Response(status=503, text=f"Not ready: database unreachable: {reason}\n")
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(
+        content_type="text/html",
+        text=(
+            "<html><head><title>LIQUID ABT exporter</title></head><body>"
+            "<h1>LIQUID ABT exporter</h1><p><a href='/metrics'>Metrics</a></p>"
+            "</body></html>"
+        ),
+    )
+
+
+def create_app(config: Config, connection: Connection) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[CONFIG] = config
+    app[CONNECTION] = connection
+    app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    _build_info(app[REGISTRY])
+    # Order matters: each context may use what the previous ones created.
+    app.cleanup_ctx.extend([_pool_ctx, _monitor_ctx, _runners_ctx])
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    return app
