@@ -1,0 +1,99 @@
+"""Shared fixtures: a real PostgreSQL (throwaway, or DATABASE_URL), a fresh database per test.
+
+The session migrates one template database; each test gets its own copy of it, so tests never
+see each other's rows and need no cleanup of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from prometheus_client import disable_created_metrics
+
+from exporter.db import Connection
+from exporter.embedded_pg import EmbeddedPostgres
+from exporter.migrate import migrate
+
+TEMPLATE_DB = "liquid_abt_test_template"
+
+# As the CLI does: keeps the samples the tests read free of `_created` series.
+disable_created_metrics()
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def writable_tmp_dir(prefix: str) -> Path:
+    """A temporary folder the embedded server's unprivileged user can reach."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """The admin DSN of the server the tests use."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    server = EmbeddedPostgres(writable_tmp_dir("liquid-abt-test-pg-") / "pg")
+    server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+async def _create_template(server_dsn: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(with_database(server_dsn, TEMPLATE_DB))
+    try:
+        await migrate(conn, with_platform_schema=True)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_dsn: str) -> str:
+    asyncio.run(_create_template(pg_server_dsn))
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+async def database(pg_server_dsn: str, template_db: str) -> AsyncIterator[Connection]:
+    """A fresh, migrated database with the platform tables, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    finally:
+        await admin.close()
+    yield Connection(with_database(pg_server_dsn, name))
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database: Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test's database, for arranging rows and reading results."""
+    conn = await asyncpg.connect(database.dsn)
+    yield conn
+    await conn.close()
