@@ -243,6 +243,9 @@ class Config(_Model):
         return names
 
 
+_SENSITIVE = {"dsn"}
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -255,6 +258,8 @@ def _describe(error: Any) -> str:
     if error["type"] in ("missing",):
         return f"{where}: required"
     bad = error.get("input")
+    if error["loc"] and error["loc"][-1] in _SENSITIVE:
+        return f"{where}: {message}"  # the value may hold a password: never echo it
     if bad is not None and not isinstance(bad, dict | list) and repr(bad) not in message:
         return f"{where}: {message} (got {bad!r})"
     return f"{where}: {message}"

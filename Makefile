@@ -1,0 +1,36 @@
+# The README's commands. `make run` and `make test` each set up everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,test]'
+	touch $(STAMP)
+
+## run: start the exporter (an embedded PostgreSQL when DATABASE_URL is not set)
+run: $(STAMP)
+	$(BIN)/liquid-abt-exporter serve $(ARGS)
+
+## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
+test: $(STAMP)
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff format --check exporter tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy exporter
+
+## bench: scrape and refresh cost against a large purchases table
+bench: $(STAMP)
+	$(BIN)/python bench/collector_refresh.py
+
+clean:
+	rm -rf $(VENV) .data

@@ -1,0 +1,294 @@
+"""Live probe of the Kraken REST API, and the recovery check the webhook receiver runs.
+
+A round calls SystemStatus, Ticker, Depth, Time (and Balance when keys are configured) one after
+the other, never in parallel: Kraken throttles public calls per IP, and that IP may be the one the
+platform buys from. A round stops early on timeout, network_error and rate_limited: the host is
+not answering or asks us to back off, and further calls would only wait or make it worse. So a
+hanging exchange costs one client timeout per round, not one per endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
+from .outcomes import OUTCOMES, Outcome
+
+OnResult = Callable[[str, bool, str], Awaitable[None]]
+
+# Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
+DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+_ABORTING: Final = frozenset({Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.RATE_LIMITED})
+
+
+class ProbeMetrics:
+    """The "Live Kraken probe" families of docs/metrics.md, every series pre-initialised."""
+
+    def __init__(self, registry: CollectorRegistry, exchange: str) -> None:
+        self.duration = Histogram(
+            "liquid_abt_exchange_request_duration_seconds",
+            "Duration of probe calls to the exchange API, failed calls included.",
+            ["exchange", "endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "liquid_abt_exchange_requests_total",
+            "Probe calls to the exchange API by outcome.",
+            ["exchange", "endpoint", "outcome"],
+            registry=registry,
+        )
+        self.up = Gauge(
+            "liquid_abt_exchange_up",
+            "1 when every call of the last probe round succeeded.",
+            ["exchange"],
+            registry=registry,
+        )
+        self.status = Gauge(
+            "liquid_abt_exchange_status",
+            "Exchange system status as a state set: 1 for the current status.",
+            ["exchange", "status"],
+            registry=registry,
+        )
+        self.consecutive_failures = Gauge(
+            "liquid_abt_exchange_consecutive_failures",
+            "Probe rounds failed in a row.",
+            ["exchange"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "liquid_abt_exchange_last_success_timestamp_seconds",
+            "Unix time of the last fully successful probe round (0 before the first).",
+            ["exchange"],
+            registry=registry,
+        )
+        self._exchange = exchange
+        for endpoint in ENDPOINTS:
+            self.duration.labels(exchange, endpoint)
+            for outcome in OUTCOMES:
+                self.requests.labels(exchange, endpoint, outcome)
+        for status in SYSTEM_STATUSES:
+            self.status.labels(exchange, status)
+        for gauge in (self.up, self.consecutive_failures, self.last_success):
+            gauge.labels(exchange)
+
+    def observe(self, endpoint: str, outcome: Outcome, seconds: float) -> None:
+        self.duration.labels(self._exchange, endpoint).observe(seconds)
+        self.requests.labels(self._exchange, endpoint, outcome.value).inc()
+
+    def set_status(self, status: str) -> None:
+        for state in SYSTEM_STATUSES:
+            self.status.labels(self._exchange, state).set(1 if state == status else 0)
+
+
+@dataclass(frozen=True)
+class CallResult:
+    endpoint: str
+    outcome: Outcome
+    value: Any = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One probe round: `outcome` is success or the first failure; `status` None if unknown."""
+
+    ok: bool
+    outcome: str
+    calls: tuple[CallResult, ...]
+    status: str | None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    ok: bool
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+
+class ExchangeProbe:
+    """Probes one exchange on an interval and keeps its metrics current.
+
+    `exchange_up` means "the API answered every call"; whether Kraken accepts orders is the
+    `status` state set (cancel_only keeps the API up but stops purchases), so alert on both.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        client: KrakenClient,
+        exchange: str = "kraken",
+        interval: float = 30.0,
+        slow_threshold: float = 5.0,
+        logger: logging.Logger | None = None,
+        on_result: OnResult | None = None,
+        *,
+        pair: str = "XBTAUD",
+        call_spacing: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._exchange = exchange
+        self._interval = interval
+        self._slow_threshold = slow_threshold
+        self._logger = logger or logging.getLogger(__name__)
+        self._on_result = on_result
+        self._pair = pair
+        # Kraken asks for about one public call per second per IP; keep well inside it.
+        self._call_spacing = call_spacing
+        self._metrics = ProbeMetrics(registry, exchange)
+        self._failures = 0
+        self._lock = asyncio.Lock()
+        self.last_round: RoundResult | None = None
+
+    async def run_forever(self) -> None:
+        """Probe until cancelled; rounds never overlap and start every interval +-10 %."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.run_once()
+            except Exception:  # a bug in one round must not end probing for good
+                self._logger.exception("exchange probe round crashed", extra=self._extra())
+            jittered = self._interval * random.uniform(0.9, 1.1)
+            await asyncio.sleep(max(0.0, jittered - (loop.time() - started)))
+
+    async def run_once(self) -> RoundResult:
+        """Run one round, update the metrics, then tell `on_result`."""
+        async with self._lock:
+            result = await self._round()
+            self._record(result)
+            self.last_round = result
+        # Outside the lock: a breaker callback may well start a recovery check.
+        await self._notify(result)
+        return result
+
+    async def recovery_check(self) -> RecoveryResult:
+        """The runbook's recovery tests: status online, price, balance (with keys), order book.
+
+        Stops at the first failure, as the runbook does; later checks are reported as skipped.
+        """
+        steps: list[tuple[str, str, Callable[[], Awaitable[Any]], Callable[[Any], Check]]] = [
+            ("system_status", "SystemStatus", self._client.system_status, _judge_status),
+            ("price", "Ticker", lambda: self._client.ticker(self._pair), _judge_price),
+        ]
+        if self._client.has_credentials:
+            steps.append(("balance", "Balance", self._client.balance, _judge_balance))
+        steps.append(("order_book", "Depth", lambda: self._client.depth(self._pair), _judge_book))
+        checks: list[Check] = []
+        async with self._lock:
+            for name, endpoint, call, judge in steps:
+                if checks and not checks[-1].ok:
+                    checks.append(Check(name, False, f"skipped: {checks[-1].name} failed"))
+                    continue
+                await self._space(first=not checks)
+                done = await self._call(endpoint, call)
+                ok = done.outcome is Outcome.SUCCESS
+                checks.append(judge(done.value) if ok else Check(name, False, done.detail))
+        return RecoveryResult(all(c.ok for c in checks), tuple(checks))
+
+    async def _round(self) -> RoundResult:
+        calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("SystemStatus", self._client.system_status),
+            ("Ticker", lambda: self._client.ticker(self._pair)),
+            ("Depth", lambda: self._client.depth(self._pair)),
+            ("Time", self._client.server_time),
+        ]
+        if self._client.has_credentials:
+            calls.append(("Balance", self._client.balance))
+        done: list[CallResult] = []
+        for endpoint, call in calls:
+            await self._space(first=not done)
+            done.append(await self._call(endpoint, call))
+            if done[-1].outcome in _ABORTING:
+                break
+        failures = [c for c in done if c.outcome is not Outcome.SUCCESS]
+        status = done[0].value if done[0].outcome is Outcome.SUCCESS else None
+        outcome = failures[0].outcome.value if failures else Outcome.SUCCESS.value
+        return RoundResult(not failures, outcome, tuple(done), status)
+
+    async def _space(self, *, first: bool) -> None:
+        if not first and self._call_spacing > 0:
+            await asyncio.sleep(self._call_spacing)
+
+    async def _call(self, endpoint: str, call: Callable[[], Awaitable[Any]]) -> CallResult:
+        started = time.monotonic()
+        try:
+            result = CallResult(endpoint, Outcome.SUCCESS, await call())
+        except KrakenError as exc:
+            result = CallResult(endpoint, exc.outcome, detail=str(exc))
+        elapsed = time.monotonic() - started
+        self._metrics.observe(endpoint, result.outcome, elapsed)
+        if elapsed > self._slow_threshold:
+            self._logger.warning(
+                "slow exchange API response",
+                extra=self._extra(endpoint=endpoint, seconds=round(elapsed, 3)),
+            )
+        return result
+
+    def _record(self, result: RoundResult) -> None:
+        m, ex = self._metrics, self._exchange
+        if result.status is not None:
+            if result.status not in SYSTEM_STATUSES:
+                self._logger.warning("unknown exchange status", extra=self._extra(status=result.status))
+            m.set_status(result.status)
+        m.up.labels(ex).set(1 if result.ok else 0)
+        if result.ok:
+            if self._failures:
+                self._logger.info("exchange probe recovered", extra=self._extra(rounds=self._failures))
+            self._failures = 0
+            m.last_success.labels(ex).set(time.time())
+        else:
+            self._failures += 1
+            failed = next(c for c in result.calls if c.outcome is not Outcome.SUCCESS)
+            self._logger.warning(
+                "exchange probe round failed",
+                extra=self._extra(
+                    outcome=result.outcome, detail=failed.detail, consecutive=self._failures
+                ),
+            )
+        m.consecutive_failures.labels(ex).set(self._failures)
+
+    async def _notify(self, result: RoundResult) -> None:
+        if self._on_result is None:
+            return
+        try:
+            await self._on_result(self._exchange, result.ok, result.outcome)
+        except Exception:  # the breaker's store being down must not stop the probe
+            self._logger.exception("exchange probe callback failed", extra=self._extra())
+
+    def _extra(self, **fields: object) -> dict[str, object]:
+        return {"exchange": self._exchange, **fields}
+
+
+def _judge_status(status: str) -> Check:
+    return Check("system_status", status == "online", f"status {status}")
+
+
+def _judge_price(price: Any) -> Check:
+    return Check("price", price > 0, f"last trade price {price}")
+
+
+def _judge_balance(balances: dict[str, Any]) -> Check:
+    # Amounts stay out of the detail: it ends up in the audit log.
+    return Check("balance", True, f"balance readable ({len(balances)} assets)")
+
+
+def _judge_book(book: OrderBook) -> Check:
+    if not book.bids or not book.asks:
+        return Check("order_book", False, f"{book.pair}: empty side in the order book")
+    bid, ask = book.bids[0].price, book.asks[0].price
+    return Check("order_book", bid < ask, f"{book.pair}: best bid {bid}, best ask {ask}")

@@ -1,0 +1,92 @@
+"""Each kind of bad config gives its expected error text; check-config exits 0 or 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import ConfigError, format_duration, load_config, parse_duration
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+EXPECTED_ERRORS = {
+    "invalid-unknown-key.yml": "collectors.timout: unknown key",
+    "invalid-duration.yml": "collectors.interval: invalid duration 'soon': use a number with a unit",
+    "invalid-timeout-over-interval.yml": (
+        "collectors: timeout (10s) is longer than interval (5s): refreshes would overlap"
+    ),
+    "invalid-reason-class.yml": "purchases.failure_reasons: unknown failure reason class 'meteor_strike'",
+    "invalid-pattern.yml": "invalid pattern '(unclosed' for 'auth'",
+    "invalid-exchange.yml": "exchanges: invalid exchange name 'Kraken'",
+    "invalid-password-in-dsn.yml": "database.dsn: the DSN contains a password",
+    "invalid-yaml.yml": "not valid YAML",
+    "invalid-pool-size.yml": "database.pool_max_size: Input should be greater than or equal to 1 (got 0)",
+    "invalid-top-level.yml": "the top level must be a mapping, got list",
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(EXPECTED_ERRORS.items()))
+def test_invalid_config_names_the_location_and_the_value(name: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(TESTDATA / name)
+    assert expected in str(error.value)
+    assert str(TESTDATA / name) in str(error.value)
+
+
+def test_a_password_in_the_dsn_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(TESTDATA / "invalid-password-in-dsn.yml")
+    assert "hunter2" not in str(error.value)
+
+
+def test_every_invalid_fixture_has_an_expected_error() -> None:
+    assert {p.name for p in TESTDATA.glob("invalid-*.yml")} == set(EXPECTED_ERRORS)
+
+
+def test_a_missing_file_is_named() -> None:
+    with pytest.raises(ConfigError, match="nowhere.yml: cannot read"):
+        load_config(TESTDATA / "nowhere.yml")
+
+
+def test_defaults_follow_the_runbooks() -> None:
+    config = load_config(None)
+    assert config.purchases.windows == [300, 900, 3600]
+    assert config.purchases.retry_max_count == 3
+    assert config.purchases.retry_excluded_reasons == ["insufficient_funds", "invalid_amount"]
+    assert config.kraken.probe_interval == 30
+    assert config.kraken.slow_threshold == 5
+
+
+def test_full_example_is_valid() -> None:
+    config = load_config(TESTDATA / "valid-full.yml")
+    assert config.collectors.snapshot_expiry == 300
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("15s", 15), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (2, 2)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(300, "5m"), (900, "15m"), (3600, "1h"), (90, "90s")])
+def test_window_labels(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_check_config_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config.file", str(TESTDATA / "valid-full.yml")]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+    assert main(["check-config", "--config.file", str(TESTDATA / "invalid-unknown-key.yml")]) == 1
+    assert "collectors.timout: unknown key" in capsys.readouterr().err
+
+
+def test_config_file_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("LIQUID_ABT_CONFIG_FILE", str(TESTDATA / "invalid-duration.yml"))
+    assert main(["check-config"]) == 1
+    assert "invalid duration 'soon'" in capsys.readouterr().err
+
+
+def test_bad_log_level_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--log.level", "loud"]) == 2
+    assert "--log.level 'loud'" in capsys.readouterr().err
