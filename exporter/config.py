@@ -219,6 +219,26 @@ class KrakenConfig(_Model):
         return url.rstrip("/")
 
 
+class BreakerConfig(_Model):
+    """Defaults for a breaker row created on first use; the admin API changes them per exchange."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    recovery_timeout: Duration = 30.0
+    monitoring_window: Duration = 300.0
+    # How often each replica checks whether an OPEN breaker is due for HALF_OPEN.
+    check_interval: Duration = 1.0
+
+
+class RetryConfig(_Model):
+    """Exponential backoff of queued purchases: base * factor^attempt, jittered, capped."""
+
+    base_delay: Duration = 60.0
+    factor: float = Field(default=2.0, ge=1.0)
+    max_delay: Duration = 3600.0  # the runbook's maxRetryDelay: 1 hour
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_attempts: int = Field(default=3, ge=1)  # the runbook retries at most 3 times
+
+
 _LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -229,6 +249,8 @@ class Config(_Model):
     purchases: PurchasesConfig = Field(default_factory=PurchasesConfig)
     api_calls: ApiCallsConfig = Field(default_factory=ApiCallsConfig)
     kraken: KrakenConfig = Field(default_factory=KrakenConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @field_validator("exchanges")
     @classmethod

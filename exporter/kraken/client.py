@@ -73,7 +73,7 @@ def _parsing(endpoint: str) -> Iterator[None]:
 
 
 def _single_pair(endpoint: str, result: Mapping[str, Any]) -> tuple[str, Any]:
-    """The one entry of a per-pair result, keyed by Kraken's canonical name (XXBTZAUD for XBTAUD)."""
+    """The one entry of a per-pair result, under Kraken's canonical name (XXBTZAUD for XBTAUD)."""
     if len(result) != 1:
         raise KrakenError(Outcome.API_ERROR, endpoint, f"expected one pair, got {len(result)}")
     return next(iter(result.items()))

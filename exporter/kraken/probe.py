@@ -243,12 +243,16 @@ class ExchangeProbe:
         m, ex = self._metrics, self._exchange
         if result.status is not None:
             if result.status not in SYSTEM_STATUSES:
-                self._logger.warning("unknown exchange status", extra=self._extra(status=result.status))
+                self._logger.warning(
+                    "unknown exchange status", extra=self._extra(status=result.status)
+                )
             m.set_status(result.status)
         m.up.labels(ex).set(1 if result.ok else 0)
         if result.ok:
             if self._failures:
-                self._logger.info("exchange probe recovered", extra=self._extra(rounds=self._failures))
+                self._logger.info(
+                    "exchange probe recovered", extra=self._extra(rounds=self._failures)
+                )
             self._failures = 0
             m.last_success.labels(ex).set(time.time())
         else:
