@@ -24,7 +24,7 @@ from exporter.db import Connection, mask_dsn
 from exporter.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.migrate import migrate
-from exporter.secrets import SecretError, read_secret
+from exporter.secrets import Secrets, SecretError, read_secret
 
 log = logging.getLogger("exporter")
 
@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             log.info("schema up to date", extra={"applied": ",".join(applied) or "none"})
         log.info("listening", extra={"address": f"http://{host or '0.0.0.0'}:{port}",
                                      "database": connection.masked, "version": __version__})  # fmt: skip
-        web.run_app(create_app(config, connection), host=host, port=port, print=None,
+        web.run_app(create_app(config, connection, Secrets.from_env()), host=host, port=port, print=None,
                     access_log=None)  # fmt: skip
     finally:
         if embedded is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,3 +23,26 @@ def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
             raise SecretError(f"{name}_FILE={file_name}: cannot read: {exc.strerror}") from None
     value = env.get(name)
     return value if value else None
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Every secret the process uses; `repr` shows which are set, never their values."""
+
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_token: str | None = field(default=None, repr=False)
+    webhook_basic_user: str | None = field(default=None, repr=False)
+    webhook_basic_password: str | None = field(default=None, repr=False)
+    kraken_api_key: str | None = field(default=None, repr=False)
+    kraken_api_secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
+        return cls(
+            admin_token=read_secret("LIQUID_ABT_ADMIN_TOKEN", env),
+            webhook_token=read_secret("LIQUID_ABT_WEBHOOK_TOKEN", env),
+            webhook_basic_user=read_secret("LIQUID_ABT_WEBHOOK_USER", env),
+            webhook_basic_password=read_secret("LIQUID_ABT_WEBHOOK_PASSWORD", env),
+            kraken_api_key=read_secret("KRAKEN_API_KEY", env),
+            kraken_api_secret=read_secret("KRAKEN_API_SECRET", env),
+        )

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
+from exporter.admin import build_admin_app
 from exporter.classify import ReasonClassifier
 from exporter.collectors.api_calls import ApiCallsSource
 from exporter.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
@@ -22,6 +23,7 @@ from exporter.collectors.controls import ControlsSource
 from exporter.collectors.purchases import PurchasesSource
 from exporter.config import Config
 from exporter.db import Connection, DatabaseMonitor, create_pool
+from exporter.secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ CONNECTION = web.AppKey("connection", Connection)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 POOL = web.AppKey("pool", asyncpg.Pool)
 DB_MONITOR = web.AppKey("db_monitor", DatabaseMonitor)
+SECRETS = web.AppKey("secrets", Secrets)
 RUNNERS = web.AppKey("runners", list[SnapshotRunner])
 
 def build_sources(config: Config) -> list[Source]:
@@ -121,10 +124,18 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
-def create_app(config: Config, connection: Connection) -> web.Application:
+def admin_route_tables() -> list[web.RouteTableDef]:
+    """Every concern's admin routes; each module owns its table."""
+    return []
+
+
+def create_app(
+    config: Config, connection: Connection, secrets: Secrets | None = None
+) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[CONNECTION] = connection
+    app[SECRETS] = secrets or Secrets()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     _build_info(app[REGISTRY])
     # Order matters: each context may use what the previous ones created.
@@ -133,4 +144,5 @@ def create_app(config: Config, connection: Connection) -> web.Application:
     app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.add_subapp("/api/admin/", build_admin_app(app[SECRETS].admin_token, admin_route_tables()))
     return app
