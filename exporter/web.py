@@ -56,8 +56,13 @@ async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[Non
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # asyncpg may raise its own error when cancelled mid-query
+            log.debug("background task ended with an error at shutdown", exc_info=True,
+                      extra={"task": name})  # fmt: skip
 
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
