@@ -1,0 +1,286 @@
+"""ExchangeProbe through the real client against each fake Kraken mode, read from the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.kraken.client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient
+from exporter.kraken.fake_server import FakeKraken
+from exporter.kraken.outcomes import OUTCOMES
+from exporter.kraken.probe import ExchangeProbe
+
+pytestmark = pytest.mark.asyncio
+
+MakeProbe = Callable[..., ExchangeProbe]
+MakeClient = Callable[..., KrakenClient]
+TIMEOUT = 0.5  # the client timeout in probe tests: a hanging round must end within it
+ALL_OK = dict.fromkeys(ENDPOINTS, "success")
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A probe sample; every series is pre-initialised, so a missing one is a failure."""
+    sample = registry.get_sample_value(
+        f"liquid_abt_exchange_{name}", {"exchange": "kraken", **labels}
+    )
+    assert sample is not None, (name, labels)
+    return sample
+
+
+def requests(registry: CollectorRegistry) -> dict[str, str]:
+    """endpoint -> the one outcome counted for it (endpoints not called are left out)."""
+    seen = {}
+    for endpoint in ENDPOINTS:
+        for outcome in OUTCOMES:
+            count = value(registry, "requests_total", endpoint=endpoint, outcome=outcome)
+            if count:
+                assert count == 1, (endpoint, outcome, count)
+                seen[endpoint] = outcome
+    return seen
+
+
+def status(registry: CollectorRegistry) -> str | None:
+    current = [s for s in SYSTEM_STATUSES if value(registry, "status", status=s) == 1]
+    assert len(current) <= 1
+    return current[0] if current else None
+
+
+async def test_every_series_exists_before_the_first_round(
+    make_probe: MakeProbe, registry: CollectorRegistry
+) -> None:
+    make_probe()
+    for endpoint in ENDPOINTS:
+        for outcome in OUTCOMES:
+            assert value(registry, "requests_total", endpoint=endpoint, outcome=outcome) == 0
+        assert value(registry, "request_duration_seconds_count", endpoint=endpoint) == 0
+    for state in SYSTEM_STATUSES:
+        assert value(registry, "status", status=state) == 0
+    for gauge in ("up", "consecutive_failures", "last_success_timestamp_seconds"):
+        assert value(registry, gauge) == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "calls", "up", "state"),
+    [
+        ("healthy", ALL_OK, 1, "online"),
+        ("slow", ALL_OK, 1, "online"),
+        ("cancel_only", ALL_OK, 1, "cancel_only"),
+        ("post_only", ALL_OK, 1, "post_only"),
+        (
+            "maintenance",
+            {"SystemStatus": "success"}
+            | dict.fromkeys(("Ticker", "Depth", "Time", "Balance"), "service_unavailable"),
+            0,
+            "maintenance",
+        ),
+        # These stop the round at the first call: nothing answers, or Kraken asks us to back off.
+        ("rate_limited", {"SystemStatus": "rate_limited"}, 0, None),
+        ("rate_limited_http", {"SystemStatus": "rate_limited"}, 0, None),
+        ("down", {"SystemStatus": "network_error"}, 0, None),
+        ("hanging", {"SystemStatus": "timeout"}, 0, None),
+        ("auth_failure", ALL_OK | {"Balance": "auth_error"}, 0, "online"),
+        ("invalid_key", ALL_OK | {"Balance": "auth_error"}, 0, "online"),
+        ("server_error", dict.fromkeys(ENDPOINTS, "server_error"), 0, None),
+        ("garbage", dict.fromkeys(ENDPOINTS, "api_error"), 0, None),
+    ],
+)
+async def test_each_mode_gives_its_outcome_up_and_status(
+    kraken: FakeKraken,
+    make_probe: MakeProbe,
+    make_client: MakeClient,
+    registry: CollectorRegistry,
+    mode: str,
+    calls: dict[str, str],
+    up: int,
+    state: str | None,
+) -> None:
+    await kraken.set_mode(mode, latency=0.05 if mode == "slow" else None)
+    probe = make_probe(make_client(timeout=TIMEOUT))
+    result = await asyncio.wait_for(probe.run_once(), timeout=len(ENDPOINTS) * TIMEOUT + 1)
+    assert requests(registry) == calls
+    assert value(registry, "up") == up
+    assert status(registry) == state
+    assert result.ok is bool(up)
+    failures = [outcome for outcome in calls.values() if outcome != "success"]
+    assert result.outcome == (failures[0] if failures else "success")
+    assert value(registry, "consecutive_failures") == (0 if up else 1)
+
+
+async def test_a_hanging_round_returns_within_the_timeout(
+    kraken: FakeKraken, make_probe: MakeProbe, make_client: MakeClient, registry: CollectorRegistry
+) -> None:
+    await kraken.set_mode("hanging")
+    probe = make_probe(make_client(timeout=TIMEOUT))
+    result = await asyncio.wait_for(probe.run_once(), timeout=TIMEOUT + 1)
+    assert result.outcome == "timeout"
+    assert value(registry, "requests_total", endpoint="SystemStatus", outcome="timeout") == 1
+    assert value(registry, "request_duration_seconds_sum", endpoint="SystemStatus") >= TIMEOUT
+
+
+async def test_down_after_up_drops_pooled_connections_and_comes_back_on_the_same_port(
+    kraken: FakeKraken, make_probe: MakeProbe, registry: CollectorRegistry
+) -> None:
+    probe = make_probe()
+    url = kraken.url
+    assert (await probe.run_once()).ok
+    await kraken.set_mode("down")
+    assert (await probe.run_once()).outcome == "network_error"
+    assert value(registry, "up") == 0
+    await kraken.set_mode("healthy")
+    assert kraken.url == url
+    assert (await probe.run_once()).ok
+    assert value(registry, "up") == 1
+
+
+async def test_status_keeps_its_last_known_value_when_the_call_fails(
+    kraken: FakeKraken, make_probe: MakeProbe, registry: CollectorRegistry
+) -> None:
+    probe = make_probe()
+    await kraken.set_mode("maintenance")
+    await probe.run_once()
+    await kraken.set_mode("down")
+    await probe.run_once()
+    assert status(registry) == "maintenance"
+
+
+async def test_consecutive_failures_count_rounds_and_reset_on_success(
+    kraken: FakeKraken, make_probe: MakeProbe, registry: CollectorRegistry
+) -> None:
+    probe = make_probe()
+    await kraken.set_mode("server_error")
+    for expected in (1, 2, 3):
+        await probe.run_once()
+        assert value(registry, "consecutive_failures") == expected
+    assert value(registry, "last_success_timestamp_seconds") == 0
+    await kraken.set_mode("healthy")
+    before = time.time()
+    await probe.run_once()
+    assert value(registry, "consecutive_failures") == 0
+    assert before <= value(registry, "last_success_timestamp_seconds") <= time.time()
+
+
+async def test_balance_is_probed_only_with_credentials(
+    kraken: FakeKraken, make_probe: MakeProbe, make_client: MakeClient, registry: CollectorRegistry
+) -> None:
+    result = await make_probe(make_client(credentials=False)).run_once()
+    assert result.ok
+    assert [c.endpoint for c in result.calls] == ["SystemStatus", "Ticker", "Depth", "Time"]
+    assert kraken.state.hits["Balance"] == 0
+    assert value(registry, "requests_total", endpoint="Balance", outcome="success") == 0
+
+
+async def test_slow_calls_are_logged_and_timed(
+    kraken: FakeKraken,
+    make_probe: MakeProbe,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await kraken.set_mode("slow", latency=0.2)
+    probe = make_probe(slow_threshold=0.1)
+    with caplog.at_level(logging.WARNING):
+        assert (await probe.run_once()).ok
+    slow = [r for r in caplog.records if r.getMessage() == "slow exchange API response"]
+    assert sorted(r.__dict__["endpoint"] for r in slow) == sorted(ENDPOINTS)
+    assert value(registry, "request_duration_seconds_sum", endpoint="Ticker") >= 0.2
+    assert value(registry, "request_duration_seconds_bucket", endpoint="Ticker", le="0.1") == 0
+
+
+async def test_on_result_is_called_once_per_round(
+    kraken: FakeKraken, make_probe: MakeProbe
+) -> None:
+    seen: list[tuple[str, bool, str]] = []
+
+    async def on_result(exchange: str, ok: bool, outcome: str) -> None:
+        seen.append((exchange, ok, outcome))
+
+    probe = make_probe(on_result=on_result)
+    await probe.run_once()
+    await kraken.set_mode("rate_limited")
+    await probe.run_once()
+    assert seen == [("kraken", True, "success"), ("kraken", False, "rate_limited")]
+
+
+async def test_run_forever_survives_a_failing_callback_and_stops_on_cancel(
+    make_probe: MakeProbe,
+) -> None:
+    rounds = 0
+    three = asyncio.Event()
+
+    async def on_result(exchange: str, ok: bool, outcome: str) -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 3:
+            three.set()
+        raise RuntimeError("breaker store unavailable")
+
+    task = asyncio.create_task(make_probe(interval=0.01, on_result=on_result).run_forever())
+    await asyncio.wait_for(three.wait(), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_cancelling_a_round_in_flight_ends_promptly(
+    kraken: FakeKraken, make_probe: MakeProbe, make_client: MakeClient
+) -> None:
+    await kraken.set_mode("hanging")
+    task = asyncio.create_task(make_probe(make_client(timeout=30)).run_forever())
+    await asyncio.sleep(0.05)  # let it reach the hanging call; the assertion does not depend on it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=1)
+
+
+async def test_concurrent_rounds_do_not_overlap(kraken: FakeKraken, make_probe: MakeProbe) -> None:
+    await kraken.set_mode("slow", latency=0.02)
+    probe = make_probe()
+    first, second, recovery = await asyncio.gather(
+        probe.run_once(), probe.run_once(), probe.recovery_check()
+    )
+    assert first.ok and second.ok and recovery.ok
+    assert kraken.state.hits["SystemStatus"] == 3
+    assert kraken.state.max_in_flight == 1
+
+
+async def test_recovery_check_passes_on_a_healthy_exchange(make_probe: MakeProbe) -> None:
+    result = await make_probe().recovery_check()
+    assert result.ok
+    assert [c.name for c in result.checks] == ["system_status", "price", "balance", "order_book"]
+    assert all(c.ok for c in result.checks)
+    assert "25000" not in " ".join(c.detail for c in result.checks)  # no amounts in details
+
+
+async def test_recovery_check_without_keys_skips_balance(
+    make_probe: MakeProbe, make_client: MakeClient
+) -> None:
+    result = await make_probe(make_client(credentials=False)).recovery_check()
+    assert result.ok
+    assert [c.name for c in result.checks] == ["system_status", "price", "order_book"]
+
+
+async def test_recovery_check_fails_on_rejected_keys_and_skips_the_rest(
+    kraken: FakeKraken, make_probe: MakeProbe
+) -> None:
+    await kraken.set_mode("auth_failure")
+    result = await make_probe().recovery_check()
+    assert not result.ok
+    checks = {c.name: c for c in result.checks}
+    assert checks["price"].ok
+    assert not checks["balance"].ok and "EAPI:Invalid signature" in checks["balance"].detail
+    assert not checks["order_book"].ok and checks["order_book"].detail.startswith("skipped")
+
+
+@pytest.mark.parametrize("mode", ["maintenance", "cancel_only"])
+async def test_recovery_check_requires_an_online_exchange(
+    kraken: FakeKraken, make_probe: MakeProbe, mode: str
+) -> None:
+    await kraken.set_mode(mode)
+    result = await make_probe().recovery_check()
+    assert not result.ok
+    assert result.checks[0].detail == f"status {mode}"
+    assert kraken.state.hits["Ticker"] == 0
