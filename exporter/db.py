@@ -43,7 +43,12 @@ async def create_pool(conn: Connection, config: DatabaseConfig) -> asyncpg.Pool:
         timeout=config.connect_timeout,
         # Connections that outlived a database restart are dropped instead of kept forever.
         max_inactive_connection_lifetime=60.0,
-        server_settings={"application_name": "liquid-abt-exporter"},
+        server_settings={
+            "application_name": "liquid-abt-exporter",
+            # The window bounds are parameters: a generic plan would not know they select a
+            # few recent rows and could fall back to scanning whole tables.
+            "plan_cache_mode": "force_custom_plan",
+        },
     )
     assert pool is not None
     return pool

@@ -1,7 +1,8 @@
 """Purchase metrics from `bitcoin_purchases`: the numbers behind the purchase-failure runbook.
 
 All windows are read in one read-only transaction, so every family shares one `now()`. Each
-query scans only rows created within the longest window (index on `created_at`).
+query bounds `created_at` by the longest window as a plain predicate: without it the planner
+cannot use the `created_at` index through the join with the windows and scans the whole table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SELECT w.label AS window, {_EXCHANGE} AS exchange, p.status,
 FROM windows w
 JOIN bitcoin_purchases p ON p.created_at > now() - make_interval(secs => w.seconds)
 WHERE p.status = ANY($4::text[])
+  AND p.created_at > now() - make_interval(secs => $5::float8)  -- the longest window
 GROUP BY 1, 2, 3, 4
 """
 
@@ -35,6 +37,7 @@ SELECT w.label AS window, {_EXCHANGE} AS exchange, count(DISTINCT p.tenant_id) A
 FROM windows w
 JOIN bitcoin_purchases p ON p.created_at > now() - make_interval(secs => w.seconds)
 WHERE p.status = 'failed'
+  AND p.created_at > now() - make_interval(secs => $4::float8)  -- the longest window
 GROUP BY 1, 2
 """
 
@@ -97,9 +100,12 @@ class PurchasesSource:
     async def collect(self, connection: asyncpg.Connection) -> list[Metric]:
         families = self._families()
         window_args = (self._windows, self._seconds, self._exchanges)
+        longest = max(self._seconds)
         async with connection.transaction(isolation="repeatable_read", readonly=True):
-            counts = await connection.fetch(COUNTS_SQL, *window_args, list(PURCHASE_STATUSES))
-            tenants = await connection.fetch(TENANTS_SQL, *window_args)
+            counts = await connection.fetch(
+                COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest
+            )
+            tenants = await connection.fetch(TENANTS_SQL, *window_args, longest)
             retry = await connection.fetch(
                 RETRY_SQL,
                 self._config.retry_max_count,
