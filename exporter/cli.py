@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the configuration file and exit")
     _common(check)
+
+    commands.add_parser(
+        "kraken-server",
+        help="run the Kraken-compatible server for tests and drills (see `kraken-server --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -140,6 +146,12 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kraken-server"]:
+        # A separate program with its own flags; it shares only the entry point.
+        from exporter.kraken.fake_server import main as kraken_server
+
+        return kraken_server(argv[1:])
     args = build_parser().parse_args(argv)
     if args.log_level not in LEVELS:
         print(f"error: --log.level {args.log_level!r}: use one of {', '.join(LEVELS)}", file=sys.stderr)

@@ -252,6 +252,14 @@ class Config(_Model):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
+    @model_validator(mode="after")
+    def _probed_exchange_is_known(self) -> Config:
+        if self.kraken.enabled and "kraken" not in self.exchanges:
+            raise ValueError(
+                "kraken.enabled is true but 'kraken' is not in exchanges: add it, or disable the probe"
+            )
+        return self
+
     @field_validator("exchanges")
     @classmethod
     def _exchange_names(cls, names: list[str]) -> list[str]:

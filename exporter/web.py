@@ -9,6 +9,7 @@ import platform
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
@@ -16,6 +17,10 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
 from exporter.admin import build_admin_app
+from exporter.admin.audit import routes as audit_routes
+from exporter.admin.breaker import routes as breaker_routes
+from exporter.admin.purchases import routes as purchases_routes
+from exporter.breaker import BreakerStore
 from exporter.classify import ReasonClassifier
 from exporter.collectors.api_calls import ApiCallsSource
 from exporter.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
@@ -23,9 +28,13 @@ from exporter.collectors.controls import ControlsSource
 from exporter.collectors.purchases import PurchasesSource
 from exporter.config import Config
 from exporter.db import Connection, DatabaseMonitor, create_pool
+from exporter.kraken.client import KrakenClient
+from exporter.kraken.probe import ExchangeProbe, OnResult
 from exporter.secrets import Secrets
 
 log = logging.getLogger(__name__)
+
+KRAKEN = "kraken"  # the exchange the live probe watches
 
 CONFIG = web.AppKey("config", Config)
 CONNECTION = web.AppKey("connection", Connection)
@@ -33,7 +42,11 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 POOL = web.AppKey("pool", asyncpg.Pool)
 DB_MONITOR = web.AppKey("db_monitor", DatabaseMonitor)
 SECRETS = web.AppKey("secrets", Secrets)
+PROBE = web.AppKey("probe", ExchangeProbe)
+# Called with (exchange, ok, outcome) after every probe round.
+PROBE_OBSERVERS = web.AppKey("probe_observers", list[OnResult])
 RUNNERS = web.AppKey("runners", list[SnapshotRunner])
+BREAKERS = web.AppKey("breakers", BreakerStore)
 
 def build_sources(config: Config) -> list[Source]:
     classifier = ReasonClassifier(config.purchases.failure_reasons)
@@ -76,6 +89,45 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     ).set_function(lambda: 1.0 if monitor.up else 0.0)
     async with _task("db-monitor", monitor.run()):
         yield
+
+
+async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The circuit breakers shared through the database; every replica runs the recovery check."""
+    store = BreakerStore(app[POOL], app[CONFIG], app[REGISTRY])
+    app[BREAKERS] = store
+    app[PROBE_OBSERVERS].append(store.on_probe_result)
+    async with _task("breaker-check", store.run_checker()):
+        yield
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Kraken client and its live probe; the probe also serves recovery checks."""
+    config, secrets = app[CONFIG].kraken, app[SECRETS]
+    async with aiohttp.ClientSession() as session:
+        client = KrakenClient(
+            session, config.base_url, config.timeout, secrets.kraken_api_key,
+            secrets.kraken_api_secret,
+        )  # fmt: skip
+        probe = ExchangeProbe(
+            app[REGISTRY], client, exchange=KRAKEN, interval=config.probe_interval,
+            slow_threshold=config.slow_threshold, on_result=_probe_observer(app),
+        )  # fmt: skip
+        app[PROBE] = probe
+        if not config.enabled:
+            yield
+            return
+        async with _task("kraken-probe", probe.run_forever()):
+            yield
+
+
+def _probe_observer(app: web.Application) -> OnResult:
+    """Feeds each probe round to whoever counts exchange failures (the circuit breaker)."""
+
+    async def observe(exchange: str, ok: bool, outcome: str) -> None:
+        for observer in app[PROBE_OBSERVERS]:
+            await observer(exchange, ok, outcome)
+
+    return observe
 
 
 async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -131,7 +183,7 @@ async def index(request: web.Request) -> web.Response:
 
 def admin_route_tables() -> list[web.RouteTableDef]:
     """Every concern's admin routes; each module owns its table."""
-    return []
+    return [purchases_routes, breaker_routes, audit_routes]
 
 
 def create_app(
@@ -144,7 +196,8 @@ def create_app(
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     _build_info(app[REGISTRY])
     # Order matters: each context may use what the previous ones created.
-    app.cleanup_ctx.extend([_pool_ctx, _monitor_ctx, _runners_ctx])
+    app[PROBE_OBSERVERS] = []
+    app.cleanup_ctx.extend([_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
     app.router.add_get("/-/healthy", healthy)

@@ -40,14 +40,33 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> N
 
 
 @pytest.fixture
-def exporter_without_database() -> Iterator[str]:
+def kraken_server() -> Iterator[str]:
+    """The Kraken-compatible server, started through the CLI as a drill would."""
+    port, control = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "kraken-server", f"--listen=127.0.0.1:{port}",
+         f"--control-listen=127.0.0.1:{control}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{control}/_control/mode", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+@pytest.fixture
+def exporter_without_database(kraken_server: str) -> Iterator[str]:
     """`liquid-abt-exporter serve` with no DATABASE_URL: the embedded PostgreSQL path of `make run`."""
     port = free_port()
     data = writable_tmp_dir("liquid-abt-run-")
+    config = data / "config.yml"
+    config.write_text(f"kraken:\n  base_url: {kraken_server}\n  probe_interval: 2s\n")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     process = subprocess.Popen(
         [sys.executable, "-m", "exporter", "serve", f"--web.listen-address=127.0.0.1:{port}",
-         f"--embedded-db.dir={data / 'pg'}", "--log.format=json"],
+         f"--embedded-db.dir={data / 'pg'}", "--log.format=json", f"--config.file={config}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -63,6 +82,17 @@ def exporter_without_database() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def wait_for_metric(url: str, line: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = http_get(f"{url}/metrics")[1]
+        if line in text:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line!r} not in /metrics within {timeout}s")
+        time.sleep(0.2)
+
+
 def test_serve_without_database_serves_metrics(exporter_without_database: str) -> None:
     status, text = http_get(f"{exporter_without_database}/metrics")
     assert status == 200
@@ -75,7 +105,8 @@ def test_promtool_finds_nothing_to_complain_about(exporter_without_database: str
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found: install the Debian package `prometheus`")
-    _, text = http_get(f"{exporter_without_database}/metrics")
+    # Once the probe has run, every family of the exporter is in the output.
+    text = wait_for_metric(exporter_without_database, 'liquid_abt_exchange_up{exchange="kraken"} 1.0')
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 

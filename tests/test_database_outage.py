@@ -21,6 +21,7 @@ from tests.helpers import scrape, wait_until
 FAST = {
     "collectors": {"interval": "200ms", "timeout": "200ms"},
     "database": {"health_interval": "200ms", "connect_timeout": "1s"},
+    "kraken": {"enabled": False},
 }
 PURCHASES_1H = ("liquid_abt_purchases", frozenset({"window": "1h", "exchange": "kraken", "status": "completed"}.items()))
 

@@ -15,7 +15,7 @@ from exporter.web import RUNNERS, create_app
 from tests.helpers import scrape, series, value
 
 # Long interval: the tests refresh explicitly, so the background loop never races them.
-CONFIG = parse_config({"collectors": {"interval": "1h", "timeout": "10s"}})
+CONFIG = parse_config({"collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False}})
 
 
 @pytest.fixture

@@ -111,12 +111,18 @@ class SnapshotRunner:
         self._timeout = timeout
         self._expiry = expiry
         self.snapshot: Snapshot | None = None
+        # One refresh at a time: a slower, older refresh must never overwrite a newer snapshot.
+        self._lock = asyncio.Lock()
 
     @property
     def name(self) -> str:
         return self.source.name
 
     async def refresh(self) -> bool:
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
