@@ -239,6 +239,56 @@ class RetryConfig(_Model):
     max_attempts: int = Field(default=3, ge=1)  # the runbook retries at most 3 times
 
 
+ACTIONS = ("open_breaker", "pause_purchases", "queue_retries", "lower_api_rate")
+
+
+def _default_actions() -> dict[str, list[str]]:
+    # Firing does the action; resolved undoes it once recovery is verified (see actions.py).
+    outage = ["open_breaker", "pause_purchases", "queue_retries"]
+    return {
+        "ExchangeApiDown": outage,
+        "ExchangeMaintenance": outage,
+        # cancel_only / post_only: market buys cannot go through, the API itself is fine.
+        "ExchangeTradingRestricted": ["pause_purchases", "queue_retries"],
+        "BitcoinPurchaseFailureRateHigh": ["queue_retries"],
+        "ExchangeApiRateLimited": ["lower_api_rate"],
+    }
+
+
+class ReceiverConfig(_Model):
+    path: str = "/webhook/alertmanager"
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Record what would be done, change nothing.
+    dry_run: bool = False
+    # Alert name -> actions; alerts not listed are recorded and otherwise ignored.
+    actions: dict[str, list[str]] = Field(default_factory=_default_actions)
+    pause_estimated_duration: str = "30 minutes"
+    lowered_rate_multiplier: float = Field(default=0.5, gt=0, le=1)  # the runbook's 50%
+    # Recovery verification after a resolved outage: retried on this interval until it passes.
+    verify_interval: Duration = 30.0
+    # Alertmanager v2 API, to resume when a resolved notification was lost; optional.
+    alertmanager_url: str | None = None
+    reconcile_interval: Duration = 60.0
+
+    @field_validator("actions")
+    @classmethod
+    def _known_actions(cls, actions: dict[str, list[str]]) -> dict[str, list[str]]:
+        for alertname, names in actions.items():
+            for name in names:
+                if name not in ACTIONS:
+                    raise ValueError(
+                        f"unknown action {name!r} for alert {alertname!r}: use {', '.join(ACTIONS)}"
+                    )
+        return actions
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str) -> str:
+        if not path.startswith("/") or path.startswith(("/api/admin", "/metrics", "/-/")):
+            raise ValueError(f"invalid webhook path {path!r}: absolute, outside the other endpoints")
+        return path
+
+
 _LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -251,6 +301,7 @@ class Config(_Model):
     kraken: KrakenConfig = Field(default_factory=KrakenConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
 
     @model_validator(mode="after")
     def _probed_exchange_is_known(self) -> Config:
