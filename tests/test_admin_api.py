@@ -1,0 +1,357 @@
+"""The admin API's breaker and audit-log routes over HTTP: auth, the runbook's calls, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from exporter.config import parse_config
+from exporter.db import Connection
+from exporter.secrets import Secrets
+from exporter.web import BREAKERS, PROBE_OBSERVERS, create_app
+from tests.helpers import scrape, value, wait_until
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SETTINGS: dict[str, Any] = {
+    "exchanges": ["kraken", "independent_reserve"],
+    # Long intervals: the tests drive the breaker themselves, no background loop races them.
+    "collectors": {"interval": "1h", "timeout": "10s"},
+    "breaker": {"check_interval": "1h"},
+    "kraken": {"enabled": False},
+}
+CONFIG = parse_config(SETTINGS)
+BREAKER = "/api/admin/circuit-breaker"
+ENDPOINTS = [
+    ("GET", f"{BREAKER}/status", None),
+    ("GET", f"{BREAKER}/kraken", None),
+    ("POST", f"{BREAKER}/kraken/force-state", {"state": "OPEN"}),
+    ("POST", f"{BREAKER}/kraken/reset", {}),
+    ("PATCH", f"{BREAKER}/kraken/config", {"failureThreshold": 3}),
+    ("GET", "/api/admin/audit-log", None),
+]
+
+
+@pytest.fixture
+async def client(aiohttp_client, database: Connection) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(create_app(CONFIG, database, Secrets(admin_token=TOKEN)))
+
+
+async def call(
+    client: TestClient, method: str, path: str, body: Any = None, status: int = 200
+) -> Any:
+    response = await client.request(method, path, json=body, headers=AUTH)
+    payload = await response.json()
+    assert response.status == status, payload
+    return payload
+
+
+async def audit_entries(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT * FROM liquid_abt.audit_log ORDER BY id")
+
+
+# ---- authentication -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+     {"Authorization": TOKEN}],
+)  # fmt: skip
+async def test_every_route_refuses_a_missing_or_wrong_token(
+    client: TestClient, db: asyncpg.Connection, method: str, path: str, body: Any, headers: dict
+) -> None:
+    response = await client.request(method, path, json=body, headers=headers)
+    assert response.status == 401
+    assert "bearer token" in (await response.json())["error"]
+    assert await audit_entries(db) == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
+async def test_without_a_token_configured_the_admin_api_is_disabled(
+    aiohttp_client, database: Connection, method: str, path: str, body: Any
+) -> None:
+    client = await aiohttp_client(create_app(CONFIG, database, Secrets()))
+    response = await client.request(method, path, json=body, headers=AUTH)
+    assert response.status == 403
+    assert "disabled" in (await response.json())["error"]
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+async def test_status_of_all_breakers(client: TestClient) -> None:
+    payload = await call(client, "GET", f"{BREAKER}/status")
+    assert [b["exchange"] for b in payload["breakers"]] == ["kraken", "independent_reserve"]
+    kraken = payload["breakers"][0]
+    assert (kraken["state"], kraken["failureCount"], kraken["failureRate"]) == ("CLOSED", 0, 0.0)
+    assert kraken["config"] == {
+        "failureThreshold": 5, "recoveryTimeout": 30000, "monitoringWindow": 300000,
+    }  # fmt: skip
+
+
+async def test_status_of_one_breaker_as_the_runbook_reads_it(client: TestClient) -> None:
+    store = client.app[BREAKERS]
+    for _ in range(5):
+        await store.record_result("kraken", False, "probe round: timeout")
+    payload = await call(client, "GET", f"{BREAKER}/kraken")
+    assert (payload["state"], payload["failureCount"]) == ("OPEN", 5)
+    assert payload["lastFailureTime"] is not None and payload["failureRate"] == 1.0
+
+
+async def test_an_unknown_exchange_is_404_on_every_breaker_route(client: TestClient) -> None:
+    for method, path, body in ENDPOINTS[1:5]:
+        payload = await call(client, method, path.replace("kraken", "binance"), body, status=404)
+        assert payload["error"].startswith("unknown exchange 'binance'")
+
+
+# ---- force state ---------------------------------------------------------------------------------
+
+
+async def test_force_state_moves_the_breaker_and_audits_the_admin(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    body = {"state": "open", "reason": "Kraken maintenance"}
+    payload = await call(client, "POST", f"{BREAKER}/kraken/force-state", body)
+    assert payload["transition"]["from"] == "CLOSED" and payload["transition"]["to"] == "OPEN"
+    assert payload["status"]["state"] == "OPEN" and payload["status"]["manualHold"] is True
+    [entry] = await audit_entries(db)
+    assert (entry["actor"], entry["action"], entry["exchange"], entry["cause"]) == (
+        "admin", "breaker_transition", "kraken", "Kraken maintenance",
+    )  # fmt: skip
+    assert await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers") == "open"
+
+
+async def test_forcing_the_current_state_again_changes_nothing(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    path = f"{BREAKER}/kraken/force-state"
+    await call(client, "POST", path, {"state": "HALF_OPEN"})
+    payload = await call(client, "POST", path, {"state": "HALF_OPEN"})
+    assert payload["transition"] is None and payload["status"]["state"] == "HALF_OPEN"
+    assert len(await audit_entries(db)) == 1
+
+
+async def test_force_state_without_a_reason_records_a_default_cause(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": "HALF_OPEN"})
+    [entry] = await audit_entries(db)
+    assert entry["cause"] == "forced HALF_OPEN through the admin API"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("not json", "body is not valid JSON"),
+        (["OPEN"], "body must be a JSON object"),
+        ({}, "state: required, one of CLOSED, OPEN, HALF_OPEN"),
+        ({"state": "ajar"}, "unknown breaker state 'ajar': use one of CLOSED, OPEN, HALF_OPEN"),
+        ({"state": 1}, "unknown breaker state 1"),
+        ({"state": None}, "unknown breaker state None"),
+        ({"state": "OPEN", "force": True}, "unknown field(s) force: allowed are reason, state"),
+        ({"state": "OPEN", "reason": 5}, "reason: expected a non-empty string"),
+        ({"state": "OPEN", "reason": " "}, "reason: expected a non-empty string"),
+        ({"state": "OPEN", "reason": "x" * 501}, "reason: expected a non-empty string"),
+    ],
+)
+async def test_force_state_rejects_bad_bodies_saying_why(
+    client: TestClient, db: asyncpg.Connection, body: Any, message: str
+) -> None:
+    path = f"{BREAKER}/kraken/force-state"
+    if isinstance(body, str):
+        response = await client.post(path, data=body, headers=AUTH)
+    else:
+        response = await client.post(path, json=body, headers=AUTH)
+    assert response.status == 400
+    assert message in (await response.json())["error"]
+    assert await audit_entries(db) == []
+
+
+# ---- reset ------------------------------------------------------------------------------
+
+
+async def test_reset_closes_the_breaker(client: TestClient, db: asyncpg.Connection) -> None:
+    await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": "OPEN"})
+    payload = await call(client, "POST", f"{BREAKER}/kraken/reset", {"reason": "recovered"})
+    assert payload["transition"]["to"] == "CLOSED" and payload["status"]["manualHold"] is False
+    assert [(e["actor"], e["cause"]) for e in await audit_entries(db)][-1] == ("admin", "recovered")
+
+
+async def test_reset_takes_no_body_at_all(client: TestClient, db: asyncpg.Connection) -> None:
+    await client.app[BREAKERS].record_result("kraken", False, "probe round: timeout")
+    response = await client.post(f"{BREAKER}/kraken/reset", headers=AUTH)
+    assert response.status == 200
+    payload = await response.json()
+    assert payload["transition"] is None and payload["status"]["failureCount"] == 0
+    [entry] = await audit_entries(db)
+    assert (entry["action"], entry["cause"]) == ("breaker_reset", "reset through the admin API")
+
+
+async def test_reset_rejects_unknown_fields(client: TestClient) -> None:
+    payload = await call(client, "POST", f"{BREAKER}/kraken/reset", {"why": "x"}, status=400)
+    assert payload["error"] == "unknown field(s) why: allowed are reason"
+
+
+# ---- settings -----------------------------------------------------------------------------------
+
+
+async def test_update_config_takes_the_runbook_settings(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    body = {"failureThreshold": 3, "recoveryTimeout": 45000, "monitoringWindow": 600000}
+    payload = await call(client, "PATCH", f"{BREAKER}/kraken/config", body)
+    assert payload["config"] == body
+    row = await db.fetchrow("SELECT * FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'")
+    assert (row["failure_threshold"], row["recovery_timeout_ms"], row["monitoring_window_ms"]) == (
+        3, 45000, 600000,
+    )  # fmt: skip
+    [entry] = await audit_entries(db)
+    assert (entry["action"], entry["actor"]) == ("breaker_config", "admin")
+    assert (await call(client, "GET", f"{BREAKER}/kraken"))["config"] == body
+
+
+async def test_update_config_changes_only_the_given_setting(client: TestClient) -> None:
+    payload = await call(client, "PATCH", f"{BREAKER}/kraken/config", {"recoveryTimeout": 45000})
+    assert payload["config"] == {
+        "failureThreshold": 5, "recoveryTimeout": 45000, "monitoringWindow": 300000,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "nothing to change: give any of failureThreshold, recoveryTimeout, monitoringWindow"),
+        ({"reason": "tuning"}, "nothing to change"),
+        ({"failureThreshold": 0}, "failureThreshold: expected an integer from 1 to 2147483647"),
+        ({"failureThreshold": "3"}, "failureThreshold: expected an integer"),
+        ({"failureThreshold": True}, "failureThreshold: expected an integer"),
+        ({"recoveryTimeout": -1}, "recoveryTimeout: expected an integer from 1 to 2147483647 (mil"),
+        ({"monitoringWindow": 1.5}, "monitoringWindow: expected an integer"),
+        ({"monitoringWindow": 2**31}, "monitoringWindow: expected an integer"),
+        ({"failureThreshold": 3, "timeout": 1}, "unknown field(s) timeout"),
+        ([3], "body must be a JSON object"),
+    ],
+)
+async def test_update_config_rejects_bad_bodies_saying_why(
+    client: TestClient, db: asyncpg.Connection, body: Any, message: str
+) -> None:
+    payload = await call(client, "PATCH", f"{BREAKER}/kraken/config", body, status=400)
+    assert message in payload["error"]
+    assert await audit_entries(db) == []
+
+
+# ---- audit log --------------------------------------------------------------------------
+
+
+async def make_history(client: TestClient) -> None:
+    """Five entries: kraken OPEN, HALF_OPEN, CLOSED; independent_reserve OPEN; a kraken config."""
+    for state in ("OPEN", "HALF_OPEN", "CLOSED"):
+        await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": state})
+    await call(client, "POST", f"{BREAKER}/independent_reserve/force-state", {"state": "OPEN"})
+    await call(client, "PATCH", f"{BREAKER}/kraken/config", {"failureThreshold": 2})
+
+
+async def test_the_audit_log_lists_entries_newest_first(client: TestClient) -> None:
+    await make_history(client)
+    payload = await call(client, "GET", "/api/admin/audit-log")
+    entries = payload["entries"]
+    assert [e["action"] for e in entries] == ["breaker_config"] + ["breaker_transition"] * 4
+    assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)
+    assert entries[1]["detail"]["to"] == "OPEN" and entries[1]["exchange"] == "independent_reserve"
+    assert {e["actor"] for e in entries} == {"admin"}
+    assert entries[0]["at"] and payload["nextBeforeId"] is None
+
+
+async def test_the_audit_log_pages_backwards_and_filters_by_exchange(client: TestClient) -> None:
+    await make_history(client)
+    first = await call(client, "GET", "/api/admin/audit-log?limit=2&exchange=kraken")
+    assert [e["exchange"] for e in first["entries"]] == ["kraken", "kraken"]
+    assert first["nextBeforeId"] == first["entries"][-1]["id"]
+    second = await call(
+        client,
+        "GET",
+        f"/api/admin/audit-log?limit=2&exchange=kraken&before_id={first['nextBeforeId']}",
+    )
+    assert [e["detail"]["to"] for e in second["entries"]] == ["HALF_OPEN", "OPEN"]
+    assert all(e["id"] < first["nextBeforeId"] for e in second["entries"])
+    third = await call(
+        client,
+        "GET",
+        f"/api/admin/audit-log?limit=2&exchange=kraken&before_id={second['nextBeforeId']}",
+    )
+    assert third == {"entries": [], "nextBeforeId": None}
+    gone = await call(client, "GET", "/api/admin/audit-log?exchange=bitstamp")
+    assert gone["entries"] == []  # any name: the log outlives the configuration
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=abc", "limit"), ("limit=-1", "limit"),
+     ("limit=", "limit"), ("limit=1.5", "limit"), ("before_id=x", "before_id"),
+     ("before_id=0", "before_id"), ("before_id=99999999999999999999", "before_id"),
+     ("exchange=", "exchange")],
+)  # fmt: skip
+async def test_the_audit_log_rejects_bad_parameters_naming_them(
+    client: TestClient, query: str, name: str
+) -> None:
+    payload = await call(client, "GET", f"/api/admin/audit-log?{query}", status=400)
+    assert payload["error"].startswith(f"{name}: ")
+
+
+async def test_the_audit_log_accepts_the_largest_limit(client: TestClient) -> None:
+    await call(client, "GET", "/api/admin/audit-log?limit=1000")
+
+
+# ---- metrics and the app's wiring --------------------------------------------------------------
+
+
+async def test_transitions_appear_at_metrics(client: TestClient) -> None:
+    name = "liquid_abt_circuit_breaker_transitions_total"
+    before = await scrape(client)
+    for exchange in ("kraken", "independent_reserve"):
+        assert value(before, name, exchange=exchange, from_state="closed", to_state="open") == 0
+        assert (
+            value(before, name, exchange=exchange, from_state="half_open", to_state="closed") == 0
+        )
+    await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": "OPEN"})
+    after = await scrape(client)
+    assert value(after, name, exchange="kraken", from_state="closed", to_state="open") == 1
+    assert value(after, name, exchange="kraken", from_state="open", to_state="closed") == 0
+
+
+async def test_probe_rounds_feed_the_breaker(client: TestClient) -> None:
+    """The Kraken probe calls every observer once per round; the breaker is one of them."""
+    for _ in range(5):
+        for observer in client.app[PROBE_OBSERVERS]:
+            await observer("kraken", False, "timeout")
+    payload = await call(client, "GET", f"{BREAKER}/kraken")
+    assert (payload["state"], payload["failureCount"]) == ("OPEN", 5)
+
+
+async def test_the_app_half_opens_overdue_breakers_in_the_background(
+    aiohttp_client, database: Connection, db: asyncpg.Connection
+) -> None:
+    fast = parse_config({**SETTINGS, "breaker": {"check_interval": "20ms"}})
+    await aiohttp_client(create_app(fast, database, Secrets(admin_token=TOKEN)))
+    await db.execute(
+        """INSERT INTO liquid_abt.circuit_breakers (exchange, state, state_changed_at)
+           VALUES ('kraken', 'open', now() - interval '1 minute')"""
+    )
+
+    async def half_open() -> bool:  # the row itself: an API read would half-open it on its own
+        state = await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers")
+        return state == "half_open"
+
+    await wait_until(half_open, timeout=10)
+    [entry] = await audit_entries(db)
+    detail = json.loads(entry["detail"])
+    assert (entry["actor"], detail["from"], detail["to"], detail["trigger"]) == (
+        "automation", "OPEN", "HALF_OPEN", "recovery_timeout",
+    )  # fmt: skip
