@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the Kraken-compatible server for tests and drills (see `kraken-server --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "simulate",
+        help="write simulated purchases and API call logs, for demos and drills "
+        "(see `simulate --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -152,6 +158,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         from exporter.kraken.fake_server import main as kraken_server
 
         return kraken_server(argv[1:])
+    if argv[:1] == ["simulate"]:
+        from exporter.simulate import main as simulate
+
+        return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     if args.log_level not in LEVELS:
         print(f"error: --log.level {args.log_level!r}: use one of {', '.join(LEVELS)}", file=sys.stderr)
