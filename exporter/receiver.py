@@ -141,6 +141,20 @@ async def record(pool: asyncpg.Pool, notification: Notification) -> int:
     return new
 
 
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to be larger than `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class WebhookHandler:
     """The aiohttp handler; `on_recorded` wakes the action worker."""
 
@@ -162,12 +176,12 @@ class WebhookHandler:
         self._metrics.notifications.labels(result).inc()
         return web.json_response({"status": result, "message": message, **extra}, status=status)
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         if not authorized(request.headers.get("Authorization"), self._secrets):
             log.warning("webhook: unauthorized", extra={"remote": request.remote})
             return self._reply("unauthorized", 401, "missing or wrong credentials")
-        body = await request.content.read(self._max_body_bytes + 1)
-        if len(body) > self._max_body_bytes:
+        body = await _read_limited(request, self._max_body_bytes)
+        if body is None:
             return self._reply("too_large", 413, f"body larger than {self._max_body_bytes} bytes")
         try:
             notification = parse_notification(body)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
+from exporter.actions import ActionWorker
 from exporter.admin import build_admin_app
 from exporter.admin.audit import routes as audit_routes
 from exporter.admin.breaker import routes as breaker_routes
@@ -30,6 +31,8 @@ from exporter.config import Config
 from exporter.db import Connection, DatabaseMonitor, create_pool
 from exporter.kraken.client import KrakenClient
 from exporter.kraken.probe import ExchangeProbe, OnResult
+from exporter.receiver import ReceiverMetrics, WebhookHandler
+from exporter.recovery import Reconciler, RecoveryVerifier
 from exporter.secrets import Secrets
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ PROBE = web.AppKey("probe", ExchangeProbe)
 PROBE_OBSERVERS = web.AppKey("probe_observers", list[OnResult])
 RUNNERS = web.AppKey("runners", list[SnapshotRunner])
 BREAKERS = web.AppKey("breakers", BreakerStore)
+ACTION_WORKER = web.AppKey("action_worker", ActionWorker)
 
 def build_sources(config: Config) -> list[Source]:
     classifier = ReasonClassifier(config.purchases.failure_reasons)
@@ -130,6 +134,41 @@ def _probe_observer(app: web.Application) -> OnResult:
     return observe
 
 
+async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The runbook actions: the notification worker, recovery verification, reconciliation."""
+    config = app[CONFIG]
+    worker = ActionWorker(app[POOL], config, app[BREAKERS], app[REGISTRY])
+    verifier = RecoveryVerifier(
+        app[POOL], config, app[BREAKERS], {KRAKEN: app[PROBE].recovery_check}, worker.metrics,
+        worker.outage_alertnames(),
+    )  # fmt: skip
+    worker.on_recovery_requested = verifier.wake
+    app[ACTION_WORKER] = worker
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_task("action-worker", worker.run()))
+        await stack.enter_async_context(_task("recovery-verifier", verifier.run()))
+        if config.receiver.alertmanager_url:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            reconciler = Reconciler(
+                app[POOL], session, config.receiver.alertmanager_url, worker, worker.metrics,
+                [*worker.outage_alertnames(), *worker.rate_alertnames()],
+                config.receiver.reconcile_interval,
+            )  # fmt: skip
+            await stack.enter_async_context(_task("reconciler", reconciler.run()))
+        yield
+
+
+def _webhook(app: web.Application) -> WebhookHandler:
+    def wake_worker() -> None:
+        if ACTION_WORKER in app:
+            app[ACTION_WORKER].wake()
+
+    return WebhookHandler(
+        lambda: app[POOL], app[SECRETS], ReceiverMetrics(app[REGISTRY]),
+        app[CONFIG].receiver.max_body_bytes, wake_worker,
+    )  # fmt: skip
+
+
 async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     sources = build_sources(config)
@@ -197,10 +236,13 @@ def create_app(
     _build_info(app[REGISTRY])
     # Order matters: each context may use what the previous ones created.
     app[PROBE_OBSERVERS] = []
-    app.cleanup_ctx.extend([_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx])
+    app.cleanup_ctx.extend(
+        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _actions_ctx]
+    )
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_post(config.receiver.path, _webhook(app).handle)
     app.add_subapp("/api/admin/", build_admin_app(app[SECRETS].admin_token, admin_route_tables()))
     return app

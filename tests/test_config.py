@@ -22,7 +22,7 @@ EXPECTED_ERRORS = {
     "invalid-exchange.yml": "exchanges: invalid exchange name 'Kraken'",
     "invalid-password-in-dsn.yml": "database.dsn: the DSN contains a password",
     "invalid-yaml.yml": "not valid YAML",
-    "invalid-pool-size.yml": "database.pool_max_size: Input should be greater than or equal to 1 (got 0)",
+    "invalid-pool-size.yml": "database.pool_max_size: Input should be greater than or equal to 2 (got 0)",
     "invalid-top-level.yml": "the top level must be a mapping, got list",
 }
 

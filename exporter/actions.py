@@ -1,0 +1,291 @@
+"""Runbook actions driven by recorded Alertmanager notifications.
+
+The webhook only records alert states (receiver.py); this worker takes unprocessed ones
+(`FOR UPDATE SKIP LOCKED`, so replicas share the work) and acts on each alert's own status:
+
+- firing: open the breaker, pause purchases, queue retry-eligible purchases, lower the API rate;
+- resolved: restore the API rate; for outages, request recovery verification (recovery.py), which
+  alone closes the breaker and resumes purchases.
+
+Every action is idempotent and audited with the alert's fingerprint. A stale state never undoes a
+newer one: a resolved alert only counts when no other outage alert of that exchange is still
+firing, and a firing state whose resolution was already recorded is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter
+
+from exporter import audit, controls, retry_queue
+from exporter.breaker import ACTOR_AUTOMATION, BreakerStore
+from exporter.classify import ReasonClassifier
+from exporter.config import Config
+
+log = logging.getLogger(__name__)
+
+ACTION_NAMES = (
+    "open_breaker", "pause_purchases", "queue_retries", "lower_api_rate", "restore_api_rate",
+    "request_recovery", "verify_recovery", "close_breaker", "resume_purchases", "reconcile",
+)  # fmt: skip
+ACTION_RESULTS = ("success", "failure", "skipped", "dry_run")
+OUTAGE_ACTIONS = {"open_breaker", "pause_purchases"}
+
+
+class ActionMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter(
+            "liquid_abt_actions",
+            "Runbook actions taken by the exporter, by action and result.",
+            ["action", "result"],
+            registry=registry,
+        )
+        for action in ACTION_NAMES:
+            for result in ACTION_RESULTS:
+                self.actions.labels(action, result)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One recorded row of liquid_abt.notifications."""
+
+    id: int
+    fingerprint: str
+    status: str
+    starts_at: Any
+    alertname: str
+    exchange: str | None
+    summary: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> AlertState:
+        return cls(
+            row["id"], row["fingerprint"], row["status"], row["starts_at"], row["alertname"],
+            row["exchange"], row["summary"] or row["alertname"],
+        )  # fmt: skip
+
+    @property
+    def cause(self) -> str:
+        return f"{self.alertname} {self.status}"
+
+
+CLAIM_SQL = """
+SELECT id, fingerprint, status, starts_at, alertname, exchange, labels->>'summary' AS summary
+FROM liquid_abt.notifications
+WHERE processed_at IS NULL
+ORDER BY id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+# Firing states of the given alert names on an exchange with no recorded resolution. A resolution
+# of the same fingerprint that started later also ends it: Alertmanager had to resolve it first.
+ACTIVE_SQL = """
+SELECT count(*) FROM liquid_abt.notifications f
+WHERE f.status = 'firing' AND f.exchange = $1 AND f.alertname = ANY($2::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM liquid_abt.notifications r
+      WHERE r.status = 'resolved' AND r.fingerprint = f.fingerprint AND r.starts_at >= f.starts_at)
+"""
+
+RESOLVED_ALREADY_SQL = """
+SELECT EXISTS (SELECT 1 FROM liquid_abt.notifications
+               WHERE status = 'resolved' AND fingerprint = $1 AND starts_at >= $2)
+"""
+
+REQUEST_RECOVERY_SQL = """
+INSERT INTO liquid_abt.recoveries (exchange, cause, fingerprint)
+VALUES ($1, $2, $3)
+ON CONFLICT (exchange) DO UPDATE SET next_attempt_at = now(), cause = excluded.cause,
+    fingerprint = excluded.fingerprint
+"""
+
+
+class ActionWorker:
+    """Processes recorded notifications; `wake()` after recording avoids waiting for the poll."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: Config,
+        breakers: BreakerStore,
+        registry: CollectorRegistry,
+        on_recovery_requested: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._breakers = breakers
+        self._classifier = ReasonClassifier(config.purchases.failure_reasons)
+        self.metrics = ActionMetrics(registry)
+        self.on_recovery_requested = on_recovery_requested
+        self._rng = rng or random.Random()
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def _actions_for(self, alertname: str) -> list[str]:
+        return self._config.receiver.actions.get(alertname, [])
+
+    def outage_alertnames(self) -> list[str]:
+        return [n for n, a in self._config.receiver.actions.items() if OUTAGE_ACTIONS & set(a)]
+
+    def rate_alertnames(self) -> list[str]:
+        return [n for n, a in self._config.receiver.actions.items() if "lower_api_rate" in a]
+
+    async def run(self, poll_interval: float = 5.0) -> None:
+        """Drain the backlog, then wait for a wake-up (or poll: another replica may have recorded)."""
+        while True:
+            try:
+                while await self.process_one():
+                    pass
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("action worker: database error", extra={"error": str(exc)})
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), poll_interval)
+            except TimeoutError:
+                pass
+
+    async def process_one(self) -> bool:
+        """Process the oldest unprocessed alert state; False when there is none."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(CLAIM_SQL)
+            if row is None:
+                return False
+            state = AlertState.from_row(row)
+            if state.exchange:
+                # One alert state per exchange at a time, across replicas: keeps the
+                # "is another outage still firing" decision consistent.
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))",
+                    state.exchange,
+                )
+            error = await self._handle(connection, state)
+            await connection.execute(
+                "UPDATE liquid_abt.notifications SET processed_at = now(), process_error = $2 WHERE id = $1",
+                state.id, error,
+            )  # fmt: skip
+        return True
+
+    async def _handle(self, connection: asyncpg.Connection, state: AlertState) -> str | None:
+        actions = self._actions_for(state.alertname)
+        if not actions:
+            return None
+        if state.exchange is not None and state.exchange not in self._config.exchanges:
+            await self._skip(connection, state, actions, f"unknown exchange {state.exchange!r}")
+            return f"unknown exchange {state.exchange!r}"
+        handler = self._on_firing if state.status == "firing" else self._on_resolved
+        try:
+            await handler(connection, state, actions)
+        except (asyncpg.PostgresError, ValueError, LookupError) as exc:
+            log.error("action failed", extra={"alertname": state.alertname, "error": str(exc)})
+            return str(exc)
+        return None
+
+    async def _skip(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str], why: str
+    ) -> None:
+        for action in actions:
+            self.metrics.actions.labels(action, "skipped").inc()
+        await audit.record(
+            connection, actor=ACTOR_AUTOMATION, action="notification", exchange=state.exchange,
+            result="skipped", cause=f"{state.cause}: {why}", fingerprint=state.fingerprint,
+        )  # fmt: skip
+
+    async def _on_firing(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
+    ) -> None:
+        if await connection.fetchval(RESOLVED_ALREADY_SQL, state.fingerprint, state.starts_at):
+            await self._skip(connection, state, actions, "already resolved (stale firing)")
+            return
+        if OUTAGE_ACTIONS & set(actions) and state.exchange:
+            # A new outage: any pending verification is for the previous one.
+            await connection.execute(
+                "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", state.exchange
+            )
+        for action in actions:
+            await self._do(action, lambda a=action: self._fire(connection, a, state), connection, state)
+
+    async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
+        exchange, cause, fp = state.exchange, state.cause, state.fingerprint
+        if action == "queue_retries":
+            await retry_queue.enqueue_retry_eligible(
+                connection, exchange=exchange, classifier=self._classifier,
+                purchases_config=self._config.purchases, retry_config=self._config.retry,
+                cause=cause, fingerprint=fp, rng=self._rng,
+            )  # fmt: skip
+            return
+        if exchange is None:
+            raise ValueError(f"{state.alertname} has no exchange label: cannot {action}")
+        if action == "open_breaker":
+            await self._breakers.force_state(exchange, "OPEN", ACTOR_AUTOMATION, cause, fp)
+        elif action == "pause_purchases":
+            await controls.pause(
+                connection, exchange, reason=state.summary,
+                estimated_duration=self._config.receiver.pause_estimated_duration,
+                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
+            )  # fmt: skip
+        elif action == "lower_api_rate":
+            await controls.set_rate_multiplier(
+                connection, exchange, self._config.receiver.lowered_rate_multiplier,
+                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
+            )  # fmt: skip
+
+    async def _on_resolved(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
+    ) -> None:
+        exchange = state.exchange
+        if exchange is None:
+            return
+        if "lower_api_rate" in actions:
+            if await self._still_firing(connection, exchange, self.rate_alertnames()):
+                await self._skip(connection, state, ["restore_api_rate"], "another rate alert fires")
+            else:
+                await self._do("restore_api_rate", lambda: controls.set_rate_multiplier(
+                    connection, exchange, 1.0, actor=ACTOR_AUTOMATION, cause=state.cause,
+                    fingerprint=state.fingerprint,
+                ), connection, state)  # fmt: skip
+        if OUTAGE_ACTIONS & set(actions):
+            if await self._still_firing(connection, exchange, self.outage_alertnames()):
+                await self._skip(connection, state, ["request_recovery"], "another outage alert fires")
+                return
+            await self._do("request_recovery", lambda: connection.execute(
+                REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
+            ), connection, state)  # fmt: skip
+            self.on_recovery_requested()
+
+    async def _still_firing(self, connection: asyncpg.Connection, exchange: str, names: list[str]) -> bool:
+        return bool(await connection.fetchval(ACTIVE_SQL, exchange, names))
+
+    async def _do(
+        self,
+        action: str,
+        run: Callable[[], Awaitable[Any]],
+        connection: asyncpg.Connection,
+        state: AlertState,
+    ) -> None:
+        """Run one action, or only record it in dry-run mode; count it either way."""
+        if self._config.receiver.dry_run:
+            self.metrics.actions.labels(action, "dry_run").inc()
+            await audit.record(
+                connection, actor=ACTOR_AUTOMATION, action=action, exchange=state.exchange,
+                result="dry_run", cause=state.cause, fingerprint=state.fingerprint,
+            )  # fmt: skip
+            return
+        try:
+            # A savepoint: a failed action leaves the notification's transaction usable.
+            async with connection.transaction():
+                await run()
+        except Exception:
+            self.metrics.actions.labels(action, "failure").inc()
+            raise
+        self.metrics.actions.labels(action, "success").inc()

@@ -1,0 +1,255 @@
+"""The runbook actions, from webhook to PostgreSQL, with the Kraken-compatible server for recovery."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from exporter.config import parse_config
+from exporter.db import Connection
+from exporter.kraken.fake_server import FakeKraken
+from exporter.secrets import Secrets
+from exporter.web import create_app
+from tests.alertmanager_payloads import alert, notification
+from tests.helpers import scrape, value, wait_until
+
+TOKEN = "webhook-secret"
+ADMIN = "admin-secret"
+
+
+@pytest.fixture
+async def kraken() -> AsyncIterator[FakeKraken]:
+    server = FakeKraken()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def make_config(kraken: FakeKraken, **receiver: Any):
+    return parse_config({
+        "collectors": {"interval": "1h", "timeout": "10s"},
+        # The probe loop is off: the recovery checks alone talk to Kraken, so outcomes are exact.
+        "kraken": {"enabled": False, "base_url": kraken.url, "timeout": "2s"},
+        "receiver": {"verify_interval": "200ms", **receiver},
+    })  # fmt: skip
+
+
+async def start(aiohttp_client, database: Connection, kraken: FakeKraken, **receiver: Any) -> TestClient:
+    secrets = Secrets(webhook_token=TOKEN, admin_token=ADMIN)
+    return await aiohttp_client(create_app(make_config(kraken, **receiver), database, secrets))
+
+
+@pytest.fixture
+async def client(aiohttp_client, database: Connection, kraken: FakeKraken) -> TestClient:
+    return await start(aiohttp_client, database, kraken)
+
+
+async def send(client: TestClient, *alerts: dict[str, Any]) -> None:
+    response = await client.post(
+        "/webhook/alertmanager", json=notification(list(alerts)),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )  # fmt: skip
+    assert response.status == 200, await response.text()
+
+
+async def processed(db: asyncpg.Connection) -> bool:
+    return not await db.fetchval("SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL")
+
+
+async def settled(db: asyncpg.Connection) -> None:
+    """Every recorded alert state processed and no recovery pending."""
+
+    async def done() -> bool:
+        pending = await db.fetchval("SELECT count(*) FROM liquid_abt.recoveries")
+        return await processed(db) and pending == 0
+
+    await wait_until(done)
+
+
+async def breaker_state(db: asyncpg.Connection) -> str:
+    return await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'")
+
+
+async def paused(db: asyncpg.Connection) -> bool:
+    return bool(await db.fetchval(
+        "SELECT purchases_paused FROM liquid_abt.exchange_controls WHERE exchange = 'kraken'"
+    ))  # fmt: skip
+
+
+async def seed_failures(db: asyncpg.Connection) -> None:
+    await db.execute(
+        """INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, created_at)
+           VALUES ('t1', 100, 'failed', 'EService:Unavailable', now() - interval '5 minutes'),
+                  ('t2', 200, 'failed', 'Request timed out', now() - interval '10 minutes'),
+                  ('t3', 300, 'failed', 'insufficient_funds', now() - interval '10 minutes'),
+                  ('t4', 400, 'completed', NULL, now() - interval '10 minutes')"""
+    )
+
+
+async def audit(db: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT * FROM liquid_abt.audit_log WHERE action = $1 ORDER BY id", action)
+
+
+async def test_exchange_down_opens_pauses_and_queues_then_recovery_resumes(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await seed_failures(db)
+    await send(client, alert("ExchangeApiDown", fingerprint="down-1"))
+    await wait_until(lambda: processed(db))
+    assert await breaker_state(db) == "open"
+    assert await paused(db)
+    queued = await db.fetch("SELECT * FROM liquid_abt.retry_queue ORDER BY purchase_id")
+    assert len(queued) == 2, "the runbook's eligible failures, not insufficient funds"
+    assert all(q["next_attempt_at"] > q["enqueued_at"] for q in queued), "backoff before the first retry"
+    pause = (await audit(db, "pause_purchases"))[0]
+    assert pause["fingerprint"] == "down-1" and pause["actor"] == "automation"
+
+    await send(client, alert("ExchangeApiDown", fingerprint="down-1", status="resolved"))
+    await settled(db)
+    assert await breaker_state(db) == "closed"
+    assert not await paused(db)
+    due = await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()")
+    assert due == 2, "queued retries are due once the exchange recovered"
+    verified = (await audit(db, "verify_recovery"))[-1]
+    checks = json.loads(verified["detail"])["checks"]
+    assert verified["result"] == "success" and {c["name"] for c in checks} >= {"price", "order_book"}
+    samples = await scrape(client)
+    assert value(samples, "liquid_abt_actions_total", action="open_breaker", result="success") == 1
+    assert value(samples, "liquid_abt_actions_total", action="verify_recovery", result="success") == 1
+
+
+async def test_resolved_is_not_proof_recovery_is_verified_again_until_it_passes(
+    client: TestClient, db: asyncpg.Connection, kraken: FakeKraken
+) -> None:
+    await send(client, alert("ExchangeApiDown"))
+    await wait_until(lambda: processed(db))
+    await kraken.set_mode("maintenance")
+    await send(client, alert("ExchangeApiDown", status="resolved"))
+
+    async def verification_failed() -> bool:
+        return any(r["result"] == "failure" for r in await audit(db, "verify_recovery"))
+
+    await wait_until(verification_failed)
+    assert await paused(db), "a failed verification keeps purchases paused"
+    assert await breaker_state(db) in ("open", "half_open")
+    failure = next(r for r in await audit(db, "verify_recovery") if r["result"] == "failure")
+    assert "maintenance" in failure["cause"]
+
+    await kraken.set_mode("healthy")
+    await settled(db)
+    assert not await paused(db)
+    assert await breaker_state(db) == "closed"
+
+
+async def test_repeated_notifications_act_once(client: TestClient, db: asyncpg.Connection) -> None:
+    for _ in range(3):
+        await send(client, alert("ExchangeApiDown"))
+    await wait_until(lambda: processed(db))
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.notifications") == 1
+    assert len(await audit(db, "pause_purchases")) == 1
+    assert len(await audit(db, "breaker_transition")) == 1
+
+
+async def test_a_stale_resolved_never_undoes_a_newer_firing(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T10:00:00Z"))
+    await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T11:00:00Z"))
+    # The resolution of the first episode arrives late, after the second started.
+    await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T10:00:00Z", status="resolved"))
+    await wait_until(lambda: processed(db))
+    assert await paused(db)
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.recoveries") == 0
+    skipped = await audit(db, "notification")
+    assert any("another outage alert fires" in r["cause"] for r in skipped)
+
+
+async def test_a_firing_already_resolved_is_ignored(client: TestClient, db: asyncpg.Connection) -> None:
+    await send(client, alert("ExchangeApiDown", status="resolved"))
+    await settled(db)
+    await send(client, alert("ExchangeApiDown"))  # delivered out of order, after its resolution
+    await wait_until(lambda: processed(db))
+    assert not await paused(db)
+    assert await breaker_state(db) in (None, "closed")
+
+
+async def test_automation_never_lifts_a_manual_hold(client: TestClient, db: asyncpg.Connection) -> None:
+    response = await client.post(
+        "/api/admin/purchases/pause", json={"exchange": "kraken", "reason": "treasury audit"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )  # fmt: skip
+    assert response.status == 200, await response.text()
+    await send(client, alert("ExchangeApiDown"))
+    await wait_until(lambda: processed(db))
+    await send(client, alert("ExchangeApiDown", status="resolved"))
+    await settled(db)
+    assert await paused(db), "the admin's hold stays"
+    refused = await db.fetch("SELECT * FROM liquid_abt.audit_log WHERE result = 'refused'")
+    assert refused, "the refusal is in the audit log"
+    assert await breaker_state(db) == "closed", "the breaker itself recovered"
+
+
+async def test_rate_limiting_lowers_the_rate_and_resolution_restores_it(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    multiplier = "SELECT api_rate_multiplier FROM liquid_abt.exchange_controls WHERE exchange = 'kraken'"
+    await send(client, alert("ExchangeApiRateLimited"))
+    await wait_until(lambda: processed(db))
+    assert await db.fetchval(multiplier) == pytest.approx(0.5)
+    await send(client, alert("ExchangeApiRateLimited", status="resolved"))
+    await wait_until(lambda: processed(db))
+    assert await db.fetchval(multiplier) == 1
+    assert not await paused(db), "rate limiting alone pauses nothing"
+
+
+async def test_failure_rate_high_queues_the_eligible_purchases(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await seed_failures(db)
+    await send(client, alert("BitcoinPurchaseFailureRateHigh"))
+    await wait_until(lambda: processed(db))
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 2
+    assert not await paused(db)
+
+
+async def test_dry_run_records_and_changes_nothing(
+    aiohttp_client, database: Connection, kraken: FakeKraken, db: asyncpg.Connection
+) -> None:
+    client = await start(aiohttp_client, database, kraken, dry_run=True)
+    await seed_failures(db)
+    await send(client, alert("ExchangeApiDown"))
+    await wait_until(lambda: processed(db))
+    assert await breaker_state(db) in (None, "closed")
+    assert not await paused(db)
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0
+    dry = await db.fetch("SELECT action FROM liquid_abt.audit_log WHERE result = 'dry_run' ORDER BY id")
+    assert [r["action"] for r in dry] == ["open_breaker", "pause_purchases", "queue_retries"]
+
+
+async def test_alerts_without_actions_are_recorded_only(client: TestClient, db: asyncpg.Connection) -> None:
+    await send(client, alert("LiquidAbtCollectorStale", exchange=None))
+    await wait_until(lambda: processed(db))
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.audit_log") == 0
+
+
+async def test_a_breaker_held_open_by_an_admin_keeps_purchases_paused(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    response = await client.post(
+        "/api/admin/circuit-breaker/kraken/force-state", json={"state": "OPEN", "reason": "key rotation"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )  # fmt: skip
+    assert response.status == 200, await response.text()
+    await send(client, alert("ExchangeApiDown"))
+    await wait_until(lambda: processed(db))
+    await send(client, alert("ExchangeApiDown", status="resolved"))
+    await settled(db)
+    assert await breaker_state(db) == "open"
+    assert await paused(db)
+    skipped = await audit(db, "resume_purchases")
+    assert skipped[-1]["result"] == "skipped" and "held open by an admin" in skipped[-1]["cause"]

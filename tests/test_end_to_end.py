@@ -1,0 +1,191 @@
+"""End to end with the real programs: PostgreSQL, two exporter replicas, the Kraken-compatible
+server, a real Prometheus loading the shipped rules, and two clustered Alertmanagers routing to
+the webhook with bearer auth.
+
+Kraken goes down: the breaker opens and purchases pause, as read from PostgreSQL. Kraken comes
+back: the breaker closes and purchases resume. Both Alertmanagers and both exporters see every
+notification; no action happens twice. Only `for` durations and intervals are shortened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from exporter.db import Connection
+from exporter.embedded_pg import free_port
+from tests.harness import (
+    REPO,
+    RULE_FILES,
+    AlertmanagerProcess,
+    ExporterProcess,
+    KrakenServerProcess,
+    PrometheusProcess,
+    exporter_config,
+    start_alertmanager,
+    start_exporter,
+    start_kraken_server,
+    start_prometheus,
+)
+from tests.helpers import wait_until
+
+TOKEN = "e2e-webhook-token"
+DEADLINE = 120.0  # a bound on each phase on a loaded 2-core machine; typically 10-30 s
+
+
+def shortened_rules(tmp: Path) -> list[Path]:
+    """The shipped rules with every `for` cut to 2s: the expressions stay exactly as shipped."""
+    out = []
+    for path in RULE_FILES:
+        text = re.sub(r"(\n\s+for:\s*)\S+", r"\g<1>2s", path.read_text())
+        target = tmp / path.name
+        target.write_text(text)
+        out.append(target)
+    return out
+
+
+def alertmanager_config(exporter_urls: list[str], token_file: Path) -> str:
+    """The shipped webhook receiver and inhibitions, pointed at the test's exporters; the human
+    receivers are left out so nothing tries to reach the outside."""
+    shipped = yaml.safe_load((REPO / "alerts" / "alertmanager.yml").read_text())
+    webhook = next(r for r in shipped["receivers"] if r["name"] == "liquid-abt-exporter")
+    template = webhook["webhook_configs"][0]
+    configs = []
+    for url in exporter_urls:
+        config = {**template, "url": f"{url}/webhook/alertmanager"}
+        config["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+        configs.append(config)
+    return yaml.safe_dump({
+        "route": {
+            "receiver": "liquid-abt-exporter", "group_by": ["alertname", "exchange"],
+            "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m",
+        },
+        "inhibit_rules": shipped["inhibit_rules"],
+        "receivers": [{"name": "liquid-abt-exporter", "webhook_configs": configs}],
+    })  # fmt: skip
+
+
+@pytest.fixture
+def kraken(tmp_path: Path) -> Iterator[KrakenServerProcess]:
+    with start_kraken_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def exporters(tmp_path: Path, database: Connection, kraken: KrakenServerProcess) -> Iterator[list[ExporterProcess]]:
+    config = exporter_config(
+        kraken.url,
+        breaker={"failure_threshold": 3, "recovery_timeout": "3s", "check_interval": "500ms"},
+        receiver={"verify_interval": "1s"},
+    )
+    env = {"LIQUID_ABT_WEBHOOK_TOKEN": TOKEN}
+    started: list[ExporterProcess] = []
+    try:
+        for i in range(2):
+            started.append(start_exporter(
+                tmp_path / f"exporter-{i}", database_url=database.dsn, config_yaml=config, env=env,
+            ))  # fmt: skip
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+@pytest.fixture
+def alertmanagers(tmp_path: Path, exporters: list[ExporterProcess]) -> Iterator[list[AlertmanagerProcess]]:
+    token = tmp_path / "webhook-token"
+    token.write_text(TOKEN)
+    config = alertmanager_config([e.url for e in exporters], token)
+    first_cluster = f"127.0.0.1:{free_port()}"
+    second_cluster = f"127.0.0.1:{free_port()}"
+    with start_alertmanager(tmp_path / "am-0", config, cluster_listen=first_cluster) as first:
+        with start_alertmanager(
+            tmp_path / "am-1", config, peers=[first_cluster], cluster_listen=second_cluster
+        ) as second:
+            yield [first, second]
+
+
+@pytest.fixture
+def prometheus(
+    tmp_path: Path, exporters: list[ExporterProcess], alertmanagers: list[AlertmanagerProcess]
+) -> Iterator[PrometheusProcess]:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    with start_prometheus(
+        tmp_path, [e.target for e in exporters], shortened_rules(rules_dir),
+        [am.url for am in alertmanagers],
+    ) as server:  # fmt: skip
+        yield server
+
+
+async def controls(db: asyncpg.Connection) -> dict[str, Any]:
+    row = await db.fetchrow(
+        """SELECT coalesce(b.state, 'closed') AS state, coalesce(c.purchases_paused, false) AS paused
+           FROM (SELECT 'kraken' AS exchange) x
+           LEFT JOIN liquid_abt.circuit_breakers b USING (exchange)
+           LEFT JOIN liquid_abt.exchange_controls c USING (exchange)"""
+    )
+    return dict(row)
+
+
+async def audit_count(db: asyncpg.Connection, action: str, result: str = "success") -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.audit_log WHERE action = $1 AND result = $2", action, result
+    ))  # fmt: skip
+
+
+async def test_kraken_outage_pauses_purchases_and_recovery_resumes_them(
+    db: asyncpg.Connection,
+    kraken: KrakenServerProcess,
+    exporters: list[ExporterProcess],
+    alertmanagers: list[AlertmanagerProcess],
+    prometheus: PrometheusProcess,
+) -> None:
+    await db.execute(
+        """INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, created_at)
+           SELECT 'tenant-' || i, 100 + i, 'failed', 'EService:Unavailable', now() - interval '5 minutes'
+           FROM generate_series(1, 5) AS i"""
+    )
+    prometheus.wait_for('liquid_abt_exchange_up{exchange="kraken"} == 1', timeout=DEADLINE)
+    assert await controls(db) == {"state": "closed", "paused": False}
+
+    kraken.set_mode("down")
+
+    async def outage_handled() -> bool:
+        return await controls(db) == {"state": "open", "paused": True}
+
+    await wait_until(outage_handled, timeout=DEADLINE, step=0.5)
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 5
+    firing = await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.notifications WHERE alertname = 'ExchangeApiDown' AND status = 'firing'"
+    )
+    assert firing >= 1
+
+    kraken.set_mode("healthy")
+
+    async def recovered() -> bool:
+        return await controls(db) == {"state": "closed", "paused": False}
+
+    await wait_until(recovered, timeout=DEADLINE, step=0.5)
+    assert await audit_count(db, "verify_recovery") >= 1
+    due = await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()")
+    assert due == 5, "the queued purchases are due again once Kraken recovered"
+
+    # Two Alertmanagers, two exporters, repeats: each alert state recorded once, acted on once.
+    duplicates = await db.fetchval(
+        """SELECT count(*) FROM (SELECT fingerprint, status, starts_at FROM liquid_abt.notifications
+           GROUP BY 1, 2, 3 HAVING count(*) > 1) d"""
+    )
+    assert duplicates == 0
+    episodes = await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.notifications WHERE alertname = 'ExchangeApiDown' AND status = 'firing'"
+    )
+    assert await audit_count(db, "pause_purchases") == 1
+    assert await audit_count(db, "queue_failed_purchases_for_retry") <= episodes
+    assert await audit_count(db, "resume_purchases") <= 1
