@@ -15,6 +15,7 @@ firing, and a firing state whose resolution was already recorded is ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -150,10 +151,8 @@ class ActionWorker:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("action worker: database error", extra={"error": str(exc)})
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), poll_interval)
-            except TimeoutError:
-                pass
 
     async def process_one(self) -> bool:
         """Process the oldest unprocessed alert state; False when there is none."""

@@ -24,7 +24,7 @@ from exporter.db import Connection, mask_dsn
 from exporter.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.migrate import migrate
-from exporter.secrets import Secrets, SecretError, read_secret
+from exporter.secrets import SecretError, Secrets, read_secret
 
 log = logging.getLogger("exporter")
 

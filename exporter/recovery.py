@@ -10,6 +10,7 @@ the queued retries due. When a test fails it stays paused, records why, and trie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -81,10 +82,8 @@ class RecoveryVerifier:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("recovery verifier: database error", extra={"error": str(exc)})
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(interval, 5.0))
-            except TimeoutError:
-                pass
 
     async def verify_one(self) -> bool:
         """Verify the most overdue pending recovery; False when none is due."""

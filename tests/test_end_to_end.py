@@ -104,11 +104,13 @@ def alertmanagers(tmp_path: Path, exporters: list[ExporterProcess]) -> Iterator[
     config = alertmanager_config([e.url for e in exporters], token)
     first_cluster = f"127.0.0.1:{free_port()}"
     second_cluster = f"127.0.0.1:{free_port()}"
-    with start_alertmanager(tmp_path / "am-0", config, cluster_listen=first_cluster) as first:
-        with start_alertmanager(
+    with (
+        start_alertmanager(tmp_path / "am-0", config, cluster_listen=first_cluster) as first,
+        start_alertmanager(
             tmp_path / "am-1", config, peers=[first_cluster], cluster_listen=second_cluster
-        ) as second:
-            yield [first, second]
+        ) as second,
+    ):
+        yield [first, second]
 
 
 @pytest.fixture

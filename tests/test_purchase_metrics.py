@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter.config import Config, parse_config
+from exporter.config import parse_config
 from exporter.db import Connection
 from exporter.labels import REASON_CLASSES
 from exporter.web import RUNNERS, create_app
@@ -128,9 +128,9 @@ async def test_unknown_exchanges_and_statuses_stay_in_the_closed_sets(
     s = await scrape(client)
     assert value(s, "liquid_abt_purchases", window="5m", exchange="other", status="failed") == 1
     assert value(s, "liquid_abt_purchases", window="5m", exchange="kraken", status="completed") == 1
-    statuses = {dict(l)["status"] for l in series(s, "liquid_abt_purchases")}
+    statuses = {dict(labels)["status"] for labels in series(s, "liquid_abt_purchases")}
     assert statuses == {"pending", "completed", "failed", "refunded"}
-    exchanges = {dict(l)["exchange"] for l in series(s, "liquid_abt_purchases")}
+    exchanges = {dict(labels)["exchange"] for labels in series(s, "liquid_abt_purchases")}
     assert exchanges == {"kraken", "other"}
 
 
