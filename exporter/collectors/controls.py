@@ -17,6 +17,8 @@ CONTROLS_SQL = """
 SELECT x.exchange,
        coalesce(b.state, 'closed') AS state,
        coalesce(b.failure_count, 0) AS failure_count,
+       coalesce(b.manual_hold, false) AS breaker_held,
+       coalesce(c.manual_hold, false) AS pause_held,
        coalesce(c.purchases_paused, false) AS paused,
        coalesce(extract(epoch FROM c.paused_at), 0)::float8 AS paused_at,
        coalesce(c.api_rate_multiplier, 1)::float8 AS rate_multiplier,
@@ -49,6 +51,11 @@ class ControlsSource:
                 "liquid_abt_circuit_breaker_failures",
                 "Failures counted by the circuit breaker in its monitoring window.",
                 ["exchange"], x,
+            ),
+            "held": LabelledValues(
+                "liquid_abt_manual_hold",
+                "1 while an admin holds a control (breaker open, purchases paused); automation never lifts it.",
+                ["exchange", "control"], x, ["circuit_breaker", "purchases"],
             ),
             "paused": LabelledValues(
                 "liquid_abt_purchases_paused",
@@ -83,6 +90,8 @@ class ControlsSource:
             exchange = row["exchange"]
             families["state"].set((exchange, row["state"]), 1)
             families["failures"].set((exchange,), row["failure_count"])
+            families["held"].set((exchange, "circuit_breaker"), 1 if row["breaker_held"] else 0)
+            families["held"].set((exchange, "purchases"), 1 if row["pause_held"] else 0)
             families["paused"].set((exchange,), 1 if row["paused"] else 0)
             families["paused_since"].set((exchange,), row["paused_at"] if row["paused"] else 0)
             families["depth"].set((exchange,), row["queue_depth"])
