@@ -213,6 +213,10 @@ class Purchase:
         return "failed" if self.failure else "completed"
 
     @property
+    def failure_reason(self) -> str | None:
+        return self.failure.text if self.failure else None
+
+    @property
     def duration_s(self) -> float:
         return self.calls[-1].offset_s if self.calls else 0.05
 
@@ -319,7 +323,8 @@ class Simulator:
             else:
                 ms = self._latency(*failure.latency_ms)
             offset += ms / 1000 + 0.005  # the platform's own time between calls
-            calls.append(Call(endpoint, failure is None, ms, failure and failure.text, offset))
+            error = failure.text if failure else None
+            calls.append(Call(endpoint, failure is None, ms, error, offset))
         return tuple(calls)
 
     def _latency(self, median: float, sigma: float) -> int:
@@ -425,13 +430,12 @@ async def backfill(
             break
         purchase = simulator.purchase()
         summary.add(purchase)
-        failure = purchase.failure
         purchases.append(
             (
                 purchase.tenant_id,
                 purchase.amount_aud,
                 purchase.status,
-                failure.text if failure else None,
+                purchase.failure_reason,
                 exchange,
                 purchase.retry_count,
                 at,
@@ -546,11 +550,10 @@ class Live:
                     )
                     await self._drop_connection()
                     next_retry, backoff = loop.time() + backoff, min(backoff * 2, 10.0)
+                # Settlements wait for a connection: without one, their due times are no alarm.
+                settling = (due for due, *_ in self._in_flight) if self.conn else ()
                 wake = min(
-                    next_purchase,
-                    end,
-                    next_controls if self.conn else next_retry,
-                    *(due for due, *_ in self._in_flight),
+                    next_purchase, end, next_controls if self.conn else next_retry, *settling
                 )
                 await _sleep_until(stop, wake - loop.time())
             if self.conn is not None:
@@ -615,10 +618,7 @@ class Live:
             await conn.executemany(
                 "UPDATE bitcoin_purchases SET status = $2, failure_reason = $3, retry_count = $4 "
                 "WHERE id = $1",
-                [
-                    (pid, p.status, p.failure and p.failure.text, p.retry_count)
-                    for _, pid, _, p in due
-                ],
+                [(pid, p.status, p.failure_reason, p.retry_count) for _, pid, _, p in due],
             )
             calls = [
                 row for _, _, created, p in due for row in _call_rows(self.exchange, p, created)

@@ -122,14 +122,18 @@ class ManagedProcess:
         self.log_path = workdir / f"{self.name}.log"
         self.returncode: int | None = None
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.args,
-            cwd=workdir,
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=workdir,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            self._log.close()
+            raise
 
     def log_text(self, tail: int = 6000) -> str:
         try:

@@ -262,3 +262,26 @@ def test_simulate_command_rejects_a_bad_mix_and_a_missing_database() -> None:
     assert "simulate" in listed.stdout
     helped = subprocess.run([*command[:4], "--help"], env=env, capture_output=True, text=True)
     assert helped.returncode == 0 and "kraken-outage" in helped.stdout, helped.stderr
+
+
+async def test_live_survives_a_lost_database_connection(
+    database: Connection, db: asyncpg.Connection
+) -> None:
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(
+            database.dsn, server_settings={"application_name": "simulator-under-test"}
+        )
+
+    live = Live(connect, Simulator(MIX, seed=9), rate_per_minute=1200, exchange="kraken")
+    run = asyncio.create_task(live.run(asyncio.Event(), 4.0))
+    await asyncio.sleep(1.0)
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'simulator-under-test'"
+    )
+    cut = await db.fetchval("SELECT now()")
+    await run
+    assert killed == 1
+    after = await db.fetchval("SELECT count(*) FROM bitcoin_purchases WHERE created_at > $1", cut)
+    assert after > 5, "purchases resumed on a new connection"
+    assert await db.fetchval("SELECT count(*) FROM bitcoin_purchases WHERE status = 'pending'") == 0
