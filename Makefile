@@ -19,6 +19,7 @@ run: $(STAMP)
 ## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
 	$(BIN)/ruff check exporter tests bench
+	$(BIN)/mypy exporter
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -212,7 +213,7 @@ class ActionWorker:
                 "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", state.exchange
             )
         for action in actions:
-            await self._do(action, lambda a=action: self._fire(connection, a, state), connection, state)
+            await self._do(action, partial(self._fire, connection, action, state), connection, state)
 
     async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
         exchange, cause, fp = state.exchange, state.cause, state.fingerprint

@@ -20,7 +20,3 @@ REASON_CLASSES: Final = (
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 
-
-def closed(value: str | None, allowed: list[str] | tuple[str, ...]) -> str:
-    """Map a free value onto a closed label set: anything unknown becomes `other`."""
-    return value if value in allowed else OTHER

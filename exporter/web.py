@@ -174,16 +174,17 @@ async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
     sources = build_sources(config)
     metrics = SelfMetrics(app[REGISTRY], [s.name for s in sources])
     collectors = config.collectors
-    app[RUNNERS] = [
+    runners = [
         SnapshotRunner(
             source, app[POOL], metrics, collectors.interval, collectors.timeout,
             collectors.snapshot_expiry,
         )  # fmt: skip
         for source in sources
     ]
-    app[REGISTRY].register(SnapshotExposition(app[RUNNERS]))
+    app[RUNNERS] = runners
+    app[REGISTRY].register(SnapshotExposition(runners))
     async with contextlib.AsyncExitStack() as stack:
-        for runner in app[RUNNERS]:
+        for runner in runners:
             await stack.enter_async_context(_task(f"collector-{runner.name}", runner.run()))
         yield
 
