@@ -31,8 +31,16 @@ from typing import Final
 
 import asyncpg
 
+from exporter import retry_queue
 from exporter.classify import ReasonClassifier
-from exporter.config import Config, ConfigError, format_duration, load_config, parse_duration
+from exporter.config import (
+    Config,
+    ConfigError,
+    RetryConfig,
+    format_duration,
+    load_config,
+    parse_duration,
+)
 from exporter.labels import REASON_CLASSES
 from exporter.logs import FORMATS, LEVELS, setup_logging
 from exporter.secrets import SecretError
@@ -228,6 +236,7 @@ class Summary:
     calls: int = 0
     failed_calls: int = 0
     skipped_paused: int = 0
+    retried: Counter[str] = field(default_factory=Counter)  # queued retries bought again, by status
 
     def add(self, purchase: Purchase) -> None:
         self.purchases[purchase.status] += 1
@@ -244,6 +253,7 @@ class Summary:
             "api_calls": self.calls,
             "failed_api_calls": self.failed_calls,
             "skipped_paused": self.skipped_paused,
+            "retries": ",".join(f"{k}={v}" for k, v in sorted(self.retried.items())) or "none",
         }
 
 
@@ -509,6 +519,7 @@ class Live:
         rate_per_minute: float,
         exchange: str,
         honour_controls: bool = True,
+        retry_config: RetryConfig | None = None,
     ) -> None:
         self.connect = connect
         self.conn: asyncpg.Connection | None = None
@@ -519,6 +530,7 @@ class Live:
         self.summary = Summary()
         self.controls = Controls()
         self.lost = 0  # purchases that arrived while the database was unreachable
+        self.retry_config = retry_config or RetryConfig()
         self._in_flight: list[tuple[float, int, datetime, Purchase]] = []
 
     async def run(self, stop: asyncio.Event, duration: float | None = None) -> Summary:
@@ -538,6 +550,7 @@ class Live:
                     if self.conn is not None:
                         if self.honour_controls and now >= next_controls:
                             await self._refresh_controls(self.conn)
+                            await self._process_retries(self.conn)
                             next_controls = now + 1.0
                         await self._settle(self.conn, now)
                     if now >= next_purchase:
@@ -589,6 +602,27 @@ class Live:
                 },
             )
         self.controls = controls
+
+    async def _process_retries(self, conn: asyncpg.Connection) -> None:
+        """As the platform does: claim due retries (the claim itself skips paused exchanges and
+        open breakers) and buy again; the outcome follows the current scenario."""
+        if self.controls.paused or self.controls.breaker_open:
+            return
+        for entry in await retry_queue.claim_due(conn, limit=10):
+            attempt = self.simulator.purchase(rate_multiplier=self.controls.rate_multiplier)
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE bitcoin_purchases SET retry_count = retry_count + 1, status = $2, "
+                    "failure_reason = $3 WHERE id::text = $1",
+                    entry.purchase_id, attempt.status, attempt.failure_reason,
+                )  # fmt: skip
+                if attempt.status == "completed":
+                    await retry_queue.complete(conn, entry.id)
+                else:
+                    await retry_queue.fail(
+                        conn, entry.id, attempt.failure_reason or "failed", self.retry_config
+                    )
+            self.summary.retried[attempt.status] += 1
 
     async def _start_purchase(self, now: float) -> None:
         if self.controls.paused:
@@ -814,6 +848,7 @@ async def _simulate(args: argparse.Namespace, config: Config) -> Summary:
         rate_per_minute=args.rate,
         exchange=exchange,
         honour_controls=not args.ignore_controls,
+        retry_config=config.retry,
     )
     summary = await live.run(stop, args.duration)
     log.info("simulation stopped", extra={**summary.describe(), "lost": live.lost})

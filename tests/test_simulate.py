@@ -285,3 +285,28 @@ async def test_live_survives_a_lost_database_connection(
     after = await db.fetchval("SELECT count(*) FROM bitcoin_purchases WHERE created_at > $1", cut)
     assert after > 5, "purchases resumed on a new connection"
     assert await db.fetchval("SELECT count(*) FROM bitcoin_purchases WHERE status = 'pending'") == 0
+
+
+async def test_live_buys_due_retries_again_as_the_platform_would(
+    database: Connection, db: asyncpg.Connection
+) -> None:
+    purchase_id = await db.fetchval(
+        "INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason) "
+        "VALUES ('sim-1', 100, 'failed', 'EService:Unavailable') RETURNING id"
+    )
+    await db.execute(
+        "INSERT INTO liquid_abt.retry_queue (purchase_id, exchange, next_attempt_at) "
+        "VALUES ($1, 'kraken', now())",
+        str(purchase_id),
+    )
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(database.dsn)
+
+    # No failures in the mix: the retry succeeds.
+    live = Live(connect, Simulator({}, seed=1), rate_per_minute=1, exchange="kraken")
+    await live.run(asyncio.Event(), 0.5)
+    assert live.summary.retried == {"completed": 1}
+    row = await db.fetchrow("SELECT status, retry_count FROM bitcoin_purchases WHERE id = $1", purchase_id)
+    assert tuple(row) == ("completed", 1)
+    assert await db.fetchval("SELECT status FROM liquid_abt.retry_queue") == "succeeded"
