@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test demo lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy exporter
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
+demo: $(STAMP)
+	$(BIN)/liquid-abt-exporter demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench

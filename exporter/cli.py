@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(see `simulate --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "demo",
+        help="run the whole loop locally (database, Kraken-compatible server, exporter, simulator, "
+        "Prometheus and Alertmanager when installed); --drill runs a scripted outage",
+        add_help=False,
+    )
     return parser
 
 
@@ -158,6 +164,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         from exporter.kraken.fake_server import main as kraken_server
 
         return kraken_server(argv[1:])
+    if argv[:1] == ["demo"]:
+        from exporter.demo import main as demo
+
+        return demo(argv[1:])
     if argv[:1] == ["simulate"]:
         from exporter.simulate import main as simulate
 
