@@ -41,6 +41,18 @@ ACTION_RESULTS = ("success", "failure", "skipped", "dry_run")
 OUTAGE_ACTIONS = {"open_breaker", "pause_purchases"}
 
 
+# Errors a retry cannot fix: recorded on the notification. Anything else is retried.
+PERMANENT_ERRORS = (ValueError, LookupError, asyncpg.DataError)
+
+
+async def lock_exchange(connection: asyncpg.Connection, exchange: str) -> None:
+    """Serialise, across replicas and until the transaction ends, everything that decides on an
+    exchange's outage state: the action worker and the recovery verifier take it first."""
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))", exchange
+    )
+
+
 class ActionMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.actions = Counter(
@@ -146,29 +158,31 @@ class ActionWorker:
     async def run(self, poll_interval: float = 5.0) -> None:
         """Drain the backlog, then wait for a wake-up (or poll: another replica may have recorded)."""
         while True:
+            # Cleared before draining: a wake-up that arrives while draining is not lost.
+            self._wakeup.clear()
             try:
                 while await self.process_one():
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("action worker: database error", extra={"error": str(exc)})
-            self._wakeup.clear()
+            except Exception as exc:  # the loop must outlive any failure; the row is retried
+                log.warning("action worker: processing failed, will retry", exc_info=True,
+                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), poll_interval)
 
     async def process_one(self) -> bool:
-        """Process the oldest unprocessed alert state; False when there is none."""
+        """Process the oldest unprocessed alert state; False when there is none.
+
+        Permanent problems (an unknown exchange, a bad value) are recorded on the row and the
+        other actions still run. Anything else (a deadlock, a lost connection) rolls the whole
+        transaction back, so the alert state stays unprocessed and is tried again.
+        """
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(CLAIM_SQL)
             if row is None:
                 return False
             state = AlertState.from_row(row)
             if state.exchange:
-                # One alert state per exchange at a time, across replicas: keeps the
-                # "is another outage still firing" decision consistent.
-                await connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))",
-                    state.exchange,
-                )
+                await lock_exchange(connection, state.exchange)
             error = await self._handle(connection, state)
             await connection.execute(
                 "UPDATE liquid_abt.notifications SET processed_at = now(), process_error = $2 WHERE id = $1",
@@ -184,12 +198,8 @@ class ActionWorker:
             await self._skip(connection, state, actions, f"unknown exchange {state.exchange!r}")
             return f"unknown exchange {state.exchange!r}"
         handler = self._on_firing if state.status == "firing" else self._on_resolved
-        try:
-            await handler(connection, state, actions)
-        except (asyncpg.PostgresError, ValueError, LookupError) as exc:
-            log.error("action failed", extra={"alertname": state.alertname, "error": str(exc)})
-            return str(exc)
-        return None
+        errors = await handler(connection, state, actions)
+        return "; ".join(errors) or None
 
     async def _skip(
         self, connection: asyncpg.Connection, state: AlertState, actions: list[str], why: str
@@ -203,17 +213,22 @@ class ActionWorker:
 
     async def _on_firing(
         self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
-    ) -> None:
+    ) -> list[str]:
         if await connection.fetchval(RESOLVED_ALREADY_SQL, state.fingerprint, state.starts_at):
             await self._skip(connection, state, actions, "already resolved (stale firing)")
-            return
-        if OUTAGE_ACTIONS & set(actions) and state.exchange:
+            return []
+        if OUTAGE_ACTIONS & set(actions) and state.exchange and not self._config.receiver.dry_run:
             # A new outage: any pending verification is for the previous one.
             await connection.execute(
                 "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", state.exchange
             )
+        errors = []
         for action in actions:
-            await self._do(action, partial(self._fire, connection, action, state), connection, state)
+            error = await self._do(
+                action, partial(self._fire, connection, action, state), connection, state
+            )
+            errors += [error] if error else []
+        return errors
 
     async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
         exchange, cause, fp = state.exchange, state.cause, state.fingerprint
@@ -242,26 +257,28 @@ class ActionWorker:
 
     async def _on_resolved(
         self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
-    ) -> None:
+    ) -> list[str]:
         exchange = state.exchange
         if exchange is None:
-            return
+            return []
+        errors: list[str | None] = []
         if "lower_api_rate" in actions:
             if await self._still_firing(connection, exchange, self.rate_alertnames()):
                 await self._skip(connection, state, ["restore_api_rate"], "another rate alert fires")
             else:
-                await self._do("restore_api_rate", lambda: controls.set_rate_multiplier(
+                errors.append(await self._do("restore_api_rate", lambda: controls.set_rate_multiplier(
                     connection, exchange, 1.0, actor=ACTOR_AUTOMATION, cause=state.cause,
                     fingerprint=state.fingerprint,
-                ), connection, state)  # fmt: skip
+                ), connection, state))  # fmt: skip
         if OUTAGE_ACTIONS & set(actions):
             if await self._still_firing(connection, exchange, self.outage_alertnames()):
                 await self._skip(connection, state, ["request_recovery"], "another outage alert fires")
-                return
-            await self._do("request_recovery", lambda: connection.execute(
-                REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
-            ), connection, state)  # fmt: skip
-            self.on_recovery_requested()
+            else:
+                errors.append(await self._do("request_recovery", lambda: connection.execute(
+                    REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
+                ), connection, state))  # fmt: skip
+                self.on_recovery_requested()
+        return [e for e in errors if e]
 
     async def _still_firing(self, connection: asyncpg.Connection, exchange: str, names: list[str]) -> bool:
         return bool(await connection.fetchval(ACTIVE_SQL, exchange, names))
@@ -272,20 +289,30 @@ class ActionWorker:
         run: Callable[[], Awaitable[Any]],
         connection: asyncpg.Connection,
         state: AlertState,
-    ) -> None:
-        """Run one action, or only record it in dry-run mode; count it either way."""
+    ) -> str | None:
+        """Run one action, or only record it in dry-run mode; count it either way.
+
+        Returns the message of a permanent failure (recorded, the other actions go on); other
+        errors propagate and roll the notification back for a retry.
+        """
         if self._config.receiver.dry_run:
             self.metrics.actions.labels(action, "dry_run").inc()
             await audit.record(
                 connection, actor=ACTOR_AUTOMATION, action=action, exchange=state.exchange,
                 result="dry_run", cause=state.cause, fingerprint=state.fingerprint,
             )  # fmt: skip
-            return
+            return None
         try:
             # A savepoint: a failed action leaves the notification's transaction usable.
             async with connection.transaction():
                 await run()
+        except PERMANENT_ERRORS as exc:
+            self.metrics.actions.labels(action, "failure").inc()
+            log.error("action failed", extra={"action": action, "alertname": state.alertname,
+                                              "error": str(exc)})  # fmt: skip
+            return f"{action}: {exc}"
         except Exception:
             self.metrics.actions.labels(action, "failure").inc()
             raise
         self.metrics.actions.labels(action, "success").inc()
+        return None

@@ -66,7 +66,7 @@ class DatabaseConfig(_Model):
     # The DSN may also come from DATABASE_URL; its password only from the environment or a file.
     dsn: str | None = None
     pool_min_size: int = Field(default=0, ge=0)
-    pool_max_size: int = Field(default=10, ge=2)
+    pool_max_size: int = Field(default=20, ge=2)
     connect_timeout: Duration = 5.0
     health_interval: Duration = 5.0
 

@@ -94,6 +94,10 @@ def authorized(header: str | None, secrets: Secrets) -> bool:
     """Bearer token or basic auth, compared in constant time."""
     if not header:
         return False
+    try:
+        header.encode()
+    except UnicodeEncodeError:  # undecodable bytes: not credentials of ours
+        return False
     scheme, _, credentials = header.partition(" ")
     if scheme == "Bearer" and secrets.webhook_token:
         return hmac.compare_digest(credentials.encode(), secrets.webhook_token.encode())
@@ -120,7 +124,8 @@ RETURNING id
 async def record(pool: asyncpg.Pool, notification: Notification) -> int:
     """Store every alert not seen before, in one transaction; returns how many were new."""
     new = 0
-    async with pool.acquire() as connection, connection.transaction():
+    # A bounded wait for a connection: a busy pool answers 503 (retry) rather than hang.
+    async with pool.acquire(timeout=5) as connection, connection.transaction():
         for alert in notification.alerts:
             inserted = await connection.fetchval(
                 INSERT_ALERT,
@@ -190,6 +195,8 @@ class WebhookHandler:
             return self._reply("invalid", 400, str(exc))
         try:
             new = await record(self._pool(), notification)
+        except asyncpg.DataError as exc:  # e.g. a NUL byte in a label: a retry cannot help
+            return self._reply("invalid", 400, f"a value PostgreSQL cannot store: {exc}")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.error("webhook: cannot record, asking Alertmanager to retry", extra={"error": str(exc)})
             return self._reply("error", 503, "database unavailable; retry later")

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 
 from exporter import audit, controls, retry_queue
-from exporter.actions import ACTIVE_SQL, ActionMetrics, ActionWorker
+from exporter.actions import ACTIVE_SQL, ActionMetrics, ActionWorker, lock_exchange
 from exporter.breaker import ACTOR_AUTOMATION, BreakerStore
 from exporter.config import Config
 from exporter.kraken.probe import RecoveryResult
@@ -76,25 +76,30 @@ class RecoveryVerifier:
     async def run(self) -> None:
         interval = self._config.receiver.verify_interval
         while True:
+            self._wakeup.clear()  # before draining: a wake-up meanwhile is not lost
             try:
                 while await self.verify_one():
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("recovery verifier: database error", extra={"error": str(exc)})
-            self._wakeup.clear()
+            except Exception as exc:  # the loop must outlive any failure; the lease expires
+                log.warning("recovery verifier failed, will retry", exc_info=True,
+                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), min(interval, 5.0))
 
     async def verify_one(self) -> bool:
         """Verify the most overdue pending recovery; False when none is due."""
+        if self._config.receiver.dry_run:
+            return False  # a dry run only records: it must not take live replicas' work
         # Long enough for every recovery test to time out, short enough to survive a crash.
         lease = 6 * self._config.kraken.timeout + 30
         row = await self._pool.fetchrow(LEASE_SQL, lease)
         if row is None:
             return False
         exchange, cause, fingerprint = row["exchange"], row["cause"], row["fingerprint"]
-        if self._config.receiver.dry_run:
-            await self._finish(exchange, "dry_run", "verify_recovery", cause, fingerprint, {})
+        if exchange not in self._config.exchanges:
+            log.warning("recovery requested for an exchange no longer configured: dropped",
+                        extra={"exchange": exchange})  # fmt: skip
+            await self._pool.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
             return True
         verifier = self._verifiers.get(exchange)
         if verifier is None:
@@ -105,7 +110,7 @@ class RecoveryVerifier:
         await self._to_half_open(exchange, cause, fingerprint)
         result = await verifier()
         if result.ok:
-            await self._recovered(exchange, cause, fingerprint, result)
+            await self._recovered(exchange, cause, fingerprint, result, first=row["attempts"] == 1)
         else:
             await self._still_failing(exchange, cause, fingerprint, result)
         return True
@@ -119,20 +124,30 @@ class RecoveryVerifier:
             )  # fmt: skip
 
     async def _recovered(
-        self, exchange: str, cause: str | None, fingerprint: str | None, result: RecoveryResult
-    ) -> None:
+        self, exchange: str, cause: str | None, fingerprint: str | None, result: RecoveryResult,
+        first: bool,
+    ) -> None:  # fmt: skip
         self._metrics.actions.labels("verify_recovery", "success").inc()
         why = f"recovery verified after {cause}"
         if (await self._breakers.status(exchange))["manualHold"]:
-            # An admin holds the breaker open: automation lifts neither it nor the pause.
-            await self._finish(exchange, "skipped", "resume_purchases",
-                               f"{why}; breaker held open by an admin", fingerprint,
-                               {"checks": _checks(result)})  # fmt: skip
+            # An admin holds the breaker open: automation lifts neither it nor the pause. Try
+            # again later, so that purchases resume once the admin releases the breaker.
+            self._metrics.actions.labels("resume_purchases", "skipped").inc()
+            if first:
+                await audit.record(
+                    self._pool, actor=ACTOR_AUTOMATION, action="resume_purchases",
+                    exchange=exchange, result="skipped", fingerprint=fingerprint,
+                    cause=f"{why}; breaker held open by an admin",
+                )  # fmt: skip
+            await self._retry_later(exchange, {"checks": _checks(result), "held": True})
             return
         # The successful trial call: HALF_OPEN -> CLOSED (a CLOSED breaker only counts it).
-        await self._breakers.record_result(exchange, True, why, actor=ACTOR_AUTOMATION)
-        self._metrics.actions.labels("close_breaker", "success").inc()
+        transitions = await self._breakers.record_result(exchange, True, why, actor=ACTOR_AUTOMATION)
+        self._metrics.actions.labels("close_breaker", "success" if transitions else "skipped").inc()
         async with self._pool.acquire() as connection, connection.transaction():
+            # The action worker's lock first, in the order it takes locks: no deadlock, and no
+            # new outage can be recorded as acted on between this check and the resume.
+            await lock_exchange(connection, exchange)
             if await connection.fetchval(ACTIVE_SQL, exchange, self._outage_alertnames):
                 # A new outage fired while we verified: its own resolution will come.
                 await connection.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
@@ -171,24 +186,12 @@ class RecoveryVerifier:
             RETRY_LATER_SQL, exchange, self._config.receiver.verify_interval, json.dumps(detail)
         )
 
-    async def _finish(
-        self, exchange: str, result: str, action: str, cause: str | None,
-        fingerprint: str | None, detail: dict[str, Any],
-    ) -> None:  # fmt: skip
-        self._metrics.actions.labels(action, result).inc()
-        async with self._pool.acquire() as connection, connection.transaction():
-            await audit.record(
-                connection, actor=ACTOR_AUTOMATION, action=action, exchange=exchange,
-                result=result, cause=cause, fingerprint=fingerprint, detail=detail,
-            )  # fmt: skip
-            await connection.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
 
-
-# Unresolved firing states of alerts that act on resolution.
+# Unresolved firing states of alerts that act on resolution, recorded before `$2`.
 UNRESOLVED_SQL = """
 SELECT f.fingerprint, f.starts_at, f.alertname, f.exchange, f.labels
 FROM liquid_abt.notifications f
-WHERE f.status = 'firing' AND f.alertname = ANY($1::text[])
+WHERE f.status = 'firing' AND f.alertname = ANY($1::text[]) AND f.received_at < $2
   AND NOT EXISTS (
       SELECT 1 FROM liquid_abt.notifications r
       WHERE r.status = 'resolved' AND r.fingerprint = f.fingerprint AND r.starts_at >= f.starts_at)
@@ -202,10 +205,27 @@ ON CONFLICT (fingerprint, status, starts_at) DO NOTHING
 RETURNING id
 """
 
+Key = tuple[str, Any]  # (fingerprint, starts_at) of one alert state
+
+
+def _fingerprints(alerts: Any) -> set[str]:
+    """The fingerprints in Alertmanager's GET /api/v2/alerts answer; ValueError if it is not one."""
+    if not isinstance(alerts, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("fingerprint"), str) for a in alerts
+    ):
+        raise ValueError("Alertmanager's /api/v2/alerts did not answer a list of alerts")
+    return {a["fingerprint"] for a in alerts}
+
 
 class Reconciler:
     """Asks Alertmanager which alerts are still active; an alert we saw firing that Alertmanager
-    no longer has lost its resolved notification: record one, so the normal path resumes."""
+    no longer has lost its resolved notification: record one, so the normal path resumes.
+
+    Two guards against resolving a live outage: only states recorded before the question count
+    (a firing that arrives meanwhile is not in the answer yet), and a state must be missing from
+    two answers in a row (an Alertmanager that just restarted holds no alerts until Prometheus
+    sends them again).
+    """
 
     def __init__(
         self, pool: asyncpg.Pool, session: aiohttp.ClientSession, url: str,
@@ -214,26 +234,27 @@ class Reconciler:
         self._pool, self._session, self._url = pool, session, url.rstrip("/")
         self._worker, self._metrics = worker, metrics
         self._alertnames, self._interval = alertnames, interval
+        self._missing_last_round: set[Key] = set()
 
-    async def active_fingerprints(self) -> set[tuple[str, str]]:
+    async def active_fingerprints(self) -> set[str]:
         async with self._session.get(
             f"{self._url}/api/v2/alerts", params={"active": "true", "silenced": "true",
                                                   "inhibited": "true", "unprocessed": "true"},
             timeout=aiohttp.ClientTimeout(total=10),
         ) as response:  # fmt: skip
             response.raise_for_status()
-            alerts = await response.json()
-        return {(a["fingerprint"], a["startsAt"]) for a in alerts}
+            return _fingerprints(await response.json())
 
     async def reconcile_once(self) -> int:
+        asked_at = await self._pool.fetchval("SELECT now()")
         active = await self.active_fingerprints()
-        active_fps = {fp for fp, _ in active}
+        rows = await self._pool.fetch(UNRESOLVED_SQL, self._alertnames, asked_at)
+        missing = {(r["fingerprint"], r["starts_at"]): r for r in rows if r["fingerprint"] not in active}
+        confirmed = [row for key, row in missing.items() if key in self._missing_last_round]
+        self._missing_last_round = set(missing)
         added = 0
         async with self._pool.acquire() as connection, connection.transaction():
-            for row in await connection.fetch(UNRESOLVED_SQL, self._alertnames):
-                # Alertmanager keeps the fingerprint while the alert fires; gone means resolved.
-                if row["fingerprint"] in active_fps:
-                    continue
+            for row in confirmed:
                 inserted = await connection.fetchval(
                     SYNTHETIC_RESOLVED_SQL, row["fingerprint"], row["starts_at"],
                     row["alertname"], row["exchange"], row["labels"],
@@ -254,9 +275,8 @@ class Reconciler:
         while True:
             try:
                 await self.reconcile_once()
-            except (aiohttp.ClientError, TimeoutError, OSError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError, ValueError, KeyError) as exc:  # fmt: skip
-                # Unreachable Alertmanager: change nothing, try again later.
+            except Exception as exc:  # unreachable or odd Alertmanager: change nothing, retry
                 self._metrics.actions.labels("reconcile", "failure").inc()
-                log.warning("reconciliation with Alertmanager failed", extra={"error": str(exc)})
+                log.warning("reconciliation with Alertmanager failed",
+                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
             await asyncio.sleep(self._interval)

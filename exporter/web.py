@@ -65,10 +65,20 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[POOL].close()
 
 
+def _report_unexpected_end(task: asyncio.Task[None]) -> None:
+    """Background loops never end on their own: say so loudly if one does."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    log.error("background task ended unexpectedly", exc_info=error,
+              extra={"task": task.get_name(), "error": str(error)})  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
     """Run one background task for the lifetime of the block; cancel and await it at the end."""
     task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_report_unexpected_end)
     try:
         yield
     finally:

@@ -237,19 +237,68 @@ async def test_alerts_without_actions_are_recorded_only(client: TestClient, db: 
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.audit_log") == 0
 
 
-async def test_a_breaker_held_open_by_an_admin_keeps_purchases_paused(
+async def test_a_breaker_held_open_by_an_admin_keeps_purchases_paused_until_released(
     client: TestClient, db: asyncpg.Connection
 ) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
     response = await client.post(
         "/api/admin/circuit-breaker/kraken/force-state", json={"state": "OPEN", "reason": "key rotation"},
-        headers={"Authorization": f"Bearer {ADMIN}"},
+        headers=admin,
     )  # fmt: skip
     assert response.status == 200, await response.text()
     await send(client, alert("ExchangeApiDown"))
     await wait_until(lambda: processed(db))
     await send(client, alert("ExchangeApiDown", status="resolved"))
-    await settled(db)
+
+    async def held_back() -> bool:
+        return any(r["result"] == "skipped" for r in await audit(db, "resume_purchases"))
+
+    await wait_until(held_back)
     assert await breaker_state(db) == "open"
     assert await paused(db)
-    skipped = await audit(db, "resume_purchases")
-    assert skipped[-1]["result"] == "skipped" and "held open by an admin" in skipped[-1]["cause"]
+    skipped = [r for r in await audit(db, "resume_purchases") if r["result"] == "skipped"]
+    assert "held open by an admin" in skipped[0]["cause"]
+
+    # The admin releases the breaker: the pending verification resumes the automatic pause.
+    response = await client.post("/api/admin/circuit-breaker/kraken/reset", headers=admin)
+    assert response.status == 200, await response.text()
+    await settled(db)
+    assert not await paused(db)
+    assert await breaker_state(db) == "closed"
+
+
+async def test_a_failing_action_is_retried_with_all_the_others(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    # A real transient error from PostgreSQL (serialization failure) while pausing.
+    await db.execute("""
+        CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$;
+        CREATE TRIGGER fail_pause BEFORE INSERT OR UPDATE ON liquid_abt.exchange_controls
+            FOR EACH ROW EXECUTE FUNCTION fail_once();
+    """)
+    await seed_failures(db)
+    await send(client, alert("ExchangeApiDown"))
+
+    async def breaker_opened() -> bool:
+        return await breaker_state(db) == "open"
+
+    await wait_until(breaker_opened)
+    assert not await processed(db), "a transient failure leaves the alert state to retry"
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0, "nothing half-applied"
+
+    await db.execute("DROP TRIGGER fail_pause ON liquid_abt.exchange_controls")
+    await wait_until(lambda: processed(db))
+    assert await paused(db)
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 2
+    assert await db.fetchval("SELECT process_error FROM liquid_abt.notifications") is None
+
+
+async def test_an_unknown_exchange_is_recorded_not_retried(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await send(client, alert("ExchangeApiDown", exchange="binance"))
+    await wait_until(lambda: processed(db))
+    error = await db.fetchval("SELECT process_error FROM liquid_abt.notifications")
+    assert error == "unknown exchange 'binance'"
+    assert not await paused(db)

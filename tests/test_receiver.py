@@ -131,3 +131,17 @@ async def test_database_down_gets_503_so_alertmanager_retries(aiohttp_client) ->
     client = await aiohttp_client(create_app(config, nowhere, Secrets(webhook_token=TOKEN)))
     status, reply = await post(client, notification([alert("ExchangeApiDown")]))
     assert status == 503 and reply["status"] == "error"
+
+
+async def test_undecodable_credentials_get_401_not_500(client: TestClient, db: asyncpg.Connection) -> None:
+    response = await client.post(
+        "/webhook/alertmanager", data=b"{}",
+        headers={"Authorization": "Bearer caf\udcc3".encode("utf-8", "surrogateescape").decode("latin-1")},
+    )  # fmt: skip
+    assert response.status == 401
+
+
+async def test_a_value_postgresql_cannot_store_gets_400(client: TestClient, db: asyncpg.Connection) -> None:
+    status, reply = await post(client, notification([alert("ExchangeApiDown", summary_label="a\x00b")]))
+    assert status == 400 and reply["status"] == "invalid", reply
+    assert await notifications(db) == []

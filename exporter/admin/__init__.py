@@ -28,7 +28,11 @@ def bearer_matches(header: str | None, token: str) -> bool:
     """Constant-time comparison, so response timing reveals nothing about the token."""
     if not header or not header.startswith("Bearer "):
         return False
-    return hmac.compare_digest(header[len("Bearer ") :].encode(), token.encode())
+    try:
+        presented = header[len("Bearer ") :].encode()
+    except UnicodeEncodeError:  # undecodable bytes: not our token
+        return False
+    return hmac.compare_digest(presented, token.encode())
 
 
 def auth_middleware(token: str | None) -> Middleware:

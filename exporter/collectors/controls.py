@@ -33,6 +33,9 @@ LEFT JOIN liquid_abt.exchange_controls c ON c.exchange = x.exchange
 """
 
 
+BACKLOG_SQL = "SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL"
+
+
 class ControlsSource:
     name = "controls"
 
@@ -86,6 +89,12 @@ class ControlsSource:
 
     async def collect(self, connection: asyncpg.Connection) -> list[Metric]:
         families = self._families()
+        backlog = LabelledValues(
+            "liquid_abt_webhook_unprocessed_notifications",
+            "Recorded alert states whose actions have not run yet (a growing value: a stuck worker).",
+            [],
+        )
+        backlog.set((), await connection.fetchval(BACKLOG_SQL))
         for row in await connection.fetch(CONTROLS_SQL, self._exchanges):
             exchange = row["exchange"]
             families["state"].set((exchange, row["state"]), 1)
@@ -97,4 +106,4 @@ class ControlsSource:
             families["depth"].set((exchange,), row["queue_depth"])
             families["oldest"].set((exchange,), row["oldest_age"])
             families["rate"].set((exchange,), row["rate_multiplier"])
-        return [f.family() for f in families.values()]
+        return [*(f.family() for f in families.values()), backlog.family()]
