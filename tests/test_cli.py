@@ -70,6 +70,26 @@ def test_promtool_finds_nothing_to_complain_about(exporter_process: ExporterProc
     assert result.returncode == 0 and output == "", output
 
 
+def test_every_metric_of_the_rules_and_the_docs_is_served(exporter_process: ExporterProcess) -> None:
+    """The contract both ways: rules and docs/metrics.md name only what /metrics serves, and
+    every documented family is there (pre-initialised) before anything has happened."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.rules.test_rules import _documented_metrics, _used_metrics
+
+    text = exporter_process.wait_for_metric('liquid_abt_exchange_up{exchange="kraken"} 1.0')
+    served = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    used_by_rules = set(_used_metrics())
+    assert used_by_rules - served == set(), "used by alerts/ but not served"
+    documented = set(_documented_metrics())
+    # Counters are documented by their sample name (`_total`), histograms by their family name.
+    missing = {
+        name for name in documented
+        if name not in served and f"{name}_count" not in served
+    }  # fmt: skip
+    assert missing == set(), "documented in docs/metrics.md but not served"
+
+
 def test_help_explains_every_flag_and_its_environment_variable() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "serve", "--help"], capture_output=True, text=True
