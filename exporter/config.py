@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -56,6 +57,16 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _distinct_sorted(windows: list[float]) -> list[float]:
+    if len(set(windows)) != len(windows):
+        raise ValueError("windows must be distinct")
+    return sorted(windows)
+
+
+# The `window` label values: distinct durations, shortest first.
+Windows = Annotated[list[Duration], AfterValidator(_distinct_sorted)]
 
 
 class _Model(BaseModel):
@@ -149,7 +160,7 @@ def _default_reason_patterns() -> dict[str, list[str]]:
 
 
 class PurchasesConfig(_Model):
-    windows: list[Duration] = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
+    windows: Windows = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
     # Failure-reason classes in match order; every pattern is a case-insensitive regex.
     failure_reasons: dict[str, list[str]] = Field(default_factory=_default_reason_patterns)
     # The runbook's retry criteria.
@@ -158,13 +169,6 @@ class PurchasesConfig(_Model):
     retry_excluded_reasons: list[str] = Field(
         default_factory=lambda: ["insufficient_funds", "invalid_amount"]
     )
-
-    @field_validator("windows")
-    @classmethod
-    def _distinct_windows(cls, windows: list[float]) -> list[float]:
-        if len(set(windows)) != len(windows):
-            raise ValueError("windows must be distinct")
-        return sorted(windows)
 
     @field_validator("failure_reasons")
     @classmethod
@@ -190,18 +194,11 @@ class PurchasesConfig(_Model):
 
 
 class ApiCallsConfig(_Model):
-    windows: list[Duration] = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
+    windows: Windows = Field(default_factory=lambda: [300.0, 900.0, 3600.0], min_length=1)
     # `endpoint` label values; anything else in api_call_logs counts as `other`.
     endpoints: list[str] = Field(
         default_factory=lambda: ["getCurrentPrice", "getBalance", "getOrderBook", "placeOrder"]
     )
-
-    @field_validator("windows")
-    @classmethod
-    def _distinct_windows(cls, windows: list[float]) -> list[float]:
-        if len(set(windows)) != len(windows):
-            raise ValueError("windows must be distinct")
-        return sorted(windows)
 
 
 class KrakenConfig(_Model):

@@ -20,6 +20,7 @@ from prometheus_client import disable_created_metrics
 
 from exporter.db import Connection
 from exporter.embedded_pg import EmbeddedPostgres
+from exporter.kraken.fake_server import FakeKraken
 from exporter.migrate import migrate
 
 TEMPLATE_DB = "liquid_abt_test_template"
@@ -97,3 +98,12 @@ async def db(database: Connection) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database.dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def kraken() -> AsyncIterator[FakeKraken]:
+    """The Kraken-compatible server, in this process, healthy until a test switches its mode."""
+    server = FakeKraken()
+    await server.start()
+    yield server
+    await server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -20,14 +19,6 @@ from tests.helpers import scrape, value, wait_until
 
 TOKEN = "webhook-secret"
 ADMIN = "admin-secret"
-
-
-@pytest.fixture
-async def kraken() -> AsyncIterator[FakeKraken]:
-    server = FakeKraken()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def make_config(kraken: FakeKraken, **receiver: Any):

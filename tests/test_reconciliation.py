@@ -3,7 +3,7 @@ are still active, and resumes once the alert that paused purchases is gone and r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,14 +21,6 @@ from tests.harness import AlertmanagerProcess, start_alertmanager
 from tests.helpers import wait_until
 
 TOKEN = "reconcile-token"
-
-
-@pytest.fixture
-async def kraken() -> AsyncIterator[FakeKraken]:
-    server = FakeKraken()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
