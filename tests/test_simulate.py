@@ -31,6 +31,7 @@ from exporter.simulate import (
     parse_mix,
 )
 from tests.harness import REPO
+from tests.helpers import wait_until
 
 CLASSIFY = ReasonClassifier(Config().purchases.failure_reasons).classify
 
@@ -274,7 +275,13 @@ async def test_live_survives_a_lost_database_connection(
 
     live = Live(connect, Simulator(MIX, seed=9), rate_per_minute=1200, exchange="kraken")
     run = asyncio.create_task(live.run(asyncio.Event(), 4.0))
-    await asyncio.sleep(1.0)
+
+    async def connected() -> bool:
+        return bool(await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'simulator-under-test'"
+        ))  # fmt: skip
+
+    await wait_until(connected, timeout=3.0, step=0.05)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name = 'simulator-under-test'"
