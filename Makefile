@@ -33,9 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy exporter
 
-## bench: scrape and refresh cost against a large purchases table
+## bench: refresh and scrape cost against large tables; webhook answer time
 bench: $(STAMP)
 	$(BIN)/python bench/collector_refresh.py
+	$(BIN)/python bench/webhook_latency.py
 
 clean:
 	rm -rf $(VENV) .data
