@@ -126,8 +126,11 @@ async def run(sizes: list[int], rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="0,1000000,3000000",
-                        help="history sizes (rows older than every window), comma-separated")
+    parser.add_argument(
+        "--sizes",
+        default="0,1000000,3000000",
+        help="history sizes (rows older than every window), comma-separated",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="timed refreshes per size")  # fmt: skip
     args = parser.parse_args()
     asyncio.run(run([int(s) for s in args.sizes.split(",")], args.rounds))

@@ -58,7 +58,9 @@ async def post_all(session: aiohttp.ClientSession, url: str, payloads: list[dict
     durations = []
     for payload in payloads:
         started = time.perf_counter()
-        async with session.post(url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        async with session.post(
+            url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
             assert r.status == 200, await r.text()
         durations.append(time.perf_counter() - started)
     return durations
@@ -74,7 +76,9 @@ async def run(count: int, per_notification: int) -> None:
         conn = await asyncpg.connect(server.dsn)
         await migrate(conn, with_platform_schema=True)
         config = parse_config({"kraken": {"enabled": False}})
-        runner = web.AppRunner(create_app(config, Connection(server.dsn), Secrets(webhook_token=TOKEN)))
+        runner = web.AppRunner(
+            create_app(config, Connection(server.dsn), Secrets(webhook_token=TOKEN))
+        )
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -264,7 +264,9 @@ class ActionWorker:
         errors: list[str | None] = []
         if "lower_api_rate" in actions:
             if await self._still_firing(connection, exchange, self.rate_alertnames()):
-                await self._skip(connection, state, ["restore_api_rate"], "another rate alert fires")
+                await self._skip(
+                    connection, state, ["restore_api_rate"], "another rate alert fires"
+                )
             else:
                 errors.append(await self._do("restore_api_rate", lambda: controls.set_rate_multiplier(
                     connection, exchange, 1.0, actor=ACTOR_AUTOMATION, cause=state.cause,
@@ -272,7 +274,9 @@ class ActionWorker:
                 ), connection, state))  # fmt: skip
         if OUTAGE_ACTIONS & set(actions):
             if await self._still_firing(connection, exchange, self.outage_alertnames()):
-                await self._skip(connection, state, ["request_recovery"], "another outage alert fires")
+                await self._skip(
+                    connection, state, ["request_recovery"], "another outage alert fires"
+                )
             else:
                 errors.append(await self._do("request_recovery", lambda: connection.execute(
                     REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
@@ -280,7 +284,9 @@ class ActionWorker:
                 self.on_recovery_requested()
         return [e for e in errors if e]
 
-    async def _still_firing(self, connection: asyncpg.Connection, exchange: str, names: list[str]) -> bool:
+    async def _still_firing(
+        self, connection: asyncpg.Connection, exchange: str, names: list[str]
+    ) -> bool:
         return bool(await connection.fetchval(ACTIVE_SQL, exchange, names))
 
     async def _do(

@@ -41,6 +41,4 @@ async def entries(
            ORDER BY id DESC LIMIT $3""",
         exchange, before_id, limit,
     )  # fmt: skip
-    return [
-        {**dict(r), "at": r["at"].isoformat(), "detail": json.loads(r["detail"])} for r in rows
-    ]
+    return [{**dict(r), "at": r["at"].isoformat(), "detail": json.loads(r["detail"])} for r in rows]

@@ -32,7 +32,12 @@ DEFAULT_LISTEN = ":9898"
 
 
 def _env_flag(
-    parser: argparse.ArgumentParser, flag: str, env: str, default: str | None, help: str, **kw: object
+    parser: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: str | None,
+    help: str,
+    **kw: object,
 ) -> None:
     parser.add_argument(
         flag,
@@ -43,10 +48,22 @@ def _env_flag(
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    _env_flag(parser, "--config.file", "LIQUID_ABT_CONFIG_FILE", None,
-              "YAML configuration file; without one, the runbook defaults apply", dest="config_file")
-    _env_flag(parser, "--log.level", "LIQUID_ABT_LOG_LEVEL", "info",
-              f"log level: {', '.join(LEVELS)}", dest="log_level")
+    _env_flag(
+        parser,
+        "--config.file",
+        "LIQUID_ABT_CONFIG_FILE",
+        None,
+        "YAML configuration file; without one, the runbook defaults apply",
+        dest="config_file",
+    )
+    _env_flag(
+        parser,
+        "--log.level",
+        "LIQUID_ABT_LOG_LEVEL",
+        "info",
+        f"log level: {', '.join(LEVELS)}",
+        dest="log_level",
+    )
     _env_flag(parser, "--log.format", "LIQUID_ABT_LOG_FORMAT", "logfmt",
               f"log format: {', '.join(FORMATS)}", dest="log_format")  # fmt: skip
 
@@ -66,14 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve /metrics and the HTTP API")
     _common(serve)
-    _env_flag(serve, "--web.listen-address", "LIQUID_ABT_LISTEN_ADDRESS", DEFAULT_LISTEN,
-              "address to listen on, host:port", dest="listen_address")
-    _env_flag(serve, "--embedded-db.dir", "LIQUID_ABT_EMBEDDED_DB_DIR", ".data/postgres",
-              "data folder of the embedded PostgreSQL, used when no database is given",
-              dest="embedded_db_dir")
-    serve.add_argument("--migrate", action="store_true",
-                       help="apply the exporter's schema migrations before serving "
-                            "(always done for the embedded database)")
+    _env_flag(
+        serve,
+        "--web.listen-address",
+        "LIQUID_ABT_LISTEN_ADDRESS",
+        DEFAULT_LISTEN,
+        "address to listen on, host:port",
+        dest="listen_address",
+    )
+    _env_flag(
+        serve,
+        "--embedded-db.dir",
+        "LIQUID_ABT_EMBEDDED_DB_DIR",
+        ".data/postgres",
+        "data folder of the embedded PostgreSQL, used when no database is given",
+        dest="embedded_db_dir",
+    )
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply the exporter's schema migrations before serving "
+        "(always done for the embedded database)",
+    )
     serve.add_argument("--with-platform-schema", action="store_true",
                        help="with --migrate, also create the platform tables (development and "
                             "demos; always done for the embedded database)")  # fmt: skip
@@ -174,10 +205,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     if args.log_level not in LEVELS:
-        print(f"error: --log.level {args.log_level!r}: use one of {', '.join(LEVELS)}", file=sys.stderr)
+        print(
+            f"error: --log.level {args.log_level!r}: use one of {', '.join(LEVELS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.log_format not in FORMATS:
-        print(f"error: --log.format {args.log_format!r}: use one of {', '.join(FORMATS)}", file=sys.stderr)
+        print(
+            f"error: --log.format {args.log_format!r}: use one of {', '.join(FORMATS)}",
+            file=sys.stderr,
+        )
         return 2
     setup_logging(args.log_level, args.log_format)
     # `_created` series only double the output; Prometheus does not need them.

@@ -41,7 +41,9 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, str) and value and _DURATION_PART.sub("", value) == "":
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
     else:
-        raise ValueError(f"invalid duration {value!r}: use a number with a unit, like 30s, 5m or 1h")
+        raise ValueError(
+            f"invalid duration {value!r}: use a number with a unit, like 30s, 5m or 1h"
+        )
     if seconds <= 0:
         raise ValueError(f"invalid duration {value!r}: must be greater than zero")
     return seconds
@@ -282,7 +284,9 @@ class ReceiverConfig(_Model):
     @classmethod
     def _absolute_path(cls, path: str) -> str:
         if not path.startswith("/") or path.startswith(("/api/admin", "/metrics", "/-/")):
-            raise ValueError(f"invalid webhook path {path!r}: absolute, outside the other endpoints")
+            raise ValueError(
+                f"invalid webhook path {path!r}: absolute, outside the other endpoints"
+            )
         return path
 
 

@@ -14,6 +14,17 @@ from exporter.config import DatabaseConfig
 
 log = logging.getLogger(__name__)
 
+# Everything a query can raise when the database is away, restarting or the connection broke:
+# a retry (next refresh, next ping, Alertmanager's retry) may succeed. InternalClientError is
+# asyncpg's word for a connection left mid-operation when the server killed it.
+DATABASE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 def mask_dsn(dsn: str) -> str:
     """The DSN with any password replaced, fit for logs."""
@@ -76,7 +87,7 @@ class DatabaseMonitor:
     async def check(self) -> bool:
         try:
             await ping(self._pool, self._timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             if self.up or self.last_error is None:
                 log.warning("database unreachable", extra={"error": str(exc) or type(exc).__name__})
             self.up, self.last_error = False, str(exc) or type(exc).__name__
@@ -90,5 +101,9 @@ class DatabaseMonitor:
 
     async def run(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # never stop watching; report the database as down meanwhile
+                self.up, self.last_error = False, "health check crashed"
+                log.exception("database health check crashed")
             await asyncio.sleep(self._interval)

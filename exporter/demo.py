@@ -135,7 +135,9 @@ class Demo:
             "serve", f"--web.listen-address=127.0.0.1:{self.port}", f"--config.file={config}",
             "--migrate", "--with-platform-schema",
         ), {**env, "LIQUID_ABT_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "LIQUID_ABT_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
-        wait_for("the exporter answering", lambda: http(f"{self.exporter_url}/-/ready")[0] == 200, 60)
+        wait_for(
+            "the exporter answering", lambda: http(f"{self.exporter_url}/-/ready")[0] == 200, 60
+        )
         self.spawn("simulator", self.exporter_cmd(
             "simulate", "--backfill=1h", "--follow", "--rate=120", f"--config.file={config}",
         ), env)  # fmt: skip
@@ -154,7 +156,10 @@ class Demo:
         }  # fmt: skip
 
     def start_alerting(self) -> None:
-        prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+        prometheus, alertmanager = (
+            shutil.which("prometheus"),
+            shutil.which("prometheus-alertmanager"),
+        )
         rules_dir = _repo_file("alerts")
         if not (prometheus and alertmanager and rules_dir):
             print("prometheus / prometheus-alertmanager not installed: no alerts, so no automatic "
@@ -180,7 +185,9 @@ class Demo:
         rules = []
         for path in sorted(rules_dir.glob("*.rules.yml")):
             target = self.folder / path.name
-            target.write_text(re.sub(r"(\n\s+for:\s*)\S+", rf"\g<1>{self.timing.alert_for}", path.read_text()))
+            target.write_text(
+                re.sub(r"(\n\s+for:\s*)\S+", rf"\g<1>{self.timing.alert_for}", path.read_text())
+            )
             rules.append(str(target))
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": self.timing.interval, "scrape_timeout": self.timing.interval,
@@ -214,7 +221,9 @@ class Demo:
             raise SystemExit(f"cannot switch the Kraken-compatible server to {mode}: {body}")
 
     def controls(self) -> tuple[str, bool]:
-        _, breaker = http(f"{self.exporter_url}/api/admin/circuit-breaker/kraken", token=ADMIN_TOKEN)
+        _, breaker = http(
+            f"{self.exporter_url}/api/admin/circuit-breaker/kraken", token=ADMIN_TOKEN
+        )
         _, purchases = http(f"{self.exporter_url}/api/admin/purchases/status", token=ADMIN_TOKEN)
         kraken = next(p for p in purchases["exchanges"] if p["exchange"] == "kraken")
         return breaker["state"], bool(kraken["paused"])
@@ -255,19 +264,29 @@ class Demo:
         took = wait_for("recovery", lambda: self.controls() == ("CLOSED", False), deadline)
         print(f"[{took:5.1f}s] recovery verified: breaker CLOSED, purchases resumed")
         if self.prometheus_url:
-            took = wait_for("queued retries being bought", lambda: self.queued("succeeded") > 0, deadline)
+            took = wait_for(
+                "queued retries being bought", lambda: self.queued("succeeded") > 0, deadline
+            )
             print(f"[{took:5.1f}s] queued retries bought again by the platform (the simulator): "
                   f"{self.queued('succeeded')} succeeded, {self.queued('queued')} still queued")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liquid-abt-exporter demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", default=".data/demo", help="working folder, emptied first (default: .data/demo)")
+    parser = argparse.ArgumentParser(
+        prog="liquid-abt-exporter demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--dir", default=".data/demo", help="working folder, emptied first (default: .data/demo)"
+    )
     parser.add_argument("--ephemeral-ports", action="store_true",
                         help="free ports instead of 9898 (exporter), 9988/9989 (Kraken API/control), "
                              "9090 (Prometheus), 9093 (Alertmanager)")  # fmt: skip
-    parser.add_argument("--timing", choices=sorted(TIMINGS), default="human",
-                        help="human: 5 s intervals to watch; fast: 1 s, for tests")
+    parser.add_argument(
+        "--timing",
+        choices=sorted(TIMINGS),
+        default="human",
+        help="human: 5 s intervals to watch; fast: 1 s, for tests",
+    )
     parser.add_argument("--drill", action="store_true",
                         help="inject a Kraken outage, wait for pause and verified recovery, then exit")  # fmt: skip
     return parser

@@ -105,7 +105,10 @@ class EmbeddedPostgres:
         return (self.data_dir / "PG_VERSION").exists()
 
     def running(self) -> bool:
-        return self.initialised() and self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
+        return (
+            self.initialised()
+            and self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
+        )
 
     def start(self) -> None:
         self._prepare_folder()
@@ -125,7 +128,9 @@ class EmbeddedPostgres:
         )  # fmt: skip
         if result.returncode != 0:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
-            raise EmbeddedPostgresError(f"PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
+            raise EmbeddedPostgresError(
+                f"PostgreSQL did not start: {result.stderr.strip()}\n{tail}"
+            )
 
     def stop(self) -> None:
         if self.initialised():

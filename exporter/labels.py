@@ -19,4 +19,3 @@ REASON_CLASSES: Final = (
 )
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
-

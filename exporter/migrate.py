@@ -53,7 +53,10 @@ async def migrate(connection: asyncpg.Connection, with_platform_schema: bool = F
                 name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {r["version"] for r in await connection.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")}
+        done = {
+            r["version"]
+            for r in await connection.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")
+        }
         for migration in available_migrations():
             if migration.version in done:
                 continue
@@ -64,7 +67,10 @@ async def migrate(connection: asyncpg.Connection, with_platform_schema: bool = F
                     migration.version,
                     migration.name,
                 )
-            log.info("migration applied", extra={"version": migration.version, "migration": migration.name})
+            log.info(
+                "migration applied",
+                extra={"version": migration.version, "migration": migration.name},
+            )
             applied_now.append(f"{migration.version:04d}_{migration.name}")
         if with_platform_schema:
             async with connection.transaction():

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exporter import audit
+from exporter.db import DATABASE_ERRORS
 from exporter.secrets import Secrets
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ def parse_notification(body: bytes) -> Notification:
     try:
         notification = Notification.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"not an Alertmanager v4 notification: {_describe_validation(exc)}") from None
+        raise ValueError(
+            f"not an Alertmanager v4 notification: {_describe_validation(exc)}"
+        ) from None
     for index, alert in enumerate(notification.alerts):
         if "alertname" not in alert.labels:
             raise ValueError(f"alerts.{index}.labels: alertname is missing")
@@ -107,7 +110,9 @@ def authorized(header: str | None, secrets: Secrets) -> bool:
         except (binascii.Error, UnicodeDecodeError):
             return False
         user_ok = hmac.compare_digest(user.encode(), secrets.webhook_basic_user.encode())
-        password_ok = hmac.compare_digest(password.encode(), secrets.webhook_basic_password.encode())
+        password_ok = hmac.compare_digest(
+            password.encode(), secrets.webhook_basic_password.encode()
+        )
         return user_ok and password_ok
     return False
 
@@ -197,8 +202,10 @@ class WebhookHandler:
             new = await record(self._pool(), notification)
         except asyncpg.DataError as exc:  # e.g. a NUL byte in a label: a retry cannot help
             return self._reply("invalid", 400, f"a value PostgreSQL cannot store: {exc}")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.error("webhook: cannot record, asking Alertmanager to retry", extra={"error": str(exc)})
+        except DATABASE_ERRORS as exc:
+            log.error(
+                "webhook: cannot record, asking Alertmanager to retry", extra={"error": str(exc)}
+            )
             return self._reply("error", 503, "database unavailable; retry later")
         result = "accepted" if new else "duplicate"
         log.info(

@@ -99,7 +99,9 @@ class RecoveryVerifier:
         if exchange not in self._config.exchanges:
             log.warning("recovery requested for an exchange no longer configured: dropped",
                         extra={"exchange": exchange})  # fmt: skip
-            await self._pool.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
+            await self._pool.execute(
+                "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange
+            )
             return True
         verifier = self._verifiers.get(exchange)
         if verifier is None:
@@ -115,7 +117,9 @@ class RecoveryVerifier:
             await self._still_failing(exchange, cause, fingerprint, result)
         return True
 
-    async def _to_half_open(self, exchange: str, cause: str | None, fingerprint: str | None) -> None:
+    async def _to_half_open(
+        self, exchange: str, cause: str | None, fingerprint: str | None
+    ) -> None:
         status = await self._breakers.status(exchange)
         if status["state"] == "OPEN":
             await self._breakers.force_state(
@@ -142,7 +146,9 @@ class RecoveryVerifier:
             await self._retry_later(exchange, {"checks": _checks(result), "held": True})
             return
         # The successful trial call: HALF_OPEN -> CLOSED (a CLOSED breaker only counts it).
-        transitions = await self._breakers.record_result(exchange, True, why, actor=ACTOR_AUTOMATION)
+        transitions = await self._breakers.record_result(
+            exchange, True, why, actor=ACTOR_AUTOMATION
+        )
         self._metrics.actions.labels("close_breaker", "success" if transitions else "skipped").inc()
         async with self._pool.acquire() as connection, connection.transaction():
             # The action worker's lock first, in the order it takes locks: no deadlock, and no
@@ -150,7 +156,9 @@ class RecoveryVerifier:
             await lock_exchange(connection, exchange)
             if await connection.fetchval(ACTIVE_SQL, exchange, self._outage_alertnames):
                 # A new outage fired while we verified: its own resolution will come.
-                await connection.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
+                await connection.execute(
+                    "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange
+                )
                 self._metrics.actions.labels("resume_purchases", "skipped").inc()
                 return
             resumed = await controls.resume(
@@ -164,7 +172,9 @@ class RecoveryVerifier:
                 result="success", cause=why, fingerprint=fingerprint,
                 detail={"checks": _checks(result), "resume": resumed.message},
             )  # fmt: skip
-            await connection.execute("DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange)
+            await connection.execute(
+                "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", exchange
+            )
 
     async def _still_failing(
         self, exchange: str, cause: str | None, fingerprint: str | None, result: RecoveryResult
@@ -249,7 +259,9 @@ class Reconciler:
         asked_at = await self._pool.fetchval("SELECT now()")
         active = await self.active_fingerprints()
         rows = await self._pool.fetch(UNRESOLVED_SQL, self._alertnames, asked_at)
-        missing = {(r["fingerprint"], r["starts_at"]): r for r in rows if r["fingerprint"] not in active}
+        missing = {
+            (r["fingerprint"], r["starts_at"]): r for r in rows if r["fingerprint"] not in active
+        }
         confirmed = [row for key, row in missing.items() if key in self._missing_last_round]
         self._missing_last_round = set(missing)
         added = 0

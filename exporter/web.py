@@ -52,6 +52,7 @@ RUNNERS = web.AppKey("runners", list[SnapshotRunner])
 BREAKERS = web.AppKey("breakers", BreakerStore)
 ACTION_WORKER = web.AppKey("action_worker", ActionWorker)
 
+
 def build_sources(config: Config) -> list[Source]:
     classifier = ReasonClassifier(config.purchases.failure_reasons)
     return [PurchasesSource(config, classifier), ApiCallsSource(config), ControlsSource(config)]
@@ -186,7 +187,11 @@ async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
     collectors = config.collectors
     runners = [
         SnapshotRunner(
-            source, app[POOL], metrics, collectors.interval, collectors.timeout,
+            source,
+            app[POOL],
+            metrics,
+            collectors.interval,
+            collectors.timeout,
             collectors.snapshot_expiry,
         )  # fmt: skip
         for source in sources

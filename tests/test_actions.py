@@ -30,7 +30,9 @@ def make_config(kraken: FakeKraken, **receiver: Any):
     })  # fmt: skip
 
 
-async def start(aiohttp_client, database: Connection, kraken: FakeKraken, **receiver: Any) -> TestClient:
+async def start(
+    aiohttp_client, database: Connection, kraken: FakeKraken, **receiver: Any
+) -> TestClient:
     secrets = Secrets(webhook_token=TOKEN, admin_token=ADMIN)
     return await aiohttp_client(create_app(make_config(kraken, **receiver), database, secrets))
 
@@ -49,7 +51,9 @@ async def send(client: TestClient, *alerts: dict[str, Any]) -> None:
 
 
 async def processed(db: asyncpg.Connection) -> bool:
-    return not await db.fetchval("SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL")
+    return not await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL"
+    )
 
 
 async def settled(db: asyncpg.Connection) -> None:
@@ -63,7 +67,9 @@ async def settled(db: asyncpg.Connection) -> None:
 
 
 async def breaker_state(db: asyncpg.Connection) -> str:
-    return await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'")
+    return await db.fetchval(
+        "SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'"
+    )
 
 
 async def paused(db: asyncpg.Connection) -> bool:
@@ -83,7 +89,9 @@ async def seed_failures(db: asyncpg.Connection) -> None:
 
 
 async def audit(db: asyncpg.Connection, action: str) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM liquid_abt.audit_log WHERE action = $1 ORDER BY id", action)
+    return await db.fetch(
+        "SELECT * FROM liquid_abt.audit_log WHERE action = $1 ORDER BY id", action
+    )
 
 
 async def test_exchange_down_opens_pauses_and_queues_then_recovery_resumes(
@@ -96,7 +104,9 @@ async def test_exchange_down_opens_pauses_and_queues_then_recovery_resumes(
     assert await paused(db)
     queued = await db.fetch("SELECT * FROM liquid_abt.retry_queue ORDER BY purchase_id")
     assert len(queued) == 2, "the runbook's eligible failures, not insufficient funds"
-    assert all(q["next_attempt_at"] > q["enqueued_at"] for q in queued), "backoff before the first retry"
+    assert all(q["next_attempt_at"] > q["enqueued_at"] for q in queued), (
+        "backoff before the first retry"
+    )
     pause = (await audit(db, "pause_purchases"))[0]
     assert pause["fingerprint"] == "down-1" and pause["actor"] == "automation"
 
@@ -104,14 +114,21 @@ async def test_exchange_down_opens_pauses_and_queues_then_recovery_resumes(
     await settled(db)
     assert await breaker_state(db) == "closed"
     assert not await paused(db)
-    due = await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()")
+    due = await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()"
+    )
     assert due == 2, "queued retries are due once the exchange recovered"
     verified = (await audit(db, "verify_recovery"))[-1]
     checks = json.loads(verified["detail"])["checks"]
-    assert verified["result"] == "success" and {c["name"] for c in checks} >= {"price", "order_book"}
+    assert verified["result"] == "success" and {c["name"] for c in checks} >= {
+        "price",
+        "order_book",
+    }
     samples = await scrape(client)
     assert value(samples, "liquid_abt_actions_total", action="open_breaker", result="success") == 1
-    assert value(samples, "liquid_abt_actions_total", action="verify_recovery", result="success") == 1
+    assert (
+        value(samples, "liquid_abt_actions_total", action="verify_recovery", result="success") == 1
+    )
 
 
 async def test_resolved_is_not_proof_recovery_is_verified_again_until_it_passes(
@@ -152,7 +169,12 @@ async def test_a_stale_resolved_never_undoes_a_newer_firing(
     await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T10:00:00Z"))
     await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T11:00:00Z"))
     # The resolution of the first episode arrives late, after the second started.
-    await send(client, alert("ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T10:00:00Z", status="resolved"))
+    await send(
+        client,
+        alert(
+            "ExchangeApiDown", fingerprint="f", starts_at="2026-11-25T10:00:00Z", status="resolved"
+        ),
+    )
     await wait_until(lambda: processed(db))
     assert await paused(db)
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.recoveries") == 0
@@ -160,7 +182,9 @@ async def test_a_stale_resolved_never_undoes_a_newer_firing(
     assert any("another outage alert fires" in r["cause"] for r in skipped)
 
 
-async def test_a_firing_already_resolved_is_ignored(client: TestClient, db: asyncpg.Connection) -> None:
+async def test_a_firing_already_resolved_is_ignored(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
     await send(client, alert("ExchangeApiDown", status="resolved"))
     await settled(db)
     await send(client, alert("ExchangeApiDown"))  # delivered out of order, after its resolution
@@ -169,7 +193,9 @@ async def test_a_firing_already_resolved_is_ignored(client: TestClient, db: asyn
     assert await breaker_state(db) in (None, "closed")
 
 
-async def test_automation_never_lifts_a_manual_hold(client: TestClient, db: asyncpg.Connection) -> None:
+async def test_automation_never_lifts_a_manual_hold(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
     response = await client.post(
         "/api/admin/purchases/pause", json={"exchange": "kraken", "reason": "treasury audit"},
         headers={"Authorization": f"Bearer {ADMIN}"},
@@ -188,7 +214,9 @@ async def test_automation_never_lifts_a_manual_hold(client: TestClient, db: asyn
 async def test_rate_limiting_lowers_the_rate_and_resolution_restores_it(
     client: TestClient, db: asyncpg.Connection
 ) -> None:
-    multiplier = "SELECT api_rate_multiplier FROM liquid_abt.exchange_controls WHERE exchange = 'kraken'"
+    multiplier = (
+        "SELECT api_rate_multiplier FROM liquid_abt.exchange_controls WHERE exchange = 'kraken'"
+    )
     await send(client, alert("ExchangeApiRateLimited"))
     await wait_until(lambda: processed(db))
     assert await db.fetchval(multiplier) == pytest.approx(0.5)
@@ -218,11 +246,15 @@ async def test_dry_run_records_and_changes_nothing(
     assert await breaker_state(db) in (None, "closed")
     assert not await paused(db)
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0
-    dry = await db.fetch("SELECT action FROM liquid_abt.audit_log WHERE result = 'dry_run' ORDER BY id")
+    dry = await db.fetch(
+        "SELECT action FROM liquid_abt.audit_log WHERE result = 'dry_run' ORDER BY id"
+    )
     assert [r["action"] for r in dry] == ["open_breaker", "pause_purchases", "queue_retries"]
 
 
-async def test_alerts_without_actions_are_recorded_only(client: TestClient, db: asyncpg.Connection) -> None:
+async def test_alerts_without_actions_are_recorded_only(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
     await send(client, alert("LiquidAbtCollectorStale", exchange=None))
     await wait_until(lambda: processed(db))
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.audit_log") == 0
@@ -276,7 +308,9 @@ async def test_a_failing_action_is_retried_with_all_the_others(
 
     await wait_until(breaker_opened)
     assert not await processed(db), "a transient failure leaves the alert state to retry"
-    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0, "nothing half-applied"
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0, (
+        "nothing half-applied"
+    )
 
     await db.execute("DROP TRIGGER fail_pause ON liquid_abt.exchange_controls")
     await wait_until(lambda: processed(db))

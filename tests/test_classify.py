@@ -15,7 +15,12 @@ TYPICAL = {
         "Circuit breaker is OPEN for kraken",
         "exchange_unavailable",
     ],
-    "rate_limited": ["EAPI:Rate limit exceeded", "EGeneral:Too many requests", "HTTP 429", "rate_limited"],
+    "rate_limited": [
+        "EAPI:Rate limit exceeded",
+        "EGeneral:Too many requests",
+        "HTTP 429",
+        "rate_limited",
+    ],
     "auth": [
         "EAPI:Invalid signature",
         "EAPI:Invalid key",
@@ -34,9 +39,21 @@ TYPICAL = {
         "EService:Deadline elapsed",
         "network_timeout",
     ],
-    "insufficient_funds": ["EOrder:Insufficient funds", "insufficient_funds", "Insufficient funds in account"],
-    "invalid_amount": ["invalid_amount", "EGeneral:Invalid arguments:volume", "EOrder:Order minimum not met"],
-    "maintenance": ["Kraken is under maintenance", "EService:Market in cancel_only mode", "post_only"],
+    "insufficient_funds": [
+        "EOrder:Insufficient funds",
+        "insufficient_funds",
+        "Insufficient funds in account",
+    ],
+    "invalid_amount": [
+        "invalid_amount",
+        "EGeneral:Invalid arguments:volume",
+        "EOrder:Order minimum not met",
+    ],
+    "maintenance": [
+        "Kraken is under maintenance",
+        "EService:Market in cancel_only mode",
+        "post_only",
+    ],
 }
 
 
@@ -48,11 +65,15 @@ def classifier() -> ReasonClassifier:
 @pytest.mark.parametrize(
     ("expected", "text"), [(cls, text) for cls, texts in TYPICAL.items() for text in texts]
 )
-def test_typical_texts_get_their_class(classifier: ReasonClassifier, expected: str, text: str) -> None:
+def test_typical_texts_get_their_class(
+    classifier: ReasonClassifier, expected: str, text: str
+) -> None:
     assert classifier.classify(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", None, "something nobody expected", "Unknown error ☃", "x" * 10000])
+@pytest.mark.parametrize(
+    "text", ["", None, "something nobody expected", "Unknown error ☃", "x" * 10000]
+)
 def test_unknown_text_is_other(classifier: ReasonClassifier, text: str | None) -> None:
     assert classifier.classify(text) == "other"
 

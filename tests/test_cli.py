@@ -70,7 +70,9 @@ def test_promtool_finds_nothing_to_complain_about(exporter_process: ExporterProc
     assert result.returncode == 0 and output == "", output
 
 
-def test_every_metric_of_the_rules_and_the_docs_is_served(exporter_process: ExporterProcess) -> None:
+def test_every_metric_of_the_rules_and_the_docs_is_served(
+    exporter_process: ExporterProcess,
+) -> None:
     """The contract both ways: rules and docs/metrics.md name only what /metrics serves, and
     every documented family is there (pre-initialised) before anything has happened."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -64,12 +64,16 @@ def test_full_example_is_valid() -> None:
     assert config.collectors.snapshot_expiry == 300
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("15s", 15), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (2, 2)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15s", 15), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (2, 2)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(300, "5m"), (900, "15m"), (3600, "1h"), (90, "90s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(300, "5m"), (900, "15m"), (3600, "1h"), (90, "90s")]
+)
 def test_window_labels(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 

@@ -23,7 +23,10 @@ FAST = {
     "database": {"health_interval": "200ms", "connect_timeout": "1s"},
     "kraken": {"enabled": False},
 }
-PURCHASES_1H = ("liquid_abt_purchases", frozenset({"window": "1h", "exchange": "kraken", "status": "completed"}.items()))
+PURCHASES_1H = (
+    "liquid_abt_purchases",
+    frozenset({"window": "1h", "exchange": "kraken", "status": "completed"}.items()),
+)
 
 
 @pytest.fixture
@@ -40,7 +43,9 @@ async def own_server() -> AsyncIterator[EmbeddedPostgres]:
 
 async def insert_completed(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
-    await conn.execute("INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status) VALUES ('t', 10, 'completed')")
+    await conn.execute(
+        "INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status) VALUES ('t', 10, 'completed')"
+    )
     await conn.close()
 
 

@@ -59,7 +59,9 @@ def alertmanager_config(exporter_urls: list[str], token_file: Path) -> str:
     configs = []
     for url in exporter_urls:
         config = {**template, "url": f"{url}/webhook/alertmanager"}
-        config["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
+        config["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
+        }
         configs.append(config)
     return yaml.safe_dump({
         "route": {
@@ -78,7 +80,9 @@ def kraken(tmp_path: Path) -> Iterator[KrakenServerProcess]:
 
 
 @pytest.fixture
-def exporters(tmp_path: Path, database: Connection, kraken: KrakenServerProcess) -> Iterator[list[ExporterProcess]]:
+def exporters(
+    tmp_path: Path, database: Connection, kraken: KrakenServerProcess
+) -> Iterator[list[ExporterProcess]]:
     config = exporter_config(
         kraken.url,
         breaker={"failure_threshold": 3, "recovery_timeout": "3s", "check_interval": "500ms"},
@@ -98,7 +102,9 @@ def exporters(tmp_path: Path, database: Connection, kraken: KrakenServerProcess)
 
 
 @pytest.fixture
-def alertmanagers(tmp_path: Path, exporters: list[ExporterProcess]) -> Iterator[list[AlertmanagerProcess]]:
+def alertmanagers(
+    tmp_path: Path, exporters: list[ExporterProcess]
+) -> Iterator[list[AlertmanagerProcess]]:
     token = tmp_path / "webhook-token"
     token.write_text(TOKEN)
     config = alertmanager_config([e.url for e in exporters], token)
@@ -176,7 +182,9 @@ async def test_kraken_outage_pauses_purchases_and_recovery_resumes_them(
 
     await wait_until(recovered, timeout=DEADLINE, step=0.5)
     assert await audit_count(db, "verify_recovery") >= 1
-    due = await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()")
+    due = await db.fetchval(
+        "SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()"
+    )
     assert due == 5, "the queued purchases are due again once Kraken recovered"
 
     # Two Alertmanagers, two exporters, repeats: each alert state recorded once, acted on once.

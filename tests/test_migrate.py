@@ -36,7 +36,9 @@ async def test_a_fresh_database_gets_every_migration(pg_server_dsn: str) -> None
 
 
 async def test_the_audit_log_is_append_only(db: asyncpg.Connection) -> None:
-    await db.execute("INSERT INTO liquid_abt.audit_log (actor, action, result) VALUES ('test', 'x', 'success')")
+    await db.execute(
+        "INSERT INTO liquid_abt.audit_log (actor, action, result) VALUES ('test', 'x', 'success')"
+    )
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await db.execute("UPDATE liquid_abt.audit_log SET result = 'failure'")
     with pytest.raises(asyncpg.RaiseError, match="append-only"):

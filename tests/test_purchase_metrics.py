@@ -15,7 +15,9 @@ from exporter.web import RUNNERS, create_app
 from tests.helpers import scrape, series, value
 
 # Long interval: the tests refresh explicitly, so the background loop never races them.
-CONFIG = parse_config({"collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False}})
+CONFIG = parse_config(
+    {"collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False}}
+)
 
 
 @pytest.fixture
@@ -60,9 +62,24 @@ async def test_purchases_by_window_and_status(client: TestClient, db: asyncpg.Co
     def purchases(window: str, status: str) -> float:
         return value(s, "liquid_abt_purchases", window=window, exchange="kraken", status=status)
 
-    assert [purchases("5m", st) for st in ("completed", "failed", "pending", "refunded")] == [1, 1, 0, 0]
-    assert [purchases("15m", st) for st in ("completed", "failed", "pending", "refunded")] == [1, 2, 1, 0]
-    assert [purchases("1h", st) for st in ("completed", "failed", "pending", "refunded")] == [2, 2, 1, 1]
+    assert [purchases("5m", st) for st in ("completed", "failed", "pending", "refunded")] == [
+        1,
+        1,
+        0,
+        0,
+    ]
+    assert [purchases("15m", st) for st in ("completed", "failed", "pending", "refunded")] == [
+        1,
+        2,
+        1,
+        0,
+    ]
+    assert [purchases("1h", st) for st in ("completed", "failed", "pending", "refunded")] == [
+        2,
+        2,
+        1,
+        1,
+    ]
 
     ratio = "liquid_abt_purchase_failure_ratio"
     assert value(s, ratio, window="5m", exchange="kraken") == pytest.approx(1 / 2)
@@ -145,7 +162,9 @@ async def test_every_series_exists_before_any_purchase(client: TestClient) -> No
     assert value(s, "liquid_abt_circuit_breaker_state", exchange="kraken", state="open") == 0
 
 
-async def api_call(db, minutes_ago: float, endpoint: str, success: bool, ms: int, provider="kraken"):
+async def api_call(
+    db, minutes_ago: float, endpoint: str, success: bool, ms: int, provider="kraken"
+):
     await db.execute(
         """INSERT INTO api_call_logs (provider, endpoint, success, response_time, created_at)
            VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5::float8))""",
@@ -163,16 +182,33 @@ async def test_platform_api_calls_mean_and_p95(client: TestClient, db: asyncpg.C
     await refresh(client)
     s = await scrape(client)
     calls = "liquid_abt_platform_api_calls"
-    assert value(s, calls, window="5m", exchange="kraken", endpoint="getCurrentPrice", success="true") == 20
-    assert value(s, calls, window="5m", exchange="kraken", endpoint="getCurrentPrice", success="false") == 1
-    assert value(s, calls, window="5m", exchange="kraken", endpoint="getBalance", success="false") == 0
-    assert value(s, calls, window="15m", exchange="kraken", endpoint="getBalance", success="false") == 1
+    assert (
+        value(s, calls, window="5m", exchange="kraken", endpoint="getCurrentPrice", success="true")
+        == 20
+    )
+    assert (
+        value(s, calls, window="5m", exchange="kraken", endpoint="getCurrentPrice", success="false")
+        == 1
+    )
+    assert (
+        value(s, calls, window="5m", exchange="kraken", endpoint="getBalance", success="false") == 0
+    )
+    assert (
+        value(s, calls, window="15m", exchange="kraken", endpoint="getBalance", success="false")
+        == 1
+    )
     assert value(s, calls, window="5m", exchange="kraken", endpoint="other", success="true") == 1
     mean = "liquid_abt_platform_api_mean_response_time_seconds"
     expected_mean = (sum(range(100, 2100, 100)) + 30000) / 21 / 1000
-    assert value(s, mean, window="5m", exchange="kraken", endpoint="getCurrentPrice") == pytest.approx(expected_mean)
+    assert value(
+        s, mean, window="5m", exchange="kraken", endpoint="getCurrentPrice"
+    ) == pytest.approx(expected_mean)
     p95 = "liquid_abt_platform_api_p95_response_time_seconds"
     # percentile_cont over 21 values: position 0.95 * 20 = 19, the 20th value, 2000 ms.
-    assert value(s, p95, window="5m", exchange="kraken", endpoint="getCurrentPrice") == pytest.approx(2.0)
-    assert value(s, mean, window="1h", exchange="kraken", endpoint="getBalance") == pytest.approx(4.0)
+    assert value(
+        s, p95, window="5m", exchange="kraken", endpoint="getCurrentPrice"
+    ) == pytest.approx(2.0)
+    assert value(s, mean, window="1h", exchange="kraken", endpoint="getBalance") == pytest.approx(
+        4.0
+    )
     assert value(s, mean, window="1h", exchange="kraken", endpoint="placeOrder") == 0

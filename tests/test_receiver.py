@@ -30,7 +30,9 @@ async def client(aiohttp_client, database: Connection) -> AsyncIterator[TestClie
 
 async def post(client: TestClient, body: object, headers: dict | None = None):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = await client.post("/webhook/alertmanager", data=data, headers=AUTH if headers is None else headers)
+    response = await client.post(
+        "/webhook/alertmanager", data=data, headers=AUTH if headers is None else headers
+    )
     return response.status, await response.json()
 
 
@@ -49,7 +51,10 @@ async def test_without_valid_credentials_nothing_is_recorded(
     status, body = await post(client, notification([alert("ExchangeApiDown")]), headers)
     assert status == 401 and body["status"] == "unauthorized"
     assert await notifications(db) == []
-    assert value(await scrape(client), "liquid_abt_webhook_notifications_total", result="unauthorized") == 1
+    assert (
+        value(await scrape(client), "liquid_abt_webhook_notifications_total", result="unauthorized")
+        == 1
+    )
 
 
 async def test_basic_auth_is_accepted(client: TestClient, db: asyncpg.Connection) -> None:
@@ -118,7 +123,9 @@ async def test_a_new_start_is_a_new_alert_state(client: TestClient, db: asyncpg.
 async def test_truncated_alerts_are_recorded(client: TestClient, db: asyncpg.Connection) -> None:
     payload = {**notification([alert("ExchangeApiDown")]), "truncatedAlerts": 7}
     assert (await post(client, payload))[0] == 200
-    row = await db.fetchrow("SELECT * FROM liquid_abt.audit_log WHERE action = 'notification_truncated'")
+    row = await db.fetchrow(
+        "SELECT * FROM liquid_abt.audit_log WHERE action = 'notification_truncated'"
+    )
     assert json.loads(row["detail"]) == {"truncated_alerts": 7}
     assert (await notifications(db))[0]["truncated_alerts"] == 7
 
@@ -133,7 +140,9 @@ async def test_database_down_gets_503_so_alertmanager_retries(aiohttp_client) ->
     assert status == 503 and reply["status"] == "error"
 
 
-async def test_undecodable_credentials_get_401_not_500(client: TestClient, db: asyncpg.Connection) -> None:
+async def test_undecodable_credentials_get_401_not_500(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
     response = await client.post(
         "/webhook/alertmanager", data=b"{}",
         headers={"Authorization": "Bearer caf\udcc3".encode("utf-8", "surrogateescape").decode("latin-1")},
@@ -141,7 +150,11 @@ async def test_undecodable_credentials_get_401_not_500(client: TestClient, db: a
     assert response.status == 401
 
 
-async def test_a_value_postgresql_cannot_store_gets_400(client: TestClient, db: asyncpg.Connection) -> None:
-    status, reply = await post(client, notification([alert("ExchangeApiDown", summary_label="a\x00b")]))
+async def test_a_value_postgresql_cannot_store_gets_400(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    status, reply = await post(
+        client, notification([alert("ExchangeApiDown", summary_label="a\x00b")])
+    )
     assert status == 400 and reply["status"] == "invalid", reply
     assert await notifications(db) == []

@@ -314,6 +314,8 @@ async def test_live_buys_due_retries_again_as_the_platform_would(
     live = Live(connect, Simulator({}, seed=1), rate_per_minute=1, exchange="kraken")
     await live.run(asyncio.Event(), 0.5)
     assert live.summary.retried == {"completed": 1}
-    row = await db.fetchrow("SELECT status, retry_count FROM bitcoin_purchases WHERE id = $1", purchase_id)
+    row = await db.fetchrow(
+        "SELECT status, retry_count FROM bitcoin_purchases WHERE id = $1", purchase_id
+    )
     assert tuple(row) == ("completed", 1)
     assert await db.fetchval("SELECT status FROM liquid_abt.retry_queue") == "succeeded"

@@ -40,12 +40,17 @@ def auth_middleware(token: str | None) -> Middleware:
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is None:
             return json_error(
-                403, "the admin API is disabled: set LIQUID_ABT_ADMIN_TOKEN or LIQUID_ABT_ADMIN_TOKEN_FILE"
+                403,
+                "the admin API is disabled: set LIQUID_ABT_ADMIN_TOKEN or LIQUID_ABT_ADMIN_TOKEN_FILE",
             )
         if not bearer_matches(request.headers.get("Authorization"), token):
-            log.warning("admin API: unauthorized", extra={"path": request.path, "remote": request.remote})
+            log.warning(
+                "admin API: unauthorized", extra={"path": request.path, "remote": request.remote}
+            )
             return json_error(
-                401, "missing or wrong bearer token", headers_hint="Authorization: Bearer $ADMIN_TOKEN"
+                401,
+                "missing or wrong bearer token",
+                headers_hint="Authorization: Bearer $ADMIN_TOKEN",
             )
         return await handler(request)
 
@@ -58,7 +63,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"body is not valid JSON: {exc}"}), content_type="application/json"
+            text=json.dumps({"error": f"body is not valid JSON: {exc}"}),
+            content_type="application/json",
         ) from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.db import DATABASE_ERRORS
+
 log = logging.getLogger(__name__)
 
 
@@ -127,7 +129,7 @@ class SnapshotRunner:
         try:
             async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
                 families = await self.source.collect(connection)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             self._metrics.errors.labels(self.name).inc()
             log.warning(
                 "collector refresh failed",
@@ -151,7 +153,11 @@ class SnapshotRunner:
     async def run(self) -> None:
         while True:
             started = time.monotonic()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug in one query must not stop this collector for good
+                self._metrics.errors.labels(self.name).inc()
+                log.exception("collector refresh crashed", extra={"collector": self.name})
             # Interval from start to start, so a slow refresh does not stretch the cadence.
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 

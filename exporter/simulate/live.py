@@ -31,6 +31,8 @@ _CONNECTION_ERRORS: Final = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection killed between two statements can be left "busy" in asyncpg: it is gone too.
+    asyncpg.InternalClientError,
 )
 
 
