@@ -25,6 +25,16 @@ DATABASE_ERRORS = (
     asyncpg.InternalClientError,
 )
 
+# The subset that means "the database is not answering" (not "this query is wrong"): HTTP 503.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
 
 def mask_dsn(dsn: str) -> str:
     """The DSN with any password replaced, fit for logs."""

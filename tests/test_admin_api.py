@@ -355,3 +355,23 @@ async def test_the_app_half_opens_overdue_breakers_in_the_background(
     assert (entry["actor"], detail["from"], detail["to"], detail["trigger"]) == (
         "automation", "OPEN", "HALF_OPEN", "recovery_timeout",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path", ["circuit-breaker/status", "purchases/status", "retry-queue", "audit-log"]
+)
+async def test_every_admin_call_answers_503_while_the_database_is_away(
+    aiohttp_client, path: str
+) -> None:
+    from exporter.config import parse_config
+    from exporter.db import Connection
+    from exporter.embedded_pg import free_port
+    from exporter.secrets import Secrets
+    from exporter.web import create_app
+
+    nowhere = Connection(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    config = parse_config({"kraken": {"enabled": False}, "database": {"connect_timeout": "1s"}})
+    client = await aiohttp_client(create_app(config, nowhere, Secrets(admin_token="t")))
+    response = await client.get(f"/api/admin/{path}", headers={"Authorization": "Bearer t"})
+    assert response.status == 503
+    assert "database unavailable" in (await response.json())["error"]

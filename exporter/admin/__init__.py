@@ -15,6 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from exporter.db import DATABASE_UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +59,15 @@ def auth_middleware(token: str | None) -> Middleware:
     return authenticate
 
 
+@web.middleware
+async def database_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every admin call needs the database: while it does not answer, 503 (try again later)."""
+    try:
+        return await handler(request)
+    except DATABASE_UNAVAILABLE as exc:
+        return json_error(503, f"database unavailable: {str(exc) or type(exc).__name__}")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong with it."""
     try:
@@ -84,7 +95,7 @@ def not_found(message: str) -> web.HTTPNotFound:
 
 def build_admin_app(token: str | None, route_tables: list[web.RouteTableDef]) -> web.Application:
     """A sub-application: handlers reach the parent's keys through `request.config_dict`."""
-    admin = web.Application(middlewares=[auth_middleware(token)])
+    admin = web.Application(middlewares=[auth_middleware(token), database_unavailable])
     for routes in route_tables:
         admin.add_routes(routes)
     return admin

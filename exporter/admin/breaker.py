@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
-from exporter.admin import Handler, bad_request, json_body, json_error, not_found
+from exporter.admin import Handler, bad_request, json_body, not_found
 from exporter.breaker import (
     ACTOR_ADMIN,
     BreakerStore,
@@ -33,8 +32,6 @@ CONFIG_FIELDS = {
     "monitoringWindow": "monitoring_window_ms",
 }
 _MAX_INT4 = 2**31 - 1
-# Errors that mean "the database is not answering": a retry later may succeed.
-DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 
 def _store(request: web.Request) -> BreakerStore:
@@ -44,7 +41,8 @@ def _store(request: web.Request) -> BreakerStore:
 
 
 def _handled(handler: Handler) -> Handler:
-    """Map the store's errors to HTTP: unknown exchange 404, bad input 400, database down 503."""
+    """Map the store's errors to HTTP: unknown exchange 404, bad input 400 (database down: 503,
+    by the admin app's middleware)."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -54,8 +52,6 @@ def _handled(handler: Handler) -> Handler:
             raise not_found(str(exc)) from None
         except (InvalidState, InvalidBreakerConfig) as exc:
             raise bad_request(str(exc)) from None
-        except DB_UNAVAILABLE as exc:
-            return json_error(503, f"database unavailable: {str(exc) or type(exc).__name__}")
 
     return wrapper
 
