@@ -240,8 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SecretError, EmbeddedPostgresError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError) as exc:
+    except asyncpg.PostgresError as exc:
         print(f"error: database: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the listen address is taken, or the database refuses
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -36,6 +36,7 @@ from exporter.breaker.state import (
     validate_config_changes,
 )
 from exporter.config import Config
+from exporter.db import DATABASE_ERRORS
 
 # The package's name, as before the split into modules: log lines keep their `logger` field.
 log = logging.getLogger("exporter.breaker")
@@ -106,8 +107,16 @@ class BreakerStore:
         return outcome.transitions
 
     async def on_probe_result(self, exchange: str, ok: bool, outcome: str) -> None:
-        """The Kraken probe's `on_result` callback: one call per probe round."""
-        await self.record_result(exchange, ok, f"probe round: {outcome}", actor=ACTOR_PROBE)
+        """The Kraken probe's `on_result` callback: one call per probe round.
+
+        Without the database the round cannot be counted; the probe's own metrics still are,
+        and `liquid_abt_db_up` already says why, so one line rather than a traceback per round.
+        """
+        try:
+            await self.record_result(exchange, ok, f"probe round: {outcome}", actor=ACTOR_PROBE)
+        except DATABASE_ERRORS as exc:
+            log.warning("probe round not counted by the breaker: database unavailable",
+                        extra={"exchange": exchange, "error": str(exc) or type(exc).__name__})  # fmt: skip
 
     async def check(self) -> list[Transition]:
         """OPEN -> HALF_OPEN where the recovery timeout has passed; clear expired windows.
