@@ -15,6 +15,7 @@ import asyncpg
 
 from exporter import retry_queue
 from exporter.config import RetryConfig
+from exporter.db import DATABASE_UNAVAILABLE
 
 from .database import _CALL_COLUMNS, Controls, _call_rows, _create_tenants, read_controls
 from .generator import Purchase, Simulator, Summary
@@ -24,16 +25,9 @@ log = logging.getLogger("exporter.simulate")
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
-# Errors after which a new connection may work: the database restarted, or the network blinked.
-_CONNECTION_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    # A connection killed between two statements can be left "busy" in asyncpg: it is gone too.
-    asyncpg.InternalClientError,
-)
+# Errors after which a new connection may work (the database restarted, the network blinked):
+# the exporter's own definition of "the database is not answering".
+_CONNECTION_ERRORS: Final = DATABASE_UNAVAILABLE
 
 
 class Live:
