@@ -19,14 +19,14 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.classify import ReasonClassifier
-from exporter.collectors.api_calls import ApiCallsSource
-from exporter.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner
-from exporter.collectors.purchases import PurchasesSource
 from exporter.config import Config
-from exporter.db import Connection, create_pool
-from exporter.embedded_pg import EmbeddedPostgres
-from exporter.migrate import migrate
+from exporter.database.embedded import EmbeddedPostgres
+from exporter.database.migrate import migrate
+from exporter.database.pool import Connection, create_pool
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.collectors.api_calls import ApiCallsSource
+from exporter.signals.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner
+from exporter.signals.collectors.purchases import PurchasesSource
 
 RECENT_PURCHASES = 20_000  # one busy hour
 RECENT_CALLS = 50_000

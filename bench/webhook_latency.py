@@ -20,11 +20,11 @@ import asyncpg
 from aiohttp import web
 
 from exporter.config import parse_config
-from exporter.db import Connection
-from exporter.embedded_pg import EmbeddedPostgres, free_port
-from exporter.migrate import migrate
+from exporter.database.embedded import EmbeddedPostgres, free_port
+from exporter.database.migrate import migrate
+from exporter.database.pool import Connection
 from exporter.secrets import Secrets
-from exporter.web import create_app
+from exporter.web.app import create_app
 
 TOKEN = "bench"
 

@@ -20,11 +20,11 @@ from prometheus_client import disable_created_metrics
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config
-from exporter.db import Connection, mask_dsn
-from exporter.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from exporter.database.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from exporter.database.migrate import migrate
+from exporter.database.pool import Connection, database_connection, mask_dsn
 from exporter.logs import FORMATS, LEVELS, setup_logging
-from exporter.migrate import migrate
-from exporter.secrets import SecretError, Secrets, read_secret
+from exporter.secrets import SecretError, Secrets
 
 log = logging.getLogger("exporter")
 
@@ -145,13 +145,6 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def database_connection(config: Config) -> Connection | None:
-    dsn = os.environ.get("DATABASE_URL") or config.database.dsn
-    if not dsn:
-        return None
-    return Connection(dsn, read_secret("DATABASE_PASSWORD"))
-
-
 async def _migrate(connection: Connection, with_platform_schema: bool) -> list[str]:
     conn = await asyncpg.connect(connection.dsn, password=connection.password, timeout=10)
     try:
@@ -161,7 +154,7 @@ async def _migrate(connection: Connection, with_platform_schema: bool) -> list[s
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from exporter.web import create_app
+    from exporter.web.app import create_app
 
     host, port = parse_listen_address(args.listen_address)
     connection = database_connection(config)
@@ -192,15 +185,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["kraken-server"]:
         # A separate program with its own flags; it shares only the entry point.
-        from exporter.kraken.fake_server import main as kraken_server
+        from exporter.drill.kraken_server.cli import main as kraken_server
 
         return kraken_server(argv[1:])
     if argv[:1] == ["demo"]:
-        from exporter.demo import main as demo
+        from exporter.drill.demo import main as demo
 
         return demo(argv[1:])
     if argv[:1] == ["simulate"]:
-        from exporter.simulate import main as simulate
+        from exporter.drill.simulate import main as simulate
 
         return simulate(argv[1:])
     args = build_parser().parse_args(argv)

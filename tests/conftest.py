@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from prometheus_client import disable_created_metrics
 
-from exporter.db import Connection
-from exporter.embedded_pg import EmbeddedPostgres
-from exporter.kraken.fake_server import FakeKraken
-from exporter.migrate import migrate
+from exporter.database.embedded import EmbeddedPostgres
+from exporter.database.migrate import migrate
+from exporter.database.pool import Connection
+from exporter.drill.kraken_server.server import FakeKraken
 
 TEMPLATE_DB = "liquid_abt_test_template"
 

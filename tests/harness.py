@@ -28,7 +28,7 @@ from typing import Any, NoReturn, Self, TypeVar
 import pytest
 import yaml
 
-from exporter.embedded_pg import free_port
+from exporter.database.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = sorted((REPO / "alerts").glob("*.rules.yml"))
@@ -538,7 +538,7 @@ class ExporterProcess(ManagedProcess):
             pid_file = self.embedded_db_dir / "data" / "postmaster.pid"
             self.embedded_db_left_running = pid_file.exists()
             if self.embedded_db_left_running:  # do not leak a server into the next tests
-                from exporter.embedded_pg import EmbeddedPostgres
+                from exporter.database.embedded import EmbeddedPostgres
 
                 EmbeddedPostgres(self.embedded_db_dir).stop()
             shutil.rmtree(self.embedded_db_dir.parent, ignore_errors=True)

@@ -10,10 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
-from exporter.kraken.fake_server import FakeKraken
+from exporter.database.pool import Connection
+from exporter.drill.kraken_server.server import FakeKraken
 from exporter.secrets import Secrets
-from exporter.web import create_app
+from exporter.web.app import create_app
 from tests.alertmanager_payloads import alert, notification
 from tests.helpers import scrape, value, wait_until
 

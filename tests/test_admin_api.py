@@ -11,9 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
+from exporter.database.pool import Connection
 from exporter.secrets import Secrets
-from exporter.web import BREAKERS, PROBE_OBSERVERS, create_app
+from exporter.web.app import create_app
+from exporter.web.keys import BREAKERS, PROBE_OBSERVERS
 from tests.helpers import scrape, value, wait_until
 
 TOKEN = "s3cret-admin-token"
@@ -364,10 +365,10 @@ async def test_every_admin_call_answers_503_while_the_database_is_away(
     aiohttp_client, path: str
 ) -> None:
     from exporter.config import parse_config
-    from exporter.db import Connection
-    from exporter.embedded_pg import free_port
+    from exporter.database.embedded import free_port
+    from exporter.database.pool import Connection
     from exporter.secrets import Secrets
-    from exporter.web import create_app
+    from exporter.web.app import create_app
 
     nowhere = Connection(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     config = parse_config({"kraken": {"enabled": False}, "database": {"connect_timeout": "1s"}})

@@ -9,13 +9,14 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter import audit, controls
-from exporter.classify import ReasonClassifier
 from exporter.config import parse_config
-from exporter.db import Connection
-from exporter.impact import impact_report
+from exporter.controls import api_rate, audit
+from exporter.controls import pause as controls
+from exporter.database.pool import Connection
 from exporter.secrets import Secrets
-from exporter.web import create_app
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.impact import impact_report
+from exporter.web.app import create_app
 
 CONFIG = parse_config({
     "exchanges": ["kraken", "independent_reserve"],
@@ -186,7 +187,7 @@ async def test_status_lists_every_configured_exchange(
     client: TestClient, db: asyncpg.Connection
 ) -> None:
     await post(client, "purchases/pause", PAUSE)
-    await controls.set_rate_multiplier(
+    await api_rate.set_rate_multiplier(
         db, "independent_reserve", 0.5, actor="automation", cause="x"
     )
     status, body = await get(client, "purchases/status")

@@ -15,15 +15,15 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.breaker import (
+from exporter.config import parse_config
+from exporter.controls.breaker import (
     BreakerStore,
     InvalidBreakerConfig,
     InvalidState,
     State,
     UnknownExchange,
 )
-from exporter.config import parse_config
-from exporter.db import Connection
+from exporter.database.pool import Connection
 from tests.helpers import wait_until
 
 KRAKEN = "kraken"

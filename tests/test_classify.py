@@ -2,9 +2,9 @@
 
 import pytest
 
-from exporter.classify import ReasonClassifier
 from exporter.config import Config
 from exporter.labels import REASON_CLASSES
+from exporter.signals.classify import ReasonClassifier
 
 TYPICAL = {
     "exchange_unavailable": [

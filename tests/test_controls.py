@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from exporter import audit, controls
-from exporter.db import Connection
+from exporter.controls import api_rate, audit, gate
+from exporter.controls import pause as controls
+from exporter.database.pool import Connection
 from tests.helpers import wait_until
 
 
@@ -141,7 +142,7 @@ async def test_controls_are_per_exchange(db: asyncpg.Connection) -> None:
 
 async def test_rate_multiplier_lowered_and_restored(db: asyncpg.Connection) -> None:
     async def set_rate(value: float) -> bool:
-        return await controls.set_rate_multiplier(
+        return await api_rate.set_rate_multiplier(
             db, "kraken", value, actor="automation", cause="KrakenRateLimited"
         )
 
@@ -162,7 +163,7 @@ async def test_rate_multiplier_must_be_positive_and_finite(
     db: asyncpg.Connection, bad: float
 ) -> None:
     with pytest.raises(ValueError, match="invalid API rate multiplier"):
-        await controls.set_rate_multiplier(db, "kraken", bad, actor="admin", cause=None)
+        await api_rate.set_rate_multiplier(db, "kraken", bad, actor="admin", cause=None)
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.audit_log") == 0
 
 
@@ -230,12 +231,12 @@ async def test_concurrent_pauses_and_resumes_never_interleave(pools) -> None:
 
 
 async def test_the_platforms_gate_reads_pause_breaker_and_rate(db: asyncpg.Connection) -> None:
-    gate = await controls.purchase_gate(db, "kraken")
-    assert gate == controls.PurchaseGate("kraken", False, "closed", 1.0) and gate.may_buy
+    found = await gate.purchase_gate(db, "kraken")
+    assert found == gate.PurchaseGate("kraken", False, "closed", 1.0) and found.may_buy
     await auto_pause(db)
-    await controls.set_rate_multiplier(db, "kraken", 0.5, actor="automation", cause="rate limited")
-    gate = await controls.purchase_gate(db, "kraken")
-    assert (gate.purchases_paused, gate.api_rate_multiplier, gate.may_buy) == (True, 0.5, False)
+    await api_rate.set_rate_multiplier(db, "kraken", 0.5, actor="automation", cause="rate limited")
+    found = await gate.purchase_gate(db, "kraken")
+    assert (found.purchases_paused, found.api_rate_multiplier, found.may_buy) == (True, 0.5, False)
     await auto_resume(db)
     for state, may_buy in (("open", False), ("half_open", True), ("closed", True)):
         await db.execute(
@@ -243,5 +244,5 @@ async def test_the_platforms_gate_reads_pause_breaker_and_rate(db: asyncpg.Conne
                ON CONFLICT (exchange) DO UPDATE SET state = excluded.state""",
             state,
         )
-        gate = await controls.purchase_gate(db, "kraken")
-        assert (gate.breaker_state, gate.may_buy) == (state, may_buy)
+        found = await gate.purchase_gate(db, "kraken")
+        assert (found.breaker_state, found.may_buy) == (state, may_buy)

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 import yaml
 
-from exporter.simulate import Simulator, backfill
+from exporter.drill.simulate import Simulator, backfill
 from tests.conftest import with_database
 from tests.harness import (
     REPO,

@@ -11,10 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
-from exporter.embedded_pg import EmbeddedPostgres
-from exporter.migrate import migrate
-from exporter.web import create_app
+from exporter.database.embedded import EmbeddedPostgres
+from exporter.database.migrate import migrate
+from exporter.database.pool import Connection
+from exporter.web.app import create_app
 from tests.conftest import writable_tmp_dir
 from tests.helpers import scrape, wait_until
 

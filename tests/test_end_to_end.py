@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 import yaml
 
-from exporter.db import Connection
-from exporter.embedded_pg import free_port
+from exporter.database.embedded import free_port
+from exporter.database.pool import Connection
 from tests.harness import (
     REPO,
     RULE_FILES,

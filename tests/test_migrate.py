@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from exporter.db import Connection
-from exporter.migrate import available_migrations, migrate
+from exporter.database.migrate import available_migrations, migrate
+from exporter.database.pool import Connection
 
 
 async def test_applying_twice_changes_nothing(database: Connection, db: asyncpg.Connection) -> None:

@@ -25,8 +25,8 @@ import yaml
 
 from exporter.cli import build_parser
 from exporter.config import load_config
-from exporter.embedded_pg import free_port
-from exporter.simulate import build_parser as simulate_parser
+from exporter.database.embedded import free_port
+from exporter.drill.simulate import build_parser as simulate_parser
 from tests.harness import REPO, require_binary
 
 DOCKERFILE = REPO / "Dockerfile"

@@ -9,9 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
+from exporter.database.pool import Connection
 from exporter.labels import REASON_CLASSES
-from exporter.web import RUNNERS, create_app
+from exporter.web.app import create_app
+from exporter.web.keys import RUNNERS
 from tests.helpers import scrape, series, value
 
 # Long interval: the tests refresh explicitly, so the background loop never races them.

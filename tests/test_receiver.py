@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
+from exporter.database.pool import Connection
 from exporter.secrets import Secrets
-from exporter.web import create_app
+from exporter.web.app import create_app
 from tests.alertmanager_payloads import alert, notification
 from tests.helpers import scrape, value
 
@@ -131,7 +131,7 @@ async def test_truncated_alerts_are_recorded(client: TestClient, db: asyncpg.Con
 
 
 async def test_database_down_gets_503_so_alertmanager_retries(aiohttp_client) -> None:
-    from exporter.embedded_pg import free_port
+    from exporter.database.embedded import free_port
 
     nowhere = Connection(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     config = parse_config({"kraken": {"enabled": False}, "database": {"connect_timeout": "1s"}})

@@ -13,10 +13,10 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.db import Connection
-from exporter.kraken.fake_server import FakeKraken
+from exporter.database.pool import Connection
+from exporter.drill.kraken_server.server import FakeKraken
 from exporter.secrets import Secrets
-from exporter.web import create_app
+from exporter.web.app import create_app
 from tests.harness import AlertmanagerProcess, start_alertmanager
 from tests.helpers import wait_until
 
@@ -25,7 +25,7 @@ TOKEN = "reconcile-token"
 
 @pytest.fixture
 def exporter_port() -> int:
-    from exporter.embedded_pg import free_port
+    from exporter.database.embedded import free_port
 
     return free_port()
 

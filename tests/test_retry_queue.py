@@ -12,13 +12,15 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from exporter import audit, controls, retry_queue
-from exporter.classify import ReasonClassifier
 from exporter.config import Config, RetryConfig, parse_config
-from exporter.controls import GATE_SQL
-from exporter.db import Connection
-from exporter.retry_queue import backoff_delay
-from exporter.web import RUNNERS, create_app
+from exporter.controls import audit, retry_queue
+from exporter.controls import pause as controls
+from exporter.controls.gate import GATE_SQL
+from exporter.controls.retry_queue import backoff_delay
+from exporter.database.pool import Connection
+from exporter.signals.classify import ReasonClassifier
+from exporter.web.app import create_app
+from exporter.web.keys import RUNNERS
 from tests.helpers import scrape, value
 
 CONFIG: Config = parse_config(

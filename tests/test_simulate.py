@@ -14,12 +14,9 @@ from collections import Counter
 import asyncpg
 import pytest
 
-from exporter.classify import ReasonClassifier
-from exporter.collectors.purchases import PurchasesSource
 from exporter.config import Config
-from exporter.db import Connection
-from exporter.labels import REASON_CLASSES
-from exporter.simulate import (
+from exporter.database.pool import Connection
+from exporter.drill.simulate import (
     BREAKER_OPEN,
     CATALOGUE,
     SCENARIOS,
@@ -30,6 +27,9 @@ from exporter.simulate import (
     check_database,
     parse_mix,
 )
+from exporter.labels import REASON_CLASSES
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.collectors.purchases import PurchasesSource
 from tests.harness import REPO
 from tests.helpers import wait_until
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from exporter.kraken.client import KrakenClient, KrakenError
-from exporter.kraken.fake_server import FakeKraken
-from exporter.kraken.outcomes import Outcome
+from exporter.drill.kraken_server.server import FakeKraken
+from exporter.signals.kraken.client import KrakenClient, KrakenError
+from exporter.signals.kraken.outcomes import Outcome
 
 from .conftest import API_KEY, API_SECRET
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.kraken.fake_server import FakeKraken
+from exporter.drill.kraken_server.server import FakeKraken
 
 from .conftest import API_KEY, API_SECRET
 
@@ -96,7 +96,7 @@ async def test_cli_serves_until_sigterm(
     (tmp_path / "secret").write_text(API_SECRET + "\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KRAKEN_API_KEY": API_KEY}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter.kraken.fake_server",
+        sys.executable, "-m", "exporter.drill.kraken_server",
         "--listen", f"127.0.0.1:{ports[0]}", "--control-listen", f"127.0.0.1:{ports[1]}",
         "--mode", "cancel_only", "--api-secret-file", str(tmp_path / "secret"),
         env=env, stderr=asyncio.subprocess.PIPE,

@@ -7,7 +7,7 @@ import socket
 import aiohttp
 import pytest
 
-from exporter.kraken.outcomes import OUTCOMES, Outcome, classify
+from exporter.signals.kraken.outcomes import OUTCOMES, Outcome, classify
 
 ERRORS = [
     ("EAPI:Rate limit exceeded", Outcome.RATE_LIMITED),

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.kraken.client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient
-from exporter.kraken.fake_server import FakeKraken
-from exporter.kraken.outcomes import OUTCOMES
-from exporter.kraken.probe import ExchangeProbe
+from exporter.drill.kraken_server.server import FakeKraken
+from exporter.signals.kraken.client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient
+from exporter.signals.kraken.outcomes import OUTCOMES
+from exporter.signals.kraken.probe import ExchangeProbe
 
 pytestmark = pytest.mark.asyncio
 

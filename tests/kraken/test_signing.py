@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from exporter.kraken.signing import NonceSource, decode_secret, sign
+from exporter.signals.kraken.signing import NonceSource, decode_secret, sign
 
 # The worked example of https://docs.kraken.com/api/docs/guides/spot-rest-auth (a published
 # sample key, not a credential).

@@ -1,0 +1,276 @@
+"""The retry queue: the runbook's queueFailedPurchasesForRetry, with exponential backoff.
+
+The exporter fills it (`enqueue_retry_eligible`, `make_due`); the platform consumes it
+(`claim_due`, `complete`, `fail`), with the SQL written out in docs/platform-integration.md.
+The claim never hands out a purchase while its exchange is paused or its circuit breaker is open.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from exporter.config import PurchasesConfig, RetryConfig
+from exporter.controls import audit
+from exporter.database.transactions import Executor, transaction
+from exporter.signals.classify import ReasonClassifier
+
+QUEUE_STATUSES = ("queued", "in_progress", "succeeded", "failed", "cancelled")
+
+_COLUMNS = """id, purchase_id, exchange, tenant_id, amount_aud, failure_reason, attempts,
+              max_attempts, next_attempt_at, status, last_error, cause, enqueued_at, updated_at"""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    purchase_id: str
+    exchange: str
+    tenant_id: str | None
+    amount_aud: Decimal | None
+    failure_reason: str | None
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    status: str
+    last_error: str | None
+    cause: str | None
+    enqueued_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> QueueEntry:
+        # By field name, so a column added to the table later does not break the platform's claim.
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def as_json(self) -> dict[str, Any]:
+        # Money stays a decimal string: a float would round cents.
+        return {
+            **self.__dict__,
+            "amount_aud": None if self.amount_aud is None else str(self.amount_aud),
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "enqueued_at": self.enqueued_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def backoff_delay(attempt: int, retry_config: RetryConfig, rng: random.Random) -> float:
+    """Seconds to wait before retry number `attempt + 1` (attempt 0 is the first retry).
+
+    base * factor^attempt, capped at max_delay, then shortened by up to `jitter` (a fraction):
+    the jitter only ever subtracts, so the cap (the runbook's maxRetryDelay) holds and purchases
+    that reached the cap still spread out instead of retrying in one burst.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be 0 or more, got {attempt}")
+    try:
+        raw = retry_config.base_delay * retry_config.factor**attempt
+    except OverflowError:  # far beyond the cap anyway
+        raw = retry_config.max_delay
+    return min(raw, retry_config.max_delay) * (1.0 - retry_config.jitter * rng.random())
+
+
+# The runbook's retry-eligible query. The reason test is done on the classified reason (in Python,
+# with the same classifier as the metrics), so "EOrder:Insufficient funds" counts as excluded too.
+_CANDIDATES_SQL = """
+SELECT p.id::text AS purchase_id, lower(p.exchange_provider) AS exchange, p.tenant_id,
+       p.amount_aud, p.failure_reason, p.retry_count
+FROM bitcoin_purchases p
+WHERE p.status = 'failed'
+  AND p.retry_count < $1
+  AND p.created_at > $2::timestamptz - make_interval(secs => $3::float8)
+  AND ($4::text IS NULL OR lower(p.exchange_provider) = $4)
+ORDER BY p.created_at, p.id
+"""
+
+_INSERT_SQL = """
+INSERT INTO liquid_abt.retry_queue
+    (purchase_id, exchange, tenant_id, amount_aud, failure_reason, max_attempts, next_attempt_at,
+     cause, enqueued_at)
+SELECT *, $9::timestamptz
+FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::int[],
+            $7::timestamptz[], $8::text[])
+ON CONFLICT (purchase_id) DO NOTHING
+RETURNING purchase_id
+"""
+
+
+def _remaining_attempts(retry_count: int, purchases: PurchasesConfig, retry: RetryConfig) -> int:
+    # The runbook caps retries per purchase (retry_count < 3): the queue never exceeds what is left.
+    return max(1, min(retry.max_attempts, purchases.retry_max_count - retry_count))
+
+
+async def enqueue_retry_eligible(
+    db: Executor,
+    *,
+    exchange: str | None,
+    classifier: ReasonClassifier,
+    purchases_config: PurchasesConfig,
+    retry_config: RetryConfig,
+    cause: str | None,
+    fingerprint: str | None = None,
+    now: datetime | None = None,
+    actor: str = "automation",
+    rng: random.Random | None = None,
+) -> int:
+    """Queue every retry-eligible failed purchase (of one exchange, or all); returns how many new.
+
+    A purchase is queued at most once, ever (ON CONFLICT DO NOTHING on purchase_id), so calling
+    this again, from any replica, adds only purchases that failed since.
+    """
+    rng = rng or random.Random()
+    async with transaction(db) as connection:
+        now = now or await connection.fetchval("SELECT now()")
+        rows = await connection.fetch(
+            _CANDIDATES_SQL, purchases_config.retry_max_count, now, purchases_config.retry_window,
+            exchange,
+        )  # fmt: skip
+        excluded = purchases_config.retry_excluded_reasons
+        eligible = [r for r in rows if classifier.classify(r["failure_reason"]) not in excluded]
+        columns = _columns(eligible, purchases_config, retry_config, cause, now, rng)
+        inserted = await connection.fetch(_INSERT_SQL, *columns, now)
+        queued = [r["purchase_id"] for r in inserted]
+        await audit.record(
+            connection, actor=actor, action="queue_failed_purchases_for_retry", result="success",
+            exchange=exchange, cause=cause, fingerprint=fingerprint,
+            detail={"eligible": len(eligible), "queued": len(queued), "purchase_ids": queued[:100]},
+        )  # fmt: skip
+    return len(queued)
+
+
+def _columns(
+    rows: list[asyncpg.Record],
+    purchases: PurchasesConfig,
+    retry: RetryConfig,
+    cause: str | None,
+    now: datetime,
+    rng: random.Random,
+) -> list[list[Any]]:
+    """The eligible purchases as column arrays for one `unnest` insert."""
+    first_at = [now + timedelta(seconds=backoff_delay(0, retry, rng)) for _ in rows]
+    return [
+        [r["purchase_id"] for r in rows],
+        [r["exchange"] for r in rows],
+        [r["tenant_id"] for r in rows],
+        [r["amount_aud"] for r in rows],
+        [r["failure_reason"] for r in rows],
+        [_remaining_attempts(r["retry_count"], purchases, retry) for r in rows],
+        first_at,
+        [cause] * len(rows),
+    ]
+
+
+async def make_due(db: Executor, exchange: str, *, actor: str, cause: str | None) -> int:
+    """Make the queued purchases of `exchange` due now (it recovered); returns how many."""
+    async with transaction(db) as connection:
+        count = await connection.fetchval(
+            """WITH due AS (
+                   UPDATE liquid_abt.retry_queue SET next_attempt_at = now(), updated_at = now()
+                   WHERE exchange = $1 AND status = 'queued' AND next_attempt_at > now()
+                   RETURNING 1)
+               SELECT count(*) FROM due""",
+            exchange,
+        )
+        await audit.record(
+            connection, actor=actor, action="make_retries_due", result="success",
+            exchange=exchange, cause=cause, detail={"made_due": count},
+        )  # fmt: skip
+    return int(count)
+
+
+async def list_queue(
+    db: Executor, exchange: str | None = None, status: str | None = None, limit: int = 100
+) -> list[QueueEntry]:
+    """Queue entries, next due first, optionally of one exchange and one status."""
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM liquid_abt.retry_queue
+            WHERE ($1::text IS NULL OR exchange = $1) AND ($2::text IS NULL OR status = $2)
+            ORDER BY next_attempt_at, id LIMIT $3""",
+        exchange, status, limit,
+    )  # fmt: skip
+    return [QueueEntry.from_row(r) for r in rows]
+
+
+# ---- The platform's side: each call is one statement, copied verbatim in
+# docs/platform-integration.md (a test keeps the two identical). ----
+
+# Picks due rows nobody else holds (SKIP LOCKED), leaving out exchanges that are paused or whose
+# breaker is open, and marks them in progress: the platform gets both checks without remembering.
+CLAIM_SQL = """
+WITH due AS (
+    SELECT q.id
+    FROM liquid_abt.retry_queue q
+    WHERE q.status = 'queued'
+      AND q.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM liquid_abt.exchange_controls c
+                      WHERE c.exchange = q.exchange AND c.purchases_paused)
+      AND NOT EXISTS (SELECT 1 FROM liquid_abt.circuit_breakers b
+                      WHERE b.exchange = q.exchange AND b.state = 'open')
+    ORDER BY q.next_attempt_at, q.id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE liquid_abt.retry_queue q
+SET status = 'in_progress', attempts = q.attempts + 1, updated_at = now()
+FROM due
+WHERE q.id = due.id
+RETURNING q.*
+"""
+
+COMPLETE_SQL = """
+UPDATE liquid_abt.retry_queue
+SET status = 'succeeded', last_error = NULL, updated_at = now()
+WHERE id = $1 AND status = 'in_progress'
+"""
+
+# backoff_delay in SQL: $3 base_delay, $4 factor, $5 max_delay (seconds), $6 jitter, $7 a uniform
+# random number in [0, 1). The cap is tested in log space so that no power() can overflow.
+FAIL_SQL = """
+UPDATE liquid_abt.retry_queue
+SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+    last_error = $2,
+    updated_at = now(),
+    next_attempt_at = CASE
+        WHEN attempts >= max_attempts THEN next_attempt_at
+        ELSE now() + make_interval(secs =>
+            CASE WHEN attempts * ln($4::float8) >= ln($5::float8 / $3::float8) THEN $5::float8
+                 ELSE least($3::float8 * power($4::float8, attempts), $5::float8) END
+            * (1 - $6::float8 * $7::float8))
+    END
+WHERE id = $1 AND status = 'in_progress'
+RETURNING status
+"""
+
+
+async def claim_due(db: Executor, limit: int) -> list[QueueEntry]:
+    """Claim up to `limit` due purchases: they become in_progress, their attempts go up by one."""
+    rows = await db.fetch(CLAIM_SQL, limit)
+    return sorted((QueueEntry.from_row(r) for r in rows), key=lambda e: (e.next_attempt_at, e.id))
+
+
+async def complete(db: Executor, entry_id: int) -> bool:
+    """Mark a claimed purchase as bought; False if it was not in progress."""
+    return await db.execute(COMPLETE_SQL, entry_id) == "UPDATE 1"
+
+
+async def fail(
+    db: Executor,
+    entry_id: int,
+    error: str,
+    retry_config: RetryConfig,
+    rng: random.Random | None = None,
+) -> str | None:
+    """Record a failed attempt: back to `queued` after the next backoff (the attempt number is the
+    attempts made so far), or `failed` for good once max_attempts are used. Returns the new status,
+    or None if the entry was not in progress.
+    """
+    c = retry_config
+    draw = (rng or random.Random()).random()
+    return await db.fetchval(
+        FAIL_SQL, entry_id, error, c.base_delay, c.factor, c.max_delay, c.jitter, draw
+    )

@@ -1,0 +1,1 @@
+"""A Kraken-compatible REST server for tests and drills: switchable into the runbooks' failure modes."""

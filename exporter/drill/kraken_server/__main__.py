@@ -1,0 +1,3 @@
+from exporter.drill.kraken_server.cli import main
+
+raise SystemExit(main())

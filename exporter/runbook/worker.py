@@ -1,0 +1,254 @@
+"""Runbook actions driven by recorded Alertmanager notifications.
+
+The webhook only records alert states (receiver.py); this worker takes unprocessed ones
+(`FOR UPDATE SKIP LOCKED`, so replicas share the work) and acts on each alert's own status:
+
+- firing: open the breaker, pause purchases, queue retry-eligible purchases, lower the API rate;
+- resolved: restore the API rate; for outages, request recovery verification (recovery.py), which
+  alone closes the breaker and resumes purchases.
+
+Every action is idempotent and audited with the alert's fingerprint. A stale state never undoes a
+newer one: a resolved alert only counts when no other outage alert of that exchange is still
+firing, and a firing state whose resolution was already recorded is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import asyncpg
+
+from exporter.config import Config
+from exporter.controls import api_rate, audit, retry_queue
+from exporter.controls import pause as controls
+from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore
+from exporter.runbook.alert_states import (
+    OUTAGE_ACTIONS,
+    AlertState,
+    lock_exchange,
+    outage_alertnames,
+    rate_alertnames,
+    resolved_already,
+    still_firing,
+)
+from exporter.runbook.metrics import ActionMetrics
+from exporter.signals.classify import ReasonClassifier
+
+log = logging.getLogger(__name__)
+
+# Errors a retry cannot fix: recorded on the notification. Anything else is retried.
+PERMANENT_ERRORS = (ValueError, LookupError, asyncpg.DataError)
+
+
+CLAIM_SQL = """
+SELECT id, fingerprint, status, starts_at, alertname, exchange, labels->>'summary' AS summary
+FROM liquid_abt.notifications
+WHERE processed_at IS NULL
+ORDER BY id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+REQUEST_RECOVERY_SQL = """
+INSERT INTO liquid_abt.recoveries (exchange, cause, fingerprint)
+VALUES ($1, $2, $3)
+ON CONFLICT (exchange) DO UPDATE SET next_attempt_at = now(), cause = excluded.cause,
+    fingerprint = excluded.fingerprint
+"""
+
+
+class ActionWorker:
+    """Processes recorded notifications; `wake()` after recording avoids waiting for the poll."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: Config,
+        breakers: BreakerStore,
+        metrics: ActionMetrics,
+        on_recovery_requested: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._breakers = breakers
+        self._classifier = ReasonClassifier(config.purchases.failure_reasons)
+        self.metrics = metrics
+        self.on_recovery_requested = on_recovery_requested
+        self._rng = rng or random.Random()
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def _actions_for(self, alertname: str) -> list[str]:
+        return self._config.receiver.actions.get(alertname, [])
+
+    async def run(self, poll_interval: float = 5.0) -> None:
+        """Drain the backlog, then wait for a wake-up (or poll: another replica may have recorded)."""
+        while True:
+            # Cleared before draining: a wake-up that arrives while draining is not lost.
+            self._wakeup.clear()
+            try:
+                while await self.process_one():
+                    pass
+            except Exception as exc:  # the loop must outlive any failure; the row is retried
+                log.warning("action worker: processing failed, will retry", exc_info=True,
+                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), poll_interval)
+
+    async def process_one(self) -> bool:
+        """Process the oldest unprocessed alert state; False when there is none.
+
+        Permanent problems (an unknown exchange, a bad value) are recorded on the row and the
+        other actions still run. Anything else (a deadlock, a lost connection) rolls the whole
+        transaction back, so the alert state stays unprocessed and is tried again.
+        """
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(CLAIM_SQL)
+            if row is None:
+                return False
+            state = AlertState.from_row(row)
+            if state.exchange:
+                await lock_exchange(connection, state.exchange)
+            error = await self._handle(connection, state)
+            await connection.execute(
+                "UPDATE liquid_abt.notifications SET processed_at = now(), process_error = $2 WHERE id = $1",
+                state.id, error,
+            )  # fmt: skip
+        return True
+
+    async def _handle(self, connection: asyncpg.Connection, state: AlertState) -> str | None:
+        actions = self._actions_for(state.alertname)
+        if not actions:
+            return None
+        if state.exchange is not None and state.exchange not in self._config.exchanges:
+            await self._skip(connection, state, actions, f"unknown exchange {state.exchange!r}")
+            return f"unknown exchange {state.exchange!r}"
+        handler = self._on_firing if state.status == "firing" else self._on_resolved
+        errors = await handler(connection, state, actions)
+        return "; ".join(errors) or None
+
+    async def _skip(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str], why: str
+    ) -> None:
+        for action in actions:
+            self.metrics.actions.labels(action, "skipped").inc()
+        await audit.record(
+            connection, actor=ACTOR_AUTOMATION, action="notification", exchange=state.exchange,
+            result="skipped", cause=f"{state.cause}: {why}", fingerprint=state.fingerprint,
+        )  # fmt: skip
+
+    async def _on_firing(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
+    ) -> list[str]:
+        if await resolved_already(connection, state):
+            await self._skip(connection, state, actions, "already resolved (stale firing)")
+            return []
+        if OUTAGE_ACTIONS & set(actions) and state.exchange and not self._config.receiver.dry_run:
+            # A new outage: any pending verification is for the previous one.
+            await connection.execute(
+                "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", state.exchange
+            )
+        errors = []
+        for action in actions:
+            error = await self._do(
+                action, partial(self._fire, connection, action, state), connection, state
+            )
+            errors += [error] if error else []
+        return errors
+
+    async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
+        exchange, cause, fp = state.exchange, state.cause, state.fingerprint
+        if action == "queue_retries":
+            await retry_queue.enqueue_retry_eligible(
+                connection, exchange=exchange, classifier=self._classifier,
+                purchases_config=self._config.purchases, retry_config=self._config.retry,
+                cause=cause, fingerprint=fp, rng=self._rng,
+            )  # fmt: skip
+            return
+        if exchange is None:
+            raise ValueError(f"{state.alertname} has no exchange label: cannot {action}")
+        if action == "open_breaker":
+            await self._breakers.force_state(exchange, "OPEN", ACTOR_AUTOMATION, cause, fp)
+        elif action == "pause_purchases":
+            await controls.pause(
+                connection, exchange, reason=state.summary,
+                estimated_duration=self._config.receiver.pause_estimated_duration,
+                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
+            )  # fmt: skip
+        elif action == "lower_api_rate":
+            await api_rate.set_rate_multiplier(
+                connection, exchange, self._config.receiver.lowered_rate_multiplier,
+                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
+            )  # fmt: skip
+
+    async def _on_resolved(
+        self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
+    ) -> list[str]:
+        exchange = state.exchange
+        if exchange is None:
+            return []
+        errors: list[str | None] = []
+        if "lower_api_rate" in actions:
+            if await still_firing(connection, exchange, rate_alertnames(self._config)):
+                await self._skip(
+                    connection, state, ["restore_api_rate"], "another rate alert fires"
+                )
+            else:
+                errors.append(await self._do("restore_api_rate", lambda: api_rate.set_rate_multiplier(
+                    connection, exchange, 1.0, actor=ACTOR_AUTOMATION, cause=state.cause,
+                    fingerprint=state.fingerprint,
+                ), connection, state))  # fmt: skip
+        if OUTAGE_ACTIONS & set(actions):
+            if await still_firing(connection, exchange, outage_alertnames(self._config)):
+                await self._skip(
+                    connection, state, ["request_recovery"], "another outage alert fires"
+                )
+            else:
+                errors.append(await self._do("request_recovery", lambda: connection.execute(
+                    REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
+                ), connection, state))  # fmt: skip
+                self.on_recovery_requested()
+        return [e for e in errors if e]
+
+    async def _do(
+        self,
+        action: str,
+        run: Callable[[], Awaitable[Any]],
+        connection: asyncpg.Connection,
+        state: AlertState,
+    ) -> str | None:
+        """Run one action, or only record it in dry-run mode; count it either way.
+
+        Returns the message of a permanent failure (recorded, the other actions go on); other
+        errors propagate and roll the notification back for a retry.
+        """
+        if self._config.receiver.dry_run:
+            self.metrics.actions.labels(action, "dry_run").inc()
+            await audit.record(
+                connection, actor=ACTOR_AUTOMATION, action=action, exchange=state.exchange,
+                result="dry_run", cause=state.cause, fingerprint=state.fingerprint,
+            )  # fmt: skip
+            return None
+        try:
+            # A savepoint: a failed action leaves the notification's transaction usable.
+            async with connection.transaction():
+                await run()
+        except PERMANENT_ERRORS as exc:
+            self.metrics.actions.labels(action, "failure").inc()
+            log.error("action failed", extra={"action": action, "alertname": state.alertname,
+                                              "error": str(exc)})  # fmt: skip
+            return f"{action}: {exc}"
+        except Exception:
+            self.metrics.actions.labels(action, "failure").inc()
+            raise
+        self.metrics.actions.labels(action, "success").inc()
+        return None

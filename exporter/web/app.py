@@ -1,0 +1,246 @@
+"""The aiohttp application: state under typed app keys, one cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.controls.breaker import BreakerStore
+from exporter.controls.exposition import ControlsSource
+from exporter.database.pool import Connection, DatabaseMonitor, create_pool
+from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
+from exporter.runbook.metrics import ActionMetrics
+from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
+from exporter.runbook.reconcile import Reconciler
+from exporter.runbook.recovery import RecoveryVerifier
+from exporter.runbook.worker import ActionWorker
+from exporter.secrets import Secrets
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.collectors.api_calls import ApiCallsSource
+from exporter.signals.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
+from exporter.signals.collectors.purchases import PurchasesSource
+from exporter.signals.kraken.client import KrakenClient
+from exporter.signals.kraken.probe import ExchangeProbe, OnResult
+from exporter.web.admin.audit import routes as audit_routes
+from exporter.web.admin.breaker import routes as breaker_routes
+from exporter.web.admin.common import build_admin_app
+from exporter.web.admin.purchases import routes as purchases_routes
+from exporter.web.keys import (
+    ACTION_WORKER,
+    BREAKERS,
+    CONFIG,
+    CONNECTION,
+    DB_MONITOR,
+    POOL,
+    PROBE,
+    PROBE_OBSERVERS,
+    REGISTRY,
+    RUNNERS,
+    SECRETS,
+)
+from exporter.web.pages import healthy, index, ready
+
+log = logging.getLogger(__name__)
+
+KRAKEN = "kraken"  # the exchange the live probe watches
+
+
+def build_sources(config: Config) -> list[Source]:
+    classifier = ReasonClassifier(config.purchases.failure_reasons)
+    return [PurchasesSource(config, classifier), ApiCallsSource(config), ControlsSource(config)]
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    connection, config = app[CONNECTION], app[CONFIG]
+    app[POOL] = await create_pool(connection, config.database)
+    log.info("database pool created", extra={"dsn": connection.masked})
+    yield
+    await app[POOL].close()
+
+
+def _report_unexpected_end(task: asyncio.Task[None]) -> None:
+    """Background loops never end on their own: say so loudly if one does."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    log.error("background task ended unexpectedly", exc_info=error,
+              extra={"task": task.get_name(), "error": str(error)})  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run one background task for the lifetime of the block; cancel and await it at the end."""
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_report_unexpected_end)
+    try:
+        yield
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # asyncpg may raise its own error when cancelled mid-query
+            log.debug("background task ended with an error at shutdown", exc_info=True,
+                      extra={"task": name})  # fmt: skip
+
+
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].database
+    monitor = DatabaseMonitor(app[POOL], config.health_interval, config.connect_timeout)
+    app[DB_MONITOR] = monitor
+    Gauge(
+        "liquid_abt_db_up",
+        "1 when the last ping of the database succeeded.",
+        registry=app[REGISTRY],
+    ).set_function(lambda: 1.0 if monitor.up else 0.0)
+    async with _task("db-monitor", monitor.run()):
+        yield
+
+
+async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The circuit breakers shared through the database; every replica runs the recovery check."""
+    store = BreakerStore(app[POOL], app[CONFIG], app[REGISTRY])
+    app[BREAKERS] = store
+    app[PROBE_OBSERVERS].append(store.on_probe_result)
+    async with _task("breaker-check", store.run_checker()):
+        yield
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Kraken client and its live probe; the probe also serves recovery checks."""
+    config, secrets = app[CONFIG].kraken, app[SECRETS]
+    async with aiohttp.ClientSession() as session:
+        client = KrakenClient(
+            session, config.base_url, config.timeout, secrets.kraken_api_key,
+            secrets.kraken_api_secret,
+        )  # fmt: skip
+        probe = ExchangeProbe(
+            app[REGISTRY], client, exchange=KRAKEN, interval=config.probe_interval,
+            slow_threshold=config.slow_threshold, on_result=_probe_observer(app),
+        )  # fmt: skip
+        app[PROBE] = probe
+        if not config.enabled:
+            yield
+            return
+        async with _task("kraken-probe", probe.run_forever()):
+            yield
+
+
+def _probe_observer(app: web.Application) -> OnResult:
+    """Feeds each probe round to whoever counts exchange failures (the circuit breaker)."""
+
+    async def observe(exchange: str, ok: bool, outcome: str) -> None:
+        for observer in app[PROBE_OBSERVERS]:
+            await observer(exchange, ok, outcome)
+
+    return observe
+
+
+async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The runbook actions: the notification worker, recovery verification, reconciliation."""
+    config = app[CONFIG]
+    metrics = ActionMetrics(app[REGISTRY])
+    verifier = RecoveryVerifier(
+        app[POOL], config, app[BREAKERS], {KRAKEN: app[PROBE].recovery_check}, metrics,
+        outage_alertnames(config),
+    )  # fmt: skip
+    worker = ActionWorker(
+        app[POOL], config, app[BREAKERS], metrics, on_recovery_requested=verifier.wake
+    )
+    app[ACTION_WORKER] = worker
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_task("action-worker", worker.run()))
+        await stack.enter_async_context(_task("recovery-verifier", verifier.run()))
+        if config.receiver.alertmanager_url:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            reconciler = Reconciler(
+                app[POOL], session, config.receiver.alertmanager_url, worker.wake, metrics,
+                [*outage_alertnames(config), *rate_alertnames(config)],
+                config.receiver.reconcile_interval,
+            )  # fmt: skip
+            await stack.enter_async_context(_task("reconciler", reconciler.run()))
+        yield
+
+
+def _webhook(app: web.Application) -> WebhookHandler:
+    def wake_worker() -> None:
+        if ACTION_WORKER in app:
+            app[ACTION_WORKER].wake()
+
+    return WebhookHandler(
+        lambda: app[POOL], app[SECRETS], ReceiverMetrics(app[REGISTRY]),
+        app[CONFIG].receiver.max_body_bytes, wake_worker,
+    )  # fmt: skip
+
+
+async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    sources = build_sources(config)
+    metrics = SelfMetrics(app[REGISTRY], [s.name for s in sources])
+    collectors = config.collectors
+    runners = [
+        SnapshotRunner(
+            source,
+            app[POOL],
+            metrics,
+            collectors.interval,
+            collectors.timeout,
+            collectors.snapshot_expiry,
+        )  # fmt: skip
+        for source in sources
+    ]
+    app[RUNNERS] = runners
+    app[REGISTRY].register(SnapshotExposition(runners))
+    async with contextlib.AsyncExitStack() as stack:
+        for runner in runners:
+            await stack.enter_async_context(_task(f"collector-{runner.name}", runner.run()))
+        yield
+
+
+def _build_info(registry: CollectorRegistry) -> None:
+    Gauge(
+        "liquid_abt_build_info",
+        "Always 1; the labels say which build is running.",
+        ["version", "python_version"],
+        registry=registry,
+    ).labels(__version__, platform.python_version()).set(1)
+
+
+def admin_route_tables() -> list[web.RouteTableDef]:
+    """Every concern's admin routes; each module owns its table."""
+    return [purchases_routes, breaker_routes, audit_routes]
+
+
+def create_app(
+    config: Config, connection: Connection, secrets: Secrets | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[CONFIG] = config
+    app[CONNECTION] = connection
+    app[SECRETS] = secrets or Secrets()
+    app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    _build_info(app[REGISTRY])
+    # Order matters: each context may use what the previous ones created.
+    app[PROBE_OBSERVERS] = []
+    app.cleanup_ctx.extend(
+        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _actions_ctx]
+    )
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post(config.receiver.path, _webhook(app).handle)
+    app.add_subapp("/api/admin/", build_admin_app(app[SECRETS].admin_token, admin_route_tables()))
+    return app
