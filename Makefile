@@ -20,6 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy exporter
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery

@@ -1,6 +1,6 @@
 """The decisions: pure functions of a snapshot and the database's clock.
 
-Each records on a _Plan what a result, a force, a reset or a config change causes: the
+Each records on a Plan what a result, a force, a reset or a config change causes: the
 transitions, and the audit notes that are not transitions.
 """
 
@@ -16,12 +16,12 @@ from exporter.controls.breaker.state import (
     ACTOR_AUTOMATION,
     Snapshot,
     State,
-    _roll_window,
+    roll_window,
 )
 
 
 @dataclass(frozen=True)
-class _Step:
+class Step:
     from_state: State
     to_state: State
     actor: str
@@ -41,14 +41,14 @@ class _Note:
 
 
 @dataclass
-class _Plan:
+class Plan:
     snapshot: Snapshot
-    steps: list[_Step] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     notes: list[_Note] = field(default_factory=list)
 
     def transition(self, to: State, now: datetime, actor: str, cause: str, trigger: str) -> None:
         s = self.snapshot
-        self.steps.append(_Step(s.state, to, actor, cause, trigger))
+        self.steps.append(Step(s.state, to, actor, cause, trigger))
         hold = actor == ACTOR_ADMIN and to is State.OPEN and trigger == "forced"
         s = replace(s, state=to, state_changed_at=now, manual_hold=hold)
         if to is State.CLOSED:  # a closed breaker starts counting afresh
@@ -60,22 +60,22 @@ class _Plan:
         self.notes.append(_Note(action, "refused", actor, cause, detail))
 
 
-Decision = Callable[[_Plan, datetime], None]
+Decision = Callable[[Plan, datetime], None]
 
 
-def _decide_recovery(plan: _Plan, now: datetime) -> None:
+def decide_recovery(plan: Plan, now: datetime) -> None:
     s = plan.snapshot
     if s.recovery_due(now):
         cause = f"recovery timeout of {s.recovery_timeout_ms} ms elapsed"
         plan.transition(State.HALF_OPEN, now, ACTOR_AUTOMATION, cause, "recovery_timeout")
 
 
-def _decide_result(ok: bool, actor: str, cause: str) -> Decision:
-    def decide(plan: _Plan, now: datetime) -> None:
+def decide_result(ok: bool, actor: str, cause: str) -> Decision:
+    def decide(plan: Plan, now: datetime) -> None:
         s = plan.snapshot
         plan.snapshot = replace(s, last_success_at=now) if ok else replace(s, last_failure_at=now)
         # A result that arrives after the recovery timeout is the trial call.
-        _decide_recovery(plan, now)
+        decide_recovery(plan, now)
         if plan.snapshot.state is State.HALF_OPEN:
             _decide_trial(plan, now, ok, actor, cause)
         elif plan.snapshot.state is State.CLOSED:
@@ -85,7 +85,7 @@ def _decide_result(ok: bool, actor: str, cause: str) -> Decision:
     return decide
 
 
-def _decide_trial(plan: _Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
+def _decide_trial(plan: Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
     if ok:
         plan.transition(State.CLOSED, now, actor, f"trial call succeeded: {cause}", "trial_success")
         return
@@ -94,8 +94,8 @@ def _decide_trial(plan: _Plan, now: datetime, ok: bool, actor: str, cause: str) 
     plan.transition(State.OPEN, now, actor, f"trial call failed: {cause}", "trial_failure")
 
 
-def _decide_count(plan: _Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
-    s = _roll_window(plan.snapshot, now)
+def _decide_count(plan: Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
+    s = roll_window(plan.snapshot, now)
     if ok:
         plan.snapshot = replace(s, call_count=s.call_count + 1) if s.window_started_at else s
         return
@@ -113,8 +113,8 @@ def _decide_count(plan: _Plan, now: datetime, ok: bool, actor: str, cause: str) 
         plan.transition(State.OPEN, now, actor, why, "threshold")
 
 
-def _decide_force(target: State, actor: str, cause: str) -> Decision:
-    def decide(plan: _Plan, now: datetime) -> None:
+def decide_force(target: State, actor: str, cause: str) -> Decision:
+    def decide(plan: Plan, now: datetime) -> None:
         s = plan.snapshot
         if target is s.state:
             if actor == ACTOR_ADMIN and target is State.OPEN and not s.held:
@@ -130,8 +130,8 @@ def _decide_force(target: State, actor: str, cause: str) -> Decision:
     return decide
 
 
-def _decide_reset(actor: str, cause: str) -> Decision:
-    def decide(plan: _Plan, now: datetime) -> None:
+def decide_reset(actor: str, cause: str) -> Decision:
+    def decide(plan: Plan, now: datetime) -> None:
         s = plan.snapshot
         if s.held and actor != ACTOR_ADMIN:
             plan.refuse("breaker_reset", actor, cause, "CLOSED")
@@ -145,8 +145,8 @@ def _decide_reset(actor: str, cause: str) -> Decision:
     return decide
 
 
-def _decide_config(changes: dict[str, int], actor: str, cause: str | None) -> Decision:
-    def decide(plan: _Plan, now: datetime) -> None:
+def decide_config(changes: dict[str, int], actor: str, cause: str | None) -> Decision:
+    def decide(plan: Plan, now: datetime) -> None:
         s = plan.snapshot
         changed: dict[str, Any] = {k: v for k, v in changes.items() if getattr(s, k) != v}
         if changed:

@@ -79,7 +79,7 @@ class Snapshot:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Snapshot:
-        return cls(**{**{f: row[f] for f in _COLUMNS}, "state": State(row["state"])})
+        return cls(**{**{f: row[f] for f in COLUMNS}, "state": State(row["state"])})
 
     @property
     def held(self) -> bool:
@@ -103,7 +103,7 @@ class Snapshot:
         return self.state_changed_at + self._recovery if self.state is State.OPEN else None
 
 
-_COLUMNS: Final = tuple(f for f in Snapshot.__dataclass_fields__)
+COLUMNS: Final = tuple(f for f in Snapshot.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Transition:
         }  # fmt: skip
 
 
-def _roll_window(s: Snapshot, now: datetime) -> Snapshot:
+def roll_window(s: Snapshot, now: datetime) -> Snapshot:
     if s.state is State.CLOSED and s.window_expired(now):
         return replace(s, failure_count=0, call_count=0, window_started_at=None)
     return s
@@ -153,7 +153,7 @@ def validate_config_changes(
 
 def describe(s: Snapshot, now: datetime) -> dict[str, Any]:
     """The runbook's getMetrics(): UPPER-case state, ISO 8601 times, durations in milliseconds."""
-    view = _roll_window(s, now)  # an expired window counts nothing, even before check() clears it
+    view = roll_window(s, now)  # an expired window counts nothing, even before check() clears it
     next_attempt = None if s.held else s.next_attempt_at()
     return {
         "exchange": s.exchange,

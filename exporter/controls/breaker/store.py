@@ -15,19 +15,19 @@ from exporter.config import Config
 from exporter.controls import audit
 from exporter.controls.breaker.decisions import (
     Decision,
-    _decide_config,
-    _decide_force,
-    _decide_recovery,
-    _decide_reset,
-    _decide_result,
-    _Plan,
-    _Step,
+    Plan,
+    Step,
+    decide_config,
+    decide_force,
+    decide_recovery,
+    decide_reset,
+    decide_result,
 )
 from exporter.controls.breaker.metrics import BreakerMetrics
 from exporter.controls.breaker.state import (
-    _COLUMNS,
     ACTOR_ADMIN,
     ACTOR_PROBE,
+    COLUMNS,
     ConcurrentUpdate,
     Snapshot,
     State,
@@ -45,9 +45,9 @@ _ENSURE_SQL: Final = """
 INSERT INTO liquid_abt.circuit_breakers
     (exchange, failure_threshold, recovery_timeout_ms, monitoring_window_ms)
 VALUES ($1, $2, $3, $4) ON CONFLICT (exchange) DO NOTHING"""
-_SELECT_SQL: Final = f"SELECT {', '.join(_COLUMNS)} FROM liquid_abt.circuit_breakers"
+_SELECT_SQL: Final = f"SELECT {', '.join(COLUMNS)} FROM liquid_abt.circuit_breakers"
 _READ_SQL: Final = f"""
-SELECT {", ".join(_COLUMNS)}, clock_timestamp() AS now
+SELECT {", ".join(COLUMNS)}, clock_timestamp() AS now
   FROM liquid_abt.circuit_breakers WHERE exchange = $1"""
 _LOCK_SQL: Final = _SELECT_SQL + " WHERE exchange = $1 FOR UPDATE"
 _WRITE_SQL: Final = """
@@ -103,7 +103,7 @@ class BreakerStore:
     ) -> list[Transition]:
         """Count one call's result; returns the transitions it caused (none, one, or two when an
         overdue OPEN goes HALF_OPEN and this result is its trial call)."""
-        outcome = await self._mutate(exchange, _decide_result(ok, actor, cause))
+        outcome = await self._mutate(exchange, decide_result(ok, actor, cause))
         return outcome.transitions
 
     async def on_probe_result(self, exchange: str, ok: bool, outcome: str) -> None:
@@ -128,7 +128,7 @@ class BreakerStore:
         due = await self._pool.fetch(_DUE_SQL, self._exchanges)
         transitions: list[Transition] = []
         for row in due:
-            transitions += (await self._mutate(row["exchange"], _decide_recovery)).transitions
+            transitions += (await self._mutate(row["exchange"], decide_recovery)).transitions
         return transitions
 
     async def run_checker(self) -> None:
@@ -158,13 +158,13 @@ class BreakerStore:
         already in that state (nothing recorded, except an admin's OPEN becoming a hold), or a
         manual hold refused a non-admin actor (recorded as `refused`)."""
         target = State.parse(state)
-        outcome = await self._mutate(exchange, _decide_force(target, actor, cause), fingerprint)
+        outcome = await self._mutate(exchange, decide_force(target, actor, cause), fingerprint)
         return outcome.transitions[0] if outcome.transitions else None
 
     async def reset(self, exchange: str, actor: str, cause: str) -> Transition | None:
         """CLOSED with the counts zeroed and any hold lifted (by an admin only). A transition when
         the state changed; None otherwise (a closed breaker's counts zeroing is still audited)."""
-        outcome = await self._mutate(exchange, _decide_reset(actor, cause))
+        outcome = await self._mutate(exchange, decide_reset(actor, cause))
         return outcome.transitions[0] if outcome.transitions else None
 
     async def update_config(
@@ -178,7 +178,7 @@ class BreakerStore:
         changes = validate_config_changes(
             failure_threshold, recovery_timeout_ms, monitoring_window_ms
         )
-        outcome = await self._mutate(exchange, _decide_config(changes, actor, cause))
+        outcome = await self._mutate(exchange, decide_config(changes, actor, cause))
         return describe(outcome.snapshot, outcome.now)
 
     # -- reading --
@@ -187,7 +187,7 @@ class BreakerStore:
         """The breaker as the runbook prints it; an overdue OPEN goes HALF_OPEN on read."""
         snapshot, now = await self._read(exchange)
         if snapshot.recovery_due(now):
-            outcome = await self._mutate(exchange, _decide_recovery)
+            outcome = await self._mutate(exchange, decide_recovery)
             snapshot, now = outcome.snapshot, outcome.now
         return describe(snapshot, now)
 
@@ -221,7 +221,7 @@ class BreakerStore:
             # Read after the lock is granted: the decision must see time as it is now, not as it
             # was when this transaction started waiting behind another replica's.
             now = await connection.fetchval("SELECT clock_timestamp()")
-            plan = _Plan(before)
+            plan = Plan(before)
             decide(plan, now)
             transitions = await self._write(connection, before, plan, now, fingerprint)
         # After the commit: only a transition that really happened is counted.
@@ -234,7 +234,7 @@ class BreakerStore:
         return _Outcome(plan.snapshot, now, transitions)
 
     async def _write(
-        self, connection: asyncpg.Connection, before: Snapshot, plan: _Plan, now: datetime,
+        self, connection: asyncpg.Connection, before: Snapshot, plan: Plan, now: datetime,
         fingerprint: str | None,
     ) -> list[Transition]:  # fmt: skip
         after = plan.snapshot
@@ -272,7 +272,7 @@ def _write_args(before: Snapshot, after: Snapshot) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _step_detail(step: _Step, after: Snapshot, version: int) -> dict[str, Any]:
+def _step_detail(step: Step, after: Snapshot, version: int) -> dict[str, Any]:
     return {
         "from": step.from_state.api, "to": step.to_state.api, "trigger": step.trigger,
         "failure_count": after.failure_count, "call_count": after.call_count, "version": version,

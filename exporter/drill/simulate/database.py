@@ -25,7 +25,7 @@ _PURCHASE_COLUMNS: Final = (
     "retry_count",
     "created_at",
 )
-_CALL_COLUMNS: Final = (
+CALL_COLUMNS: Final = (
     "provider",
     "endpoint",
     "success",
@@ -58,7 +58,7 @@ async def check_database(conn: asyncpg.Connection, *, force: bool = False) -> No
         )
 
 
-async def _create_tenants(conn: asyncpg.Connection, simulator: Simulator) -> None:
+async def create_tenants(conn: asyncpg.Connection, simulator: Simulator) -> None:
     await conn.executemany(
         "INSERT INTO tenant_accounts (tenant_id, balance_aud) VALUES ($1, $2) "
         "ON CONFLICT (tenant_id) DO NOTHING",
@@ -66,7 +66,7 @@ async def _create_tenants(conn: asyncpg.Connection, simulator: Simulator) -> Non
     )
 
 
-def _call_rows(exchange: str, purchase: Purchase, created: datetime) -> list[tuple]:
+def call_rows(exchange: str, purchase: Purchase, created: datetime) -> list[tuple]:
     return [
         (
             exchange,
@@ -102,7 +102,7 @@ async def backfill(
     ):
         log.info("backfill skipped: the period already holds purchases")
         return summary
-    await _create_tenants(conn, simulator)
+    await create_tenants(conn, simulator)
     at = now - timedelta(seconds=seconds)
     purchases: list[tuple] = []
     calls: list[tuple] = []
@@ -123,7 +123,7 @@ async def backfill(
                 at,
             )
         )
-        calls += _call_rows(exchange, purchase, at)
+        calls += call_rows(exchange, purchase, at)
         if len(purchases) >= batch:
             await _copy(conn, purchases, calls)
             purchases, calls = [], []
@@ -138,7 +138,7 @@ async def _copy(conn: asyncpg.Connection, purchases: list[tuple], calls: list[tu
                 "bitcoin_purchases", records=purchases, columns=_PURCHASE_COLUMNS
             )
         if calls:
-            await conn.copy_records_to_table("api_call_logs", records=calls, columns=_CALL_COLUMNS)
+            await conn.copy_records_to_table("api_call_logs", records=calls, columns=CALL_COLUMNS)
 
 
 @dataclass(frozen=True)

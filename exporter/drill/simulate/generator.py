@@ -12,7 +12,7 @@ from typing import Final
 
 from exporter.labels import REASON_CLASSES
 
-from .scenarios import _BY_CLASS, BREAKER_OPEN, Failure, SimulateError
+from .scenarios import BREAKER_OPEN, BY_CLASS, Failure, SimulateError
 
 TENANT_PREFIX: Final = "sim-"
 PRICE, BALANCE, DEPTH, ORDER = "getCurrentPrice", "getBalance", "getOrderBook", "placeOrder"
@@ -129,7 +129,7 @@ class Simulator:
             # Lowering the call rate (the runbook's 0.5) is what makes rate limiting go away.
             total += probability * (rate_multiplier if reason == "rate_limited" else 1.0)
             if draw < total:
-                return self.rng.choice(_BY_CLASS[reason])
+                return self.rng.choice(BY_CLASS[reason])
         return None
 
     def _calls(self, plan: list[str], failure: Failure | None) -> tuple[Call, ...]:

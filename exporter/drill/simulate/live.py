@@ -17,7 +17,7 @@ from exporter.config import RetryConfig
 from exporter.controls import retry_queue
 from exporter.database.pool import DATABASE_UNAVAILABLE
 
-from .database import _CALL_COLUMNS, Controls, _call_rows, _create_tenants, read_controls
+from .database import CALL_COLUMNS, Controls, call_rows, create_tenants, read_controls
 from .generator import Purchase, Simulator, Summary
 
 log = logging.getLogger("exporter.drill.simulate")
@@ -71,7 +71,7 @@ class Live:
                 try:
                     if self.conn is None and now >= next_retry:
                         self.conn = await self.connect()
-                        await _create_tenants(self.conn, self.simulator)
+                        await create_tenants(self.conn, self.simulator)
                         backoff = 0.5
                     if self.conn is not None:
                         if self.honour_controls and now >= next_controls:
@@ -181,11 +181,11 @@ class Live:
                 [(pid, p.status, p.failure_reason, p.retry_count) for _, pid, _, p in due],
             )
             calls = [
-                row for _, _, created, p in due for row in _call_rows(self.exchange, p, created)
+                row for _, _, created, p in due for row in call_rows(self.exchange, p, created)
             ]
             if calls:
                 await conn.executemany(
-                    f"INSERT INTO api_call_logs ({', '.join(_CALL_COLUMNS)}) "
+                    f"INSERT INTO api_call_logs ({', '.join(CALL_COLUMNS)}) "
                     "VALUES ($1, $2, $3, $4, $5, $6)",
                     calls,
                 )

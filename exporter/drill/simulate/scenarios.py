@@ -75,7 +75,7 @@ BREAKER_OPEN: Final = Failure(
     "exchange_unavailable", "Circuit breaker OPEN for kraken: request not sent", "none", (0, 0)
 )
 CATALOGUE: Final[tuple[Failure, ...]] = (*FAILURES, BREAKER_OPEN)
-_BY_CLASS: Final = {c: [f for f in FAILURES if f.reason == c] for c in REASON_CLASSES}
+BY_CLASS: Final = {c: [f for f in FAILURES if f.reason == c] for c in REASON_CLASSES}
 
 
 @dataclass(frozen=True)
