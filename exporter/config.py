@@ -82,6 +82,11 @@ class DatabaseConfig(_Model):
     pool_max_size: int = Field(default=20, ge=2)
     connect_timeout: Duration = 5.0
     health_interval: Duration = 5.0
+    # Time limits of every statement on the exporter's connections (metric queries may ask for
+    # `collectors.timeout` instead): no loop waits on the database without a limit, and a row lock
+    # held by a replica that lost its connection stalls the others for `lock_timeout` at most.
+    statement_timeout: Duration = 5.0
+    lock_timeout: Duration = 2.0
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> DatabaseConfig:
@@ -89,6 +94,11 @@ class DatabaseConfig(_Model):
             raise ValueError(
                 f"pool_min_size ({self.pool_min_size}) is larger than "
                 f"pool_max_size ({self.pool_max_size})"
+            )
+        if self.lock_timeout > self.statement_timeout:
+            raise ValueError(
+                f"lock_timeout ({format_duration(self.lock_timeout)}) is longer than "
+                f"statement_timeout ({format_duration(self.statement_timeout)})"
             )
         return self
 

@@ -27,7 +27,10 @@ DATABASE_ERRORS = (
     asyncpg.InternalClientError,
 )
 
-# The subset that means "the database is not answering" (not "this query is wrong"): HTTP 503.
+# The subset that means "the database is not answering in time" (not "this query is wrong"):
+# HTTP 503, and one log line per outage in the background loops. A statement cut off by
+# `statement_timeout` (QueryCanceledError) or a lock not granted within `lock_timeout`
+# (LockNotAvailableError) is the database being slow or a row held elsewhere: a retry may pass.
 DATABASE_UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -35,6 +38,8 @@ DATABASE_UNAVAILABLE = (
     asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
 )
 
 
@@ -66,14 +71,28 @@ def database_connection(config: Config) -> Connection | None:
     return Connection(dsn, read_secret("DATABASE_PASSWORD"))
 
 
-async def create_pool(conn: Connection, config: DatabaseConfig) -> asyncpg.Pool:
-    """A lazy pool: it opens connections on demand, so the exporter starts while the DB is down."""
+def milliseconds(seconds: float) -> str:
+    """A PostgreSQL duration setting."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+async def create_pool(
+    conn: Connection, config: DatabaseConfig, *, longest_statement: float | None = None
+) -> asyncpg.Pool:
+    """A lazy pool: it opens connections on demand, so the exporter starts while the DB is down.
+
+    The server enforces `statement_timeout` and `lock_timeout` on every statement; the client's
+    `command_timeout` (the longest statement a caller may ask for, plus a second) also covers a
+    server that stopped answering altogether. `longest_statement` is that longest limit.
+    """
+    longest = max(config.statement_timeout, longest_statement or 0.0)
     pool = await asyncpg.create_pool(
         conn.dsn,
         password=conn.password,
         min_size=config.pool_min_size,
         max_size=config.pool_max_size,
         timeout=config.connect_timeout,
+        command_timeout=longest + 1.0,
         # Connections that outlived a database restart are dropped instead of kept forever.
         max_inactive_connection_lifetime=60.0,
         server_settings={
@@ -81,6 +100,8 @@ async def create_pool(conn: Connection, config: DatabaseConfig) -> asyncpg.Pool:
             # The window bounds are parameters: a generic plan would not know they select a
             # few recent rows and could fall back to scanning whole tables.
             "plan_cache_mode": "force_custom_plan",
+            "statement_timeout": milliseconds(config.statement_timeout),
+            "lock_timeout": milliseconds(config.lock_timeout),
         },
     )
     assert pool is not None
@@ -121,11 +142,10 @@ class DatabaseMonitor:
         self._checked.set()
         return self.up
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:  # never stop watching; report the database as down meanwhile
-                self.up, self.last_error = False, "health check crashed"
-                log.exception("database health check crashed")
-            await asyncio.sleep(self._interval)
+    async def iteration(self) -> float:
+        try:
+            await self.check()
+        except Exception:  # report the database as down while the check itself is broken
+            self.up, self.last_error = False, "health check crashed"
+            raise
+        return self._interval

@@ -3,7 +3,6 @@ Alertmanager's own list of active alerts, so the normal path (verification, resu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,8 @@ import asyncpg
 
 from exporter.controls import audit
 from exporter.controls.breaker import ACTOR_AUTOMATION
+from exporter.database.background import run_forever
+from exporter.database.transactions import transaction
 from exporter.runbook.metrics import ActionMetrics
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Reconciler:
         confirmed = [row for key, row in missing.items() if key in self._missing_last_round]
         self._missing_last_round = set(missing)
         added = 0
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with transaction(self._pool) as connection:
             for row in confirmed:
                 inserted = await connection.fetchval(
                     SYNTHETIC_RESOLVED_SQL, row["fingerprint"], row["starts_at"],
@@ -105,11 +106,17 @@ class Reconciler:
         return added
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.reconcile_once()
-            except Exception as exc:  # unreachable or odd Alertmanager: change nothing, retry
-                self._metrics.actions.labels("reconcile", "failure").inc()
-                log.warning("reconciliation with Alertmanager failed",
-                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
-            await asyncio.sleep(self._interval)
+        await run_forever("reconciler", self._iteration, retry_after=self._interval)
+
+    async def _iteration(self) -> float:
+        try:
+            await self.reconcile_once()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # An unreachable or odd Alertmanager: change nothing, ask again next time.
+            self._metrics.actions.labels("reconcile", "failure").inc()
+            log.warning("reconciliation with Alertmanager failed",
+                        extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
+        except Exception:
+            self._metrics.actions.labels("reconcile", "failure").inc()
+            raise
+        return self._interval

@@ -9,8 +9,6 @@ the queued retries due. When a test fails it stays paused, records why, and trie
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +20,8 @@ from exporter.config import Config
 from exporter.controls import audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore
+from exporter.database.background import Wakeup, run_forever
+from exporter.database.transactions import transaction
 from exporter.runbook.alert_states import lock_exchange, still_firing
 from exporter.runbook.metrics import ActionMetrics
 from exporter.signals.kraken.probe import RecoveryResult
@@ -69,23 +69,20 @@ class RecoveryVerifier:
         self._verifiers = verifiers
         self._metrics = metrics
         self._outage_alertnames = outage_alertnames
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._wakeup.wake()
 
     async def run(self) -> None:
-        interval = self._config.receiver.verify_interval
-        while True:
-            self._wakeup.clear()  # before draining: a wake-up meanwhile is not lost
-            try:
-                while await self.verify_one():
-                    pass
-            except Exception as exc:  # the loop must outlive any failure; the lease expires
-                log.warning("recovery verifier failed, will retry", exc_info=True,
-                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), min(interval, 5.0))
+        poll = min(self._config.receiver.verify_interval, 5.0)
+
+        async def drain() -> float:
+            while await self.verify_one():
+                pass
+            return poll
+
+        await run_forever("recovery-verifier", drain, wakeup=self._wakeup, retry_after=poll)
 
     async def verify_one(self) -> bool:
         """Verify the most overdue pending recovery; False when none is due."""
@@ -151,7 +148,7 @@ class RecoveryVerifier:
             exchange, True, why, actor=ACTOR_AUTOMATION
         )
         self._metrics.actions.labels("close_breaker", "success" if transitions else "skipped").inc()
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with transaction(self._pool) as connection:
             # The action worker's lock first, in the order it takes locks: no deadlock, and no
             # new outage can be recorded as acted on between this check and the resume.
             await lock_exchange(connection, exchange)

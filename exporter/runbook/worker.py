@@ -14,8 +14,6 @@ firing, and a firing state whose resolution was already recorded is ignored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -28,6 +26,8 @@ from exporter.config import Config
 from exporter.controls import api_rate, audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore
+from exporter.database.background import Wakeup, run_forever
+from exporter.database.transactions import transaction
 from exporter.runbook.alert_states import (
     OUTAGE_ACTIONS,
     AlertState,
@@ -82,27 +82,23 @@ class ActionWorker:
         self.metrics = metrics
         self.on_recovery_requested = on_recovery_requested
         self._rng = rng or random.Random()
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._wakeup.wake()
 
     def _actions_for(self, alertname: str) -> list[str]:
         return self._config.receiver.actions.get(alertname, [])
 
     async def run(self, poll_interval: float = 5.0) -> None:
         """Drain the backlog, then wait for a wake-up (or poll: another replica may have recorded)."""
-        while True:
-            # Cleared before draining: a wake-up that arrives while draining is not lost.
-            self._wakeup.clear()
-            try:
-                while await self.process_one():
-                    pass
-            except Exception as exc:  # the loop must outlive any failure; the row is retried
-                log.warning("action worker: processing failed, will retry", exc_info=True,
-                            extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), poll_interval)
+
+        async def drain() -> float:
+            while await self.process_one():
+                pass
+            return poll_interval
+
+        await run_forever("action-worker", drain, wakeup=self._wakeup, retry_after=poll_interval)
 
     async def process_one(self) -> bool:
         """Process the oldest unprocessed alert state; False when there is none.
@@ -111,7 +107,7 @@ class ActionWorker:
         other actions still run. Anything else (a deadlock, a lost connection) rolls the whole
         transaction back, so the alert state stays unprocessed and is tried again.
         """
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with transaction(self._pool) as connection:
             row = await connection.fetchrow(CLAIM_SQL)
             if row is None:
                 return False

@@ -18,6 +18,7 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
+from exporter.database.background import run_forever
 from exporter.database.pool import Connection, DatabaseMonitor, create_pool
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.metrics import ActionMetrics
@@ -63,7 +64,9 @@ def build_sources(config: Config) -> list[Source]:
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     connection, config = app[CONNECTION], app[CONFIG]
-    app[POOL] = await create_pool(connection, config.database)
+    app[POOL] = await create_pool(
+        connection, config.database, longest_statement=config.collectors.timeout
+    )
     log.info("database pool created", extra={"dsn": connection.masked})
     yield
     await app[POOL].close()
@@ -105,7 +108,7 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
         "1 when the last ping of the database succeeded.",
         registry=app[REGISTRY],
     ).set_function(lambda: 1.0 if monitor.up else 0.0)
-    async with _task("db-monitor", monitor.run()):
+    async with _task("db-monitor", run_forever("db-monitor", monitor.iteration)):
         yield
 
 

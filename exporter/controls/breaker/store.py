@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +35,9 @@ from exporter.controls.breaker.state import (
     describe,
     validate_config_changes,
 )
+from exporter.database.background import run_forever
 from exporter.database.pool import DATABASE_ERRORS
+from exporter.database.transactions import transaction
 
 # The package's name, as before the split into modules: log lines keep their `logger` field.
 log = logging.getLogger("exporter.controls.breaker")
@@ -133,20 +134,12 @@ class BreakerStore:
 
     async def run_checker(self) -> None:
         """Call `check()` every `check_interval` until cancelled; an outage only delays it."""
-        failing = False
-        while True:
-            try:
-                await self.check()
-            except Exception as exc:  # the loop must outlive any outage; log once per outage
-                if not failing:
-                    error = str(exc) or type(exc).__name__
-                    log.warning("breaker check failed", extra={"error": error})
-                failing = True
-            else:
-                if failing:
-                    log.info("breaker check recovered")
-                failing = False
-            await asyncio.sleep(self.check_interval)
+
+        async def iteration() -> float:
+            await self.check()
+            return self.check_interval
+
+        await run_forever("breaker-check", iteration, retry_after=self.check_interval)
 
     # -- operator and automation actions --
 
@@ -215,7 +208,7 @@ class BreakerStore:
         self, exchange: str, decide: Decision, fingerprint: str | None = None
     ) -> _Outcome:
         """Lock the row, decide, write it back if it changed, audit: all in one transaction."""
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with transaction(self._pool) as connection:
             await self._ensure(connection, exchange)
             before = Snapshot.from_row(await connection.fetchrow(_LOCK_SQL, exchange))
             # Read after the lock is granted: the decision must see time as it is now, not as it

@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.database.background import run_forever
 from exporter.database.pool import DATABASE_ERRORS
+from exporter.database.transactions import transaction
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,16 @@ class SnapshotRunner:
     async def _refresh(self) -> bool:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
+            async with (
+                asyncio.timeout(self._timeout),
+                # One snapshot: the families of a source agree with each other.
+                transaction(
+                    self._pool,
+                    statement_timeout=self._timeout,
+                    isolation="repeatable_read",
+                    readonly=True,
+                ) as connection,
+            ):
                 families = await self.source.collect(connection)
         except DATABASE_ERRORS as exc:
             self._metrics.errors.labels(self.name).inc()
@@ -151,15 +162,17 @@ class SnapshotRunner:
         return snapshot
 
     async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.refresh()
-            except Exception:  # a bug in one query must not stop this collector for good
-                self._metrics.errors.labels(self.name).inc()
-                log.exception("collector refresh crashed", extra={"collector": self.name})
-            # Interval from start to start, so a slow refresh does not stretch the cadence.
-            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+        await run_forever(f"collector-{self.name}", self._iteration, retry_after=self._interval)
+
+    async def _iteration(self) -> float:
+        started = time.monotonic()
+        try:
+            await self.refresh()
+        except Exception:
+            self._metrics.errors.labels(self.name).inc()  # a bug counts as an error too
+            raise
+        # Interval from start to start, so a slow refresh does not stretch the cadence.
+        return max(0.0, self._interval - (time.monotonic() - started))
 
 
 class SnapshotExposition(Collector):

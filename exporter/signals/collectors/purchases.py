@@ -101,17 +101,16 @@ class PurchasesSource:
         families = self._families()
         window_args = (self._windows, self._seconds, self._exchanges)
         longest = max(self._seconds)
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
-            counts = await connection.fetch(
-                COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest
-            )
-            tenants = await connection.fetch(TENANTS_SQL, *window_args, longest)
-            retry = await connection.fetch(
-                RETRY_SQL,
-                self._config.retry_max_count,
-                self._config.retry_window,
-                self._exchanges,
-            )
+        counts = await connection.fetch(
+            COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest
+        )
+        tenants = await connection.fetch(TENANTS_SQL, *window_args, longest)
+        retry = await connection.fetch(
+            RETRY_SQL,
+            self._config.retry_max_count,
+            self._config.retry_window,
+            self._exchanges,
+        )
         self._add_counts(families, counts)
         for row in tenants:
             families["tenants"].set((row["window"], row["exchange"]), row["tenants"])

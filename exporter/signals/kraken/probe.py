@@ -19,6 +19,8 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from exporter.database.background import run_forever
+
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 from .outcomes import OUTCOMES, Outcome
 
@@ -156,15 +158,13 @@ class ExchangeProbe:
 
     async def run_forever(self) -> None:
         """Probe until cancelled; rounds never overlap and start every interval +-10 %."""
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.run_once()
-            except Exception:  # a bug in one round must not end probing for good
-                self._logger.exception("exchange probe round crashed", extra=self._extra())
-            jittered = self._interval * random.uniform(0.9, 1.1)
-            await asyncio.sleep(max(0.0, jittered - (loop.time() - started)))
+        await run_forever(f"probe-{self._exchange}", self._iteration, retry_after=self._interval)
+
+    async def _iteration(self) -> float:
+        started = time.monotonic()
+        await self.run_once()
+        jittered = self._interval * random.uniform(0.9, 1.1)
+        return max(0.0, jittered - (time.monotonic() - started))
 
     async def run_once(self) -> RoundResult:
         """Run one round, update the metrics, then tell `on_result`."""
