@@ -101,9 +101,7 @@ class PurchasesSource:
         families = self._families()
         window_args = (self._windows, self._seconds, self._exchanges)
         longest = max(self._seconds)
-        counts = await connection.fetch(
-            COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest
-        )
+        counts = await connection.fetch(COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest)
         tenants = await connection.fetch(TENANTS_SQL, *window_args, longest)
         retry = await connection.fetch(
             RETRY_SQL,
