@@ -217,6 +217,11 @@ class KrakenConfig(_Model):
     base_url: str = "https://api.kraken.com"
     timeout: Duration = 10.0
     probe_interval: Duration = 30.0  # the runbook's health check runs every 30 seconds
+    # In doubt the probe does not wait the full interval: the next round follows a failed one
+    # after `doubt_interval`, and rounds follow each other every `incident_interval` while an
+    # incident is open (so recovery is seen, and relapses too, within seconds).
+    doubt_interval: Duration = 2.0
+    incident_interval: Duration = 5.0
     slow_threshold: Duration = 5.0  # the runbook warns above 5000 ms
     enabled: bool = True
 
@@ -229,13 +234,40 @@ class KrakenConfig(_Model):
 
 
 class BreakerConfig(_Model):
-    """Defaults for a breaker row created on first use; the admin API changes them per exchange."""
+    """Defaults for a breaker row created on first use; the admin API changes them per exchange.
 
-    failure_threshold: int = Field(default=5, ge=1)
+    The incident model reads them: `failure_threshold` probe rounds failed in a row on every
+    replica mean the exchange is down; `recovery_timeout` of unbroken health comes before a
+    recovery verification; a re-open within `monitoring_window` of a close is a relapse.
+    """
+
+    failure_threshold: int = Field(default=2, ge=1)
     recovery_timeout: Duration = 30.0
-    monitoring_window: Duration = 300.0
-    # How often each replica checks whether an OPEN breaker is due for HALF_OPEN.
-    check_interval: Duration = 1.0
+    monitoring_window: Duration = 600.0
+
+
+class IncidentConfig(_Model):
+    """The incident model's patience (exporter/runbook/incident.py)."""
+
+    # Health after a verified recovery before purchases resume (breaker closed, still paused).
+    probation: Duration = 90.0
+    # The wait before verifying again after a relapse or a failed verification doubles each
+    # time, from `recovery_timeout`, up to this.
+    backoff_max: Duration = 600.0
+    # A replica whose last probe round is older than this no longer votes (gone or cut off).
+    replica_stale_after: Duration = 90.0
+    # The API rate comes back once no call was rate limited for this long.
+    rate_restore_after: Duration = 30.0
+    # Platform calls (api_call_logs) read as evidence: this recent, at least this many.
+    platform_window: Duration = 60.0
+    platform_min_calls: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> IncidentConfig:
+        for name in ("probation", "backoff_max", "replica_stale_after", "platform_window"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0")
+        return self
 
 
 class RetryConfig(_Model):
@@ -311,6 +343,7 @@ class Config(_Model):
     api_calls: ApiCallsConfig = Field(default_factory=ApiCallsConfig)
     kraken: KrakenConfig = Field(default_factory=KrakenConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    incident: IncidentConfig = Field(default_factory=IncidentConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
 

@@ -1,4 +1,5 @@
-"""Control metrics from the exporter's own tables: breaker, pause, retry queue, API rate.
+"""Control metrics from the exporter's own tables: breaker, pause, retry queue, API rate, and the
+incident model's phase and the failures it handled.
 
 These rows are shared by every replica and by the platform, so they are read like the platform's
 data (in the background), not from this process's memory.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import asyncpg
 from prometheus_client.core import Metric
 
-from exporter.config import Config
-from exporter.labels import BREAKER_STATES
+from exporter.config import Config, format_duration
+from exporter.labels import BREAKER_STATES, INCIDENT_CAUSES, INCIDENT_PHASES
 from exporter.signals.collectors.base import LabelledValues
 
 CONTROLS_SQL = """
@@ -22,6 +23,8 @@ SELECT x.exchange,
        coalesce(c.purchases_paused, false) AS paused,
        coalesce(extract(epoch FROM c.paused_at), 0)::float8 AS paused_at,
        coalesce(c.api_rate_multiplier, 1)::float8 AS rate_multiplier,
+       coalesce(i.phase, 'normal') AS phase,
+       coalesce(split_part(i.cause, ':', 1), 'none') AS cause,
        (SELECT count(*) FROM liquid_abt.retry_queue q
          WHERE q.exchange = x.exchange AND q.status IN ('queued', 'in_progress')) AS queue_depth,
        (SELECT coalesce(extract(epoch FROM now() - min(q.enqueued_at)), 0)::float8
@@ -30,6 +33,24 @@ SELECT x.exchange,
 FROM unnest($1::text[]) AS x(exchange)
 LEFT JOIN liquid_abt.circuit_breakers b ON b.exchange = x.exchange
 LEFT JOIN liquid_abt.exchange_controls c ON c.exchange = x.exchange
+LEFT JOIN liquid_abt.incidents i ON i.exchange = x.exchange
+"""
+
+# Failed purchases inside a period in which the incident model held purchases (from a margin
+# before its first evidence, since the platform fails before a probe round notices): failures
+# the loop handled, which must not page again as a failure rate once the outage is over.
+HANDLED_SQL = """
+SELECT i.exchange, w.label AS window, count(p.*) AS failures
+FROM liquid_abt.incident_periods i
+CROSS JOIN unnest($1::text[], $2::float8[]) AS w(label, seconds)
+JOIN bitcoin_purchases p
+  ON p.status = 'failed' AND p.exchange_provider = i.exchange
+ AND p.created_at >= greatest(i.started_at - make_interval(secs => $3::float8),
+                              now() - make_interval(secs => w.seconds))
+ AND p.created_at <= coalesce(i.ended_at, now())
+WHERE coalesce(i.ended_at, now()) > now() - make_interval(secs => $4::float8)
+  AND i.exchange = ANY($5::text[])
+GROUP BY 1, 2
 """
 
 
@@ -41,6 +62,10 @@ class ControlsSource:
 
     def __init__(self, config: Config) -> None:
         self._exchanges = list(config.exchanges)
+        self._windows = [format_duration(w) for w in config.purchases.windows]
+        self._seconds = list(config.purchases.windows)
+        # The margin before the first failed probe round: one interval and one timeout.
+        self._margin = config.kraken.probe_interval + config.kraken.timeout
 
     def _families(self) -> dict[str, LabelledValues]:
         x = self._exchanges
@@ -52,7 +77,7 @@ class ControlsSource:
             ),
             "failures": LabelledValues(
                 "liquid_abt_circuit_breaker_failures",
-                "Failures counted by the circuit breaker in its monitoring window.",
+                "Replicas that see the exchange API not answer (the incident model's evidence).",
                 ["exchange"], x,
             ),
             "held": LabelledValues(
@@ -85,6 +110,23 @@ class ControlsSource:
                 "Multiplier applied to the platform's exchange API call rate (1 is normal).",
                 ["exchange"], x,
             ),
+            "phase": LabelledValues(
+                "liquid_abt_incident_phase",
+                "The incident model's phase: 1 for the current one (normal; down: purchases "
+                "stopped; probation: recovery verified, purchases resume after a period of health).",
+                ["exchange", "phase"], x, INCIDENT_PHASES,
+            ),
+            "cause": LabelledValues(
+                "liquid_abt_incident_cause",
+                "Why the incident model stopped purchases: 1 for the current cause, none when normal.",
+                ["exchange", "cause"], x, INCIDENT_CAUSES,
+            ),
+            "handled": LabelledValues(
+                "liquid_abt_purchase_handled_failures",
+                "Failed purchases inside an incident the loop handled (purchases stopped, retries "
+                "queued), by window: the failure-rate alerts leave them out.",
+                ["exchange", "window"], x, self._windows,
+            ),
         }  # fmt: skip
 
     async def collect(self, connection: asyncpg.Connection) -> list[Metric]:
@@ -106,4 +148,12 @@ class ControlsSource:
             families["depth"].set((exchange,), row["queue_depth"])
             families["oldest"].set((exchange,), row["oldest_age"])
             families["rate"].set((exchange,), row["rate_multiplier"])
+            families["phase"].set((exchange, row["phase"]), 1)
+            families["cause"].set((exchange, row["cause"]), 1)
+        handled = await connection.fetch(
+            HANDLED_SQL, self._windows, self._seconds, self._margin, max(self._seconds),
+            self._exchanges,
+        )  # fmt: skip
+        for row in handled:
+            families["handled"].set((row["exchange"], row["window"]), row["failures"])
         return [*(f.family() for f in families.values()), backlog.family()]

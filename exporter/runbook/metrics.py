@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 ACTION_NAMES = (
     "open_breaker", "pause_purchases", "queue_retries", "lower_api_rate", "restore_api_rate",
@@ -22,3 +22,37 @@ class ActionMetrics:
         for action in ACTION_NAMES:
             for result in ACTION_RESULTS:
                 self.actions.labels(action, result)
+
+
+class IncidentMetrics:
+    """This replica's view of the evidence the incident model decided on (the phase itself is
+    shared state, exported from PostgreSQL with the other controls)."""
+
+    def __init__(self, registry: CollectorRegistry, exchanges: list[str]) -> None:
+        self.voters = Gauge(
+            "liquid_abt_exchange_probing_replicas",
+            "Replicas whose probe rounds are recent enough to vote on the exchange being down.",
+            ["exchange"],
+            registry=registry,
+        )
+        self.failing = Gauge(
+            "liquid_abt_exchange_failing_replicas",
+            "Replicas that saw the exchange API not answer the failure threshold of rounds in a row.",
+            ["exchange"],
+            registry=registry,
+        )
+        self.isolated = Gauge(
+            "liquid_abt_exchange_isolated",
+            "1 when this replica sees the exchange API not answer while another replica sees it "
+            "answer: this replica's network, not the exchange; purchases are not stopped for it.",
+            ["exchange"],
+            registry=registry,
+        )
+        for exchange in exchanges:
+            for gauge in (self.voters, self.failing, self.isolated):
+                gauge.labels(exchange)
+
+    def observe(self, exchange: str, voters: int, failing: int, isolated: bool) -> None:
+        self.voters.labels(exchange).set(voters)
+        self.failing.labels(exchange).set(failing)
+        self.isolated.labels(exchange).set(1 if isolated else 0)

@@ -3,13 +3,14 @@
 The webhook only records alert states (receiver.py); this worker takes unprocessed ones
 (`FOR UPDATE SKIP LOCKED`, so replicas share the work) and acts on each alert's own status:
 
-- firing: open the breaker, pause purchases, queue retry-eligible purchases, lower the API rate;
-- resolved: restore the API rate; for outages, request recovery verification (recovery.py), which
-  alone closes the breaker and resumes purchases.
+- firing: an outage alert is evidence for the incident model (incident.py), which stops
+  purchases unless the replicas' probes contradict it; queue retry-eligible purchases; lower the
+  API rate;
+- resolved: a hint, not proof: the incident model looks again at once; its recovery verification
+  alone closes the breaker and resumes purchases, and its evidence restores the API rate.
 
-Every action is idempotent and audited with the alert's fingerprint. A stale state never undoes a
-newer one: a resolved alert only counts when no other outage alert of that exchange is still
-firing, and a firing state whose resolution was already recorded is ignored.
+Every action is idempotent and audited with the alert's fingerprint. A firing state whose
+resolution was already recorded is ignored.
 """
 
 from __future__ import annotations
@@ -23,20 +24,17 @@ from typing import Any
 import asyncpg
 
 from exporter.config import Config
-from exporter.controls import api_rate, audit, retry_queue
-from exporter.controls import pause as controls
-from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore
+from exporter.controls import audit, retry_queue
+from exporter.controls.breaker import ACTOR_AUTOMATION
 from exporter.database.background import Wakeup, run_forever
-from exporter.database.transactions import transaction
+from exporter.database.transactions import after_commit, transaction
 from exporter.runbook.alert_states import (
     OUTAGE_ACTIONS,
     AlertState,
     lock_exchange,
-    outage_alertnames,
-    rate_alertnames,
     resolved_already,
-    still_firing,
 )
+from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
 from exporter.signals.classify import ReasonClassifier
 
@@ -55,13 +53,6 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
 
-REQUEST_RECOVERY_SQL = """
-INSERT INTO liquid_abt.recoveries (exchange, cause, fingerprint)
-VALUES ($1, $2, $3)
-ON CONFLICT (exchange) DO UPDATE SET next_attempt_at = now(), cause = excluded.cause,
-    fingerprint = excluded.fingerprint
-"""
-
 
 class ActionWorker:
     """Processes recorded notifications; `wake()` after recording avoids waiting for the poll."""
@@ -70,17 +61,17 @@ class ActionWorker:
         self,
         pool: asyncpg.Pool,
         config: Config,
-        breakers: BreakerStore,
+        incidents: IncidentModel,
         metrics: ActionMetrics,
-        on_recovery_requested: Callable[[], None] = lambda: None,
+        wake_incident: Callable[[str], None] = lambda exchange: None,
         rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
-        self._breakers = breakers
+        self._incidents = incidents
         self._classifier = ReasonClassifier(config.purchases.failure_reasons)
         self.metrics = metrics
-        self.on_recovery_requested = on_recovery_requested
+        self._wake_incident = wake_incident
         self._rng = rng or random.Random()
         self._wakeup = Wakeup()
 
@@ -148,18 +139,28 @@ class ActionWorker:
         if await resolved_already(connection, state):
             await self._skip(connection, state, actions, "already resolved (stale firing)")
             return []
-        if OUTAGE_ACTIONS & set(actions) and state.exchange and not self._config.receiver.dry_run:
-            # A new outage: any pending verification is for the previous one.
-            await connection.execute(
-                "DELETE FROM liquid_abt.recoveries WHERE exchange = $1", state.exchange
+        errors: list[str] = []
+        if OUTAGE_ACTIONS & set(actions):
+            # The incident model decides: it opens the breaker, pauses and queues retries in
+            # one commit, or records why the evidence contradicts the alert.
+            error = await self._do(
+                "open_breaker", partial(self._outage, connection, state), connection, state
             )
-        errors = []
+            errors += [error] if error else []
+            actions = [a for a in actions if a not in (*OUTAGE_ACTIONS, "queue_retries")]
         for action in actions:
             error = await self._do(
                 action, partial(self._fire, connection, action, state), connection, state
             )
             errors += [error] if error else []
         return errors
+
+    async def _outage(self, connection: asyncpg.Connection, state: AlertState) -> None:
+        if state.exchange is None:
+            raise ValueError(f"{state.alertname} has no exchange label: cannot stop purchases")
+        contradicted = await self._incidents.on_outage_alert(connection, state)
+        if contradicted:
+            await self._skip(connection, state, [], contradicted)
 
     async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
         exchange, cause, fp = state.exchange, state.cause, state.fingerprint
@@ -172,48 +173,22 @@ class ActionWorker:
             return
         if exchange is None:
             raise ValueError(f"{state.alertname} has no exchange label: cannot {action}")
-        if action == "open_breaker":
-            await self._breakers.force_state(exchange, "OPEN", ACTOR_AUTOMATION, cause, fp)
-        elif action == "pause_purchases":
-            await controls.pause(
-                connection, exchange, reason=state.summary,
-                estimated_duration=self._config.receiver.pause_estimated_duration,
-                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
-            )  # fmt: skip
-        elif action == "lower_api_rate":
-            await api_rate.set_rate_multiplier(
-                connection, exchange, self._config.receiver.lowered_rate_multiplier,
-                actor=ACTOR_AUTOMATION, cause=cause, fingerprint=fp,
-            )  # fmt: skip
+        if action == "lower_api_rate":
+            await self._incidents.lower_rate(connection, exchange, cause)
 
     async def _on_resolved(
         self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
     ) -> list[str]:
+        """A resolution is a hint, not proof: the incident model looks again at once, and only
+        its verification (and the evidence) ends an outage or restores the API rate."""
         exchange = state.exchange
         if exchange is None:
             return []
-        errors: list[str | None] = []
-        if "lower_api_rate" in actions:
-            if await still_firing(connection, exchange, rate_alertnames(self._config)):
-                await self._skip(
-                    connection, state, ["restore_api_rate"], "another rate alert fires"
-                )
-            else:
-                errors.append(await self._do("restore_api_rate", lambda: api_rate.set_rate_multiplier(
-                    connection, exchange, 1.0, actor=ACTOR_AUTOMATION, cause=state.cause,
-                    fingerprint=state.fingerprint,
-                ), connection, state))  # fmt: skip
         if OUTAGE_ACTIONS & set(actions):
-            if await still_firing(connection, exchange, outage_alertnames(self._config)):
-                await self._skip(
-                    connection, state, ["request_recovery"], "another outage alert fires"
-                )
-            else:
-                errors.append(await self._do("request_recovery", lambda: connection.execute(
-                    REQUEST_RECOVERY_SQL, exchange, state.cause, state.fingerprint
-                ), connection, state))  # fmt: skip
-                self.on_recovery_requested()
-        return [e for e in errors if e]
+            self.metrics.actions.labels("request_recovery", "success").inc()
+            wake = self._wake_incident
+            after_commit(lambda: wake(exchange))
+        return []
 
     async def _do(
         self,

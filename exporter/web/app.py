@@ -21,10 +21,12 @@ from exporter.controls.exposition import ControlsSource
 from exporter.database.background import run_forever
 from exporter.database.pool import Connection, DatabaseMonitor, create_pool
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
-from exporter.runbook.metrics import ActionMetrics
+from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
+from exporter.runbook.incident import IncidentModel
+from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
-from exporter.runbook.recovery import RecoveryVerifier
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
@@ -32,21 +34,24 @@ from exporter.signals.collectors.api_calls import ApiCallsSource
 from exporter.signals.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
 from exporter.signals.collectors.purchases import PurchasesSource
 from exporter.signals.kraken.client import KrakenClient
-from exporter.signals.kraken.probe import ExchangeProbe, OnResult
+from exporter.signals.kraken.probe import ExchangeProbe
 from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import build_admin_app
 from exporter.web.admin.purchases import routes as purchases_routes
 from exporter.web.keys import (
+    ACTION_METRICS,
     ACTION_WORKER,
     BREAKERS,
     CONFIG,
     CONNECTION,
     DB_MONITOR,
+    INCIDENT_LOOPS,
+    INCIDENTS,
     POOL,
     PROBE,
-    PROBE_OBSERVERS,
     REGISTRY,
+    REPLICA,
     RUNNERS,
     SECRETS,
 )
@@ -113,59 +118,64 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The circuit breakers shared through the database; every replica runs the recovery check."""
-    store = BreakerStore(app[POOL], app[CONFIG], app[REGISTRY])
-    app[BREAKERS] = store
-    app[PROBE_OBSERVERS].append(store.on_probe_result)
-    async with _task("breaker-check", store.run_checker()):
-        yield
+    """The circuit breakers shared through the database; the incident model writes them."""
+    app[BREAKERS] = BreakerStore(app[POOL], app[CONFIG], app[REGISTRY])
+    yield
 
 
 async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Kraken client and its live probe; the probe also serves recovery checks."""
+    """The Kraken client and its probe (run by the incident loop, which also verifies with it)."""
     config, secrets = app[CONFIG].kraken, app[SECRETS]
     async with aiohttp.ClientSession() as session:
         client = KrakenClient(
             session, config.base_url, config.timeout, secrets.kraken_api_key,
             secrets.kraken_api_secret,
         )  # fmt: skip
-        probe = ExchangeProbe(
-            app[REGISTRY], client, exchange=KRAKEN, interval=config.probe_interval,
-            slow_threshold=config.slow_threshold, on_result=_probe_observer(app),
+        app[PROBE] = ExchangeProbe(
+            app[REGISTRY], client, exchange=KRAKEN, slow_threshold=config.slow_threshold
+        )
+        yield
+
+
+async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One incident model, and one incident loop per exchange (probing Kraken when enabled)."""
+    config = app[CONFIG]
+    app[ACTION_METRICS] = ActionMetrics(app[REGISTRY])
+    model = IncidentModel(
+        app[POOL], config, app[BREAKERS], app[ACTION_METRICS],
+        IncidentMetrics(app[REGISTRY], list(config.exchanges)), replica=app[REPLICA],
+    )  # fmt: skip
+    app[INCIDENTS] = model
+    probe = app[PROBE] if config.kraken.enabled else None
+    loops = {
+        exchange: IncidentLoop(
+            exchange,
+            model,
+            config,
+            probe=probe if exchange == KRAKEN else None,
+            verifier=app[PROBE].recovery_check if exchange == KRAKEN else None,
         )  # fmt: skip
-        app[PROBE] = probe
-        if not config.enabled:
-            yield
-            return
-        async with _task("kraken-probe", probe.run_forever()):
-            yield
-
-
-def _probe_observer(app: web.Application) -> OnResult:
-    """Feeds each probe round to whoever counts exchange failures (the circuit breaker)."""
-
-    async def observe(exchange: str, ok: bool, outcome: str) -> None:
-        for observer in app[PROBE_OBSERVERS]:
-            await observer(exchange, ok, outcome)
-
-    return observe
+        for exchange in config.exchanges
+    }
+    app[INCIDENT_LOOPS] = loops
+    async with contextlib.AsyncExitStack() as stack:
+        for exchange, loop in loops.items():
+            await stack.enter_async_context(_task(f"incident-{exchange}", loop.run()))
+        yield
 
 
 async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The runbook actions: the notification worker, recovery verification, reconciliation."""
-    config = app[CONFIG]
-    metrics = ActionMetrics(app[REGISTRY])
-    verifier = RecoveryVerifier(
-        app[POOL], config, app[BREAKERS], {KRAKEN: app[PROBE].recovery_check}, metrics,
-        outage_alertnames(config),
-    )  # fmt: skip
-    worker = ActionWorker(
-        app[POOL], config, app[BREAKERS], metrics, on_recovery_requested=verifier.wake
-    )
+    """The runbook actions: the notification worker and reconciliation with Alertmanager."""
+    config, metrics, loops = app[CONFIG], app[ACTION_METRICS], app[INCIDENT_LOOPS]
+
+    def wake_incident(exchange: str) -> None:
+        if exchange in loops:
+            loops[exchange].wake()
+
+    worker = ActionWorker(app[POOL], config, app[INCIDENTS], metrics, wake_incident=wake_incident)
     app[ACTION_WORKER] = worker
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(_task("action-worker", worker.run()))
-        await stack.enter_async_context(_task("recovery-verifier", verifier.run()))
         if config.receiver.alertmanager_url:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             reconciler = Reconciler(
@@ -227,19 +237,23 @@ def admin_route_tables() -> list[web.RouteTableDef]:
 
 
 def create_app(
-    config: Config, connection: Connection, secrets: Secrets | None = None
-) -> web.Application:
+    config: Config, connection: Connection, secrets: Secrets | None = None,
+    replica: str | None = None,
+) -> web.Application:  # fmt: skip
+    """The exporter; `replica` names this process among the replicas (default: host and a
+    random suffix), so that a restart on the same address keeps its vote."""
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[CONNECTION] = connection
     app[SECRETS] = secrets or Secrets()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     _build_info(app[REGISTRY])
+    app[REPLICA] = replica or DEFAULT_REPLICA
     # Order matters: each context may use what the previous ones created.
-    app[PROBE_OBSERVERS] = []
     app.cleanup_ctx.extend(
-        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _actions_ctx]
-    )
+        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _incidents_ctx,
+         _actions_ctx]
+    )  # fmt: skip
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
     app.router.add_get("/-/healthy", healthy)

@@ -10,10 +10,13 @@ from prometheus_client import CollectorRegistry
 from exporter.config import Config
 from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection, DatabaseMonitor
+from exporter.runbook.incident import IncidentModel
+from exporter.runbook.metrics import ActionMetrics
+from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
-from exporter.signals.kraken.probe import ExchangeProbe, OnResult
+from exporter.signals.kraken.probe import ExchangeProbe
 
 CONFIG = web.AppKey("config", Config)
 CONNECTION = web.AppKey("connection", Connection)
@@ -22,8 +25,11 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 DB_MONITOR = web.AppKey("db_monitor", DatabaseMonitor)
 SECRETS = web.AppKey("secrets", Secrets)
 PROBE = web.AppKey("probe", ExchangeProbe)
-# Called with (exchange, ok, outcome) after every probe round.
-PROBE_OBSERVERS = web.AppKey("probe_observers", list[OnResult])
 RUNNERS = web.AppKey("runners", list[SnapshotRunner])
 BREAKERS = web.AppKey("breakers", BreakerStore)
 ACTION_WORKER = web.AppKey("action_worker", ActionWorker)
+ACTION_METRICS = web.AppKey("action_metrics", ActionMetrics)
+INCIDENTS = web.AppKey("incidents", IncidentModel)
+INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
+# This process's name among the replicas (its row in probe_observations).
+REPLICA = web.AppKey("replica", str)

@@ -79,14 +79,16 @@ async def test_every_series_exists_before_the_first_round(
             "maintenance",
         ),
         # These stop the round at the first call: nothing answers, or Kraken asks us to back off.
-        ("rate_limited", {"SystemStatus": "rate_limited"}, 0, None),
-        ("rate_limited_http", {"SystemStatus": "rate_limited"}, 0, None),
+        # A rate limit is an answer: the API is up and asks us to back off.
+        ("rate_limited", {"SystemStatus": "rate_limited"}, 1, None),
+        ("rate_limited_http", {"SystemStatus": "rate_limited"}, 1, None),
         ("down", {"SystemStatus": "network_error"}, 0, None),
         ("hanging", {"SystemStatus": "timeout"}, 0, None),
-        ("auth_failure", ALL_OK | {"Balance": "auth_error"}, 0, "online"),
-        ("invalid_key", ALL_OK | {"Balance": "auth_error"}, 0, "online"),
+        # Our own credentials refused: auth evidence, not the exchange being down.
+        ("auth_failure", ALL_OK | {"Balance": "auth_error"}, 1, "online"),
+        ("invalid_key", ALL_OK | {"Balance": "auth_error"}, 1, "online"),
         ("server_error", dict.fromkeys(ENDPOINTS, "server_error"), 0, None),
-        ("garbage", dict.fromkeys(ENDPOINTS, "api_error"), 0, None),
+        ("garbage", dict.fromkeys(ENDPOINTS, "api_error"), 1, None),
     ],
 )
 async def test_each_mode_gives_its_outcome_up_and_status(
@@ -105,9 +107,12 @@ async def test_each_mode_gives_its_outcome_up_and_status(
     assert requests(registry) == calls
     assert value(registry, "up") == up
     assert status(registry) == state
-    assert result.ok is bool(up)
+    assert result.available is bool(up)
     failures = [outcome for outcome in calls.values() if outcome != "success"]
+    assert result.ok is not failures
     assert result.outcome == (failures[0] if failures else "success")
+    assert result.rate_limited is ("rate_limited" in failures)
+    assert result.auth_failed is ("auth_error" in failures)
     assert value(registry, "consecutive_failures") == (0 if up else 1)
 
 
@@ -190,46 +195,11 @@ async def test_slow_calls_are_logged_and_timed(
     assert value(registry, "request_duration_seconds_bucket", endpoint="Ticker", le="0.1") == 0
 
 
-async def test_on_result_is_called_once_per_round(
-    kraken: FakeKraken, make_probe: MakeProbe
-) -> None:
-    seen: list[tuple[str, bool, str]] = []
-
-    async def on_result(exchange: str, ok: bool, outcome: str) -> None:
-        seen.append((exchange, ok, outcome))
-
-    probe = make_probe(on_result=on_result)
-    await probe.run_once()
-    await kraken.set_mode("rate_limited")
-    await probe.run_once()
-    assert seen == [("kraken", True, "success"), ("kraken", False, "rate_limited")]
-
-
-async def test_run_forever_survives_a_failing_callback_and_stops_on_cancel(
-    make_probe: MakeProbe,
-) -> None:
-    rounds = 0
-    three = asyncio.Event()
-
-    async def on_result(exchange: str, ok: bool, outcome: str) -> None:
-        nonlocal rounds
-        rounds += 1
-        if rounds == 3:
-            three.set()
-        raise RuntimeError("breaker store unavailable")
-
-    task = asyncio.create_task(make_probe(interval=0.01, on_result=on_result).run_forever())
-    await asyncio.wait_for(three.wait(), timeout=5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
 async def test_cancelling_a_round_in_flight_ends_promptly(
     kraken: FakeKraken, make_probe: MakeProbe, make_client: MakeClient
 ) -> None:
     await kraken.set_mode("hanging")
-    task = asyncio.create_task(make_probe(make_client(timeout=30)).run_forever())
+    task = asyncio.create_task(make_probe(make_client(timeout=30)).run_once())
     await asyncio.sleep(0.05)  # let it reach the hanging call; the assertion does not depend on it
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

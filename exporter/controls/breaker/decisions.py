@@ -1,7 +1,8 @@
 """The decisions: pure functions of a snapshot and the database's clock.
 
-Each records on a Plan what a result, a force, a reset or a config change causes: the
-transitions, and the audit notes that are not transitions.
+Each records on a Plan what a force, a reset or a config change causes: the transitions, and the
+audit notes that are not transitions. Whether to force a state is the incident model's decision
+(exporter/runbook/incident.py) or an admin's; the breaker only keeps the state and its holds.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from typing import Any
 
 from exporter.controls.breaker.state import (
     ACTOR_ADMIN,
-    ACTOR_AUTOMATION,
     Snapshot,
     State,
-    roll_window,
 )
 
 
@@ -61,56 +60,6 @@ class Plan:
 
 
 Decision = Callable[[Plan, datetime], None]
-
-
-def decide_recovery(plan: Plan, now: datetime) -> None:
-    s = plan.snapshot
-    if s.recovery_due(now):
-        cause = f"recovery timeout of {s.recovery_timeout_ms} ms elapsed"
-        plan.transition(State.HALF_OPEN, now, ACTOR_AUTOMATION, cause, "recovery_timeout")
-
-
-def decide_result(ok: bool, actor: str, cause: str) -> Decision:
-    def decide(plan: Plan, now: datetime) -> None:
-        s = plan.snapshot
-        plan.snapshot = replace(s, last_success_at=now) if ok else replace(s, last_failure_at=now)
-        # A result that arrives after the recovery timeout is the trial call.
-        decide_recovery(plan, now)
-        if plan.snapshot.state is State.HALF_OPEN:
-            _decide_trial(plan, now, ok, actor, cause)
-        elif plan.snapshot.state is State.CLOSED:
-            _decide_count(plan, now, ok, actor, cause)
-        # OPEN: calls are not counted; only the timestamps above move.
-
-    return decide
-
-
-def _decide_trial(plan: Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
-    if ok:
-        plan.transition(State.CLOSED, now, actor, f"trial call succeeded: {cause}", "trial_success")
-        return
-    s = plan.snapshot
-    plan.snapshot = replace(s, failure_count=s.failure_count + 1, call_count=s.call_count + 1)
-    plan.transition(State.OPEN, now, actor, f"trial call failed: {cause}", "trial_failure")
-
-
-def _decide_count(plan: Plan, now: datetime, ok: bool, actor: str, cause: str) -> None:
-    s = roll_window(plan.snapshot, now)
-    if ok:
-        plan.snapshot = replace(s, call_count=s.call_count + 1) if s.window_started_at else s
-        return
-    s = replace(
-        s, failure_count=s.failure_count + 1, call_count=s.call_count + 1,
-        window_started_at=s.window_started_at or now,
-    )  # fmt: skip
-    plan.snapshot = s
-    # `>=`: a threshold lowered below the current count opens on the next failure.
-    if s.failure_count >= s.failure_threshold:
-        why = (
-            f"{s.failure_count} failures within the {s.monitoring_window_ms} ms monitoring window "
-            f"reached the threshold of {s.failure_threshold}; last: {cause}"
-        )
-        plan.transition(State.OPEN, now, actor, why, "threshold")
 
 
 def decide_force(target: State, actor: str, cause: str) -> Decision:

@@ -3,8 +3,8 @@ validation of new settings and describe(), the runbook's view of a snapshot."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -86,22 +86,6 @@ class Snapshot:
         # The flag only means something while OPEN, whoever else wrote the row.
         return self.manual_hold and self.state is State.OPEN
 
-    def recovery_due(self, now: datetime) -> bool:
-        opened_for = now - self.state_changed_at
-        return self.state is State.OPEN and not self.held and opened_for >= self._recovery
-
-    def window_expired(self, now: datetime) -> bool:
-        started = self.window_started_at
-        window = timedelta(milliseconds=self.monitoring_window_ms)
-        return started is not None and now - started > window
-
-    @property
-    def _recovery(self) -> timedelta:
-        return timedelta(milliseconds=self.recovery_timeout_ms)
-
-    def next_attempt_at(self) -> datetime | None:
-        return self.state_changed_at + self._recovery if self.state is State.OPEN else None
-
 
 COLUMNS: Final = tuple(f for f in Snapshot.__dataclass_fields__)
 
@@ -126,12 +110,6 @@ class Transition:
         }  # fmt: skip
 
 
-def roll_window(s: Snapshot, now: datetime) -> Snapshot:
-    if s.state is State.CLOSED and s.window_expired(now):
-        return replace(s, failure_count=0, call_count=0, window_started_at=None)
-    return s
-
-
 def validate_config_changes(
     failure_threshold: int | None, recovery_timeout_ms: int | None, monitoring_window_ms: int | None
 ) -> dict[str, int]:
@@ -151,21 +129,24 @@ def validate_config_changes(
     return changes
 
 
-def describe(s: Snapshot, now: datetime) -> dict[str, Any]:
-    """The runbook's getMetrics(): UPPER-case state, ISO 8601 times, durations in milliseconds."""
-    view = roll_window(s, now)  # an expired window counts nothing, even before check() clears it
-    next_attempt = None if s.held else s.next_attempt_at()
+def describe(s: Snapshot, now: datetime, next_attempt: datetime | None = None) -> dict[str, Any]:
+    """The runbook's getMetrics(): UPPER-case state, ISO 8601 times, durations in milliseconds.
+
+    The counts are the incident model's evidence: probe rounds failed in a row (the fewest of
+    any replica: the exchange is down only when every replica sees it) out of the rounds since
+    the first of them; `nextAttemptTime` is its next recovery verification.
+    """
     return {
         "exchange": s.exchange,
         "state": s.state.api,
-        "failureCount": view.failure_count,
-        "callCount": view.call_count,
-        "failureRate": view.failure_count / view.call_count if view.call_count else 0.0,
+        "failureCount": s.failure_count,
+        "callCount": s.call_count,
+        "failureRate": s.failure_count / s.call_count if s.call_count else 0.0,
         "lastFailureTime": _iso(s.last_failure_at),
         "lastSuccessTime": _iso(s.last_success_at),
-        "windowStartedAt": _iso(view.window_started_at),
+        "windowStartedAt": _iso(s.window_started_at),
         "stateChangedAt": _iso(s.state_changed_at),
-        "nextAttemptTime": _iso(next_attempt),
+        "nextAttemptTime": _iso(None if s.held else next_attempt),
         "manualHold": s.held,
         "config": {
             "failureThreshold": s.failure_threshold,

@@ -18,14 +18,11 @@ from exporter.controls.breaker.decisions import (
     Step,
     decide_config,
     decide_force,
-    decide_recovery,
     decide_reset,
-    decide_result,
 )
 from exporter.controls.breaker.metrics import BreakerMetrics
 from exporter.controls.breaker.state import (
     ACTOR_ADMIN,
-    ACTOR_PROBE,
     COLUMNS,
     ConcurrentUpdate,
     Snapshot,
@@ -35,9 +32,7 @@ from exporter.controls.breaker.state import (
     describe,
     validate_config_changes,
 )
-from exporter.database.background import run_forever
-from exporter.database.pool import DATABASE_ERRORS
-from exporter.database.transactions import transaction
+from exporter.database.transactions import Executor, after_commit, transaction
 
 # The package's name, as before the split into modules: log lines keep their `logger` field.
 log = logging.getLogger("exporter.controls.breaker")
@@ -48,8 +43,17 @@ INSERT INTO liquid_abt.circuit_breakers
 VALUES ($1, $2, $3, $4) ON CONFLICT (exchange) DO NOTHING"""
 _SELECT_SQL: Final = f"SELECT {', '.join(COLUMNS)} FROM liquid_abt.circuit_breakers"
 _READ_SQL: Final = f"""
-SELECT {", ".join(COLUMNS)}, clock_timestamp() AS now
-  FROM liquid_abt.circuit_breakers WHERE exchange = $1"""
+SELECT {", ".join("b." + c for c in COLUMNS)}, clock_timestamp() AS now, i.next_attempt_at
+  FROM liquid_abt.circuit_breakers b
+  LEFT JOIN liquid_abt.incidents i ON i.exchange = b.exchange AND i.phase = 'down'
+ WHERE b.exchange = $1"""
+_EVIDENCE_SQL: Final = """
+UPDATE liquid_abt.circuit_breakers
+   SET failure_count = $2, call_count = $3, window_started_at = $4, last_failure_at = $5,
+       last_success_at = $6
+ WHERE exchange = $1
+   AND (failure_count, call_count, window_started_at, last_failure_at, last_success_at)
+       IS DISTINCT FROM ($2, $3, $4, $5, $6)"""
 _LOCK_SQL: Final = _SELECT_SQL + " WHERE exchange = $1 FOR UPDATE"
 _WRITE_SQL: Final = """
 UPDATE liquid_abt.circuit_breakers
@@ -59,16 +63,10 @@ UPDATE liquid_abt.circuit_breakers
        manual_hold = $13, version = version + 1
  WHERE exchange = $1 AND version = $2
 RETURNING version"""
-_DUE_SQL: Final = """
-SELECT exchange FROM liquid_abt.circuit_breakers
- WHERE exchange = ANY($1::text[]) AND state = 'open' AND NOT manual_hold
-   AND state_changed_at + recovery_timeout_ms * interval '1 millisecond' <= clock_timestamp()"""
-# Not a transition, so one guarded statement suffices: it re-checks its WHERE after any lock wait.
-_EXPIRE_WINDOWS_SQL: Final = """
-UPDATE liquid_abt.circuit_breakers
-   SET failure_count = 0, call_count = 0, window_started_at = NULL, version = version + 1
- WHERE exchange = ANY($1::text[]) AND state = 'closed' AND window_started_at IS NOT NULL
-   AND window_started_at + monitoring_window_ms * interval '1 millisecond' < clock_timestamp()"""
+
+
+# failure_count, call_count, window_started_at, last_failure_at, last_success_at
+Evidence = tuple[int, int, datetime | None, datetime | None, datetime | None]
 
 
 @dataclass(frozen=True)
@@ -90,75 +88,44 @@ class BreakerStore:
             max(1, round(defaults.recovery_timeout * 1000)),
             max(1, round(defaults.monitoring_window * 1000)),
         )
-        self.check_interval = defaults.check_interval
         self.metrics = BreakerMetrics(registry, self._exchanges)
 
     @property
     def exchanges(self) -> list[str]:
         return list(self._exchanges)
 
-    # -- results and the recovery timer --
-
-    async def record_result(
-        self, exchange: str, ok: bool, cause: str, *, actor: str = ACTOR_PROBE
-    ) -> list[Transition]:
-        """Count one call's result; returns the transitions it caused (none, one, or two when an
-        overdue OPEN goes HALF_OPEN and this result is its trial call)."""
-        outcome = await self._mutate(exchange, decide_result(ok, actor, cause))
-        return outcome.transitions
-
-    async def on_probe_result(self, exchange: str, ok: bool, outcome: str) -> None:
-        """The Kraken probe's `on_result` callback: one call per probe round.
-
-        Without the database the round cannot be counted; the probe's own metrics still are,
-        and `liquid_abt_db_up` already says why, so one line rather than a traceback per round.
-        """
-        try:
-            await self.record_result(exchange, ok, f"probe round: {outcome}", actor=ACTOR_PROBE)
-        except DATABASE_ERRORS as exc:
-            log.warning("probe round not counted by the breaker: database unavailable",
-                        extra={"exchange": exchange, "error": str(exc) or type(exc).__name__})  # fmt: skip
-
-    async def check(self) -> list[Transition]:
-        """OPEN -> HALF_OPEN where the recovery timeout has passed; clear expired windows.
-
-        Cheap when nothing is due (one SELECT, one UPDATE of no rows), so every replica runs it
-        every `check_interval`; the row lock lets only one of them make each transition.
-        """
-        await self._pool.execute(_EXPIRE_WINDOWS_SQL, self._exchanges)
-        due = await self._pool.fetch(_DUE_SQL, self._exchanges)
-        transitions: list[Transition] = []
-        for row in due:
-            transitions += (await self._mutate(row["exchange"], decide_recovery)).transitions
-        return transitions
-
-    async def run_checker(self) -> None:
-        """Call `check()` every `check_interval` until cancelled; an outage only delays it."""
-
-        async def iteration() -> float:
-            await self.check()
-            return self.check_interval
-
-        await run_forever("breaker-check", iteration, retry_after=self.check_interval)
-
     # -- operator and automation actions --
 
     async def force_state(
         self, exchange: str, state: State | str, actor: str, cause: str,
-        fingerprint: str | None = None,
+        fingerprint: str | None = None, *, db: Executor | None = None,
     ) -> Transition | None:  # fmt: skip
         """Move to `state` (any spelling of CLOSED, OPEN, HALF_OPEN). None when nothing moved:
         already in that state (nothing recorded, except an admin's OPEN becoming a hold), or a
-        manual hold refused a non-admin actor (recorded as `refused`)."""
+        manual hold refused a non-admin actor (recorded as `refused`).
+
+        Given a connection `db`, the change joins its transaction (a pause and queued retries
+        commit together with it or not at all)."""
         target = State.parse(state)
-        outcome = await self._mutate(exchange, decide_force(target, actor, cause), fingerprint)
+        decide = decide_force(target, actor, cause)
+        outcome = await self._mutate(exchange, decide, fingerprint, db=db)
         return outcome.transitions[0] if outcome.transitions else None
 
-    async def reset(self, exchange: str, actor: str, cause: str) -> Transition | None:
+    async def reset(
+        self, exchange: str, actor: str, cause: str, *, db: Executor | None = None
+    ) -> Transition | None:
         """CLOSED with the counts zeroed and any hold lifted (by an admin only). A transition when
         the state changed; None otherwise (a closed breaker's counts zeroing is still audited)."""
-        outcome = await self._mutate(exchange, decide_reset(actor, cause))
+        outcome = await self._mutate(exchange, decide_reset(actor, cause), db=db)
         return outcome.transitions[0] if outcome.transitions else None
+
+    async def record_evidence(
+        self, connection: asyncpg.Connection, exchange: str, evidence: Evidence
+    ) -> None:
+        """The incident model's evidence shown with the breaker (runbook's getMetrics); not a
+        transition, so no audit entry and no version bump."""
+        self._require(exchange)
+        await connection.execute(_EVIDENCE_SQL, exchange, *evidence)
 
     async def update_config(
         self, exchange: str, *, failure_threshold: int | None = None,
@@ -177,12 +144,15 @@ class BreakerStore:
     # -- reading --
 
     async def status(self, exchange: str) -> dict[str, Any]:
-        """The breaker as the runbook prints it; an overdue OPEN goes HALF_OPEN on read."""
-        snapshot, now = await self._read(exchange)
-        if snapshot.recovery_due(now):
-            outcome = await self._mutate(exchange, decide_recovery)
-            snapshot, now = outcome.snapshot, outcome.now
-        return describe(snapshot, now)
+        """The breaker as the runbook prints it, with the incident model's next verification."""
+        snapshot, now, next_attempt = await self._read(exchange)
+        return describe(snapshot, now, next_attempt)
+
+    async def state(self, db: Executor, exchange: str) -> Snapshot:
+        """The breaker row (created with the defaults on first use)."""
+        async with transaction(db) as connection:
+            await self._ensure(connection, exchange)
+            return Snapshot.from_row(await connection.fetchrow(_LOCK_SQL, exchange))
 
     async def status_all(self) -> list[dict[str, Any]]:
         return [await self.status(exchange) for exchange in self._exchanges]
@@ -198,17 +168,18 @@ class BreakerStore:
         self._require(exchange)
         await connection.execute(_ENSURE_SQL, exchange, *self._defaults)
 
-    async def _read(self, exchange: str) -> tuple[Snapshot, datetime]:
+    async def _read(self, exchange: str) -> tuple[Snapshot, datetime, datetime | None]:
         async with self._pool.acquire() as connection:
             await self._ensure(connection, exchange)
             row = await connection.fetchrow(_READ_SQL, exchange)
-        return Snapshot.from_row(row), row["now"]
+        return Snapshot.from_row(row), row["now"], row["next_attempt_at"]
 
     async def _mutate(
-        self, exchange: str, decide: Decision, fingerprint: str | None = None
-    ) -> _Outcome:
+        self, exchange: str, decide: Decision, fingerprint: str | None = None,
+        *, db: Executor | None = None,
+    ) -> _Outcome:  # fmt: skip
         """Lock the row, decide, write it back if it changed, audit: all in one transaction."""
-        async with transaction(self._pool) as connection:
+        async with transaction(db or self._pool) as connection:
             await self._ensure(connection, exchange)
             before = Snapshot.from_row(await connection.fetchrow(_LOCK_SQL, exchange))
             # Read after the lock is granted: the decision must see time as it is now, not as it
@@ -217,14 +188,17 @@ class BreakerStore:
             plan = Plan(before)
             decide(plan, now)
             transitions = await self._write(connection, before, plan, now, fingerprint)
-        # After the commit: only a transition that really happened is counted.
+            # After the commit: only a transition that really happened is counted and logged.
+            after_commit(lambda: self._announce(transitions))
+        return _Outcome(plan.snapshot, now, transitions)
+
+    def _announce(self, transitions: list[Transition]) -> None:
         self.metrics.count(transitions)
         for t in transitions:
             log.info("circuit breaker transition", extra={
                 "exchange": t.exchange, "from_state": t.from_state.api, "to_state": t.to_state.api,
                 "actor": t.actor, "cause": t.cause,
             })  # fmt: skip
-        return _Outcome(plan.snapshot, now, transitions)
 
     async def _write(
         self, connection: asyncpg.Connection, before: Snapshot, plan: Plan, now: datetime,

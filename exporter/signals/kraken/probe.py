@@ -1,4 +1,4 @@
-"""Live probe of the Kraken REST API, and the recovery check the webhook receiver runs.
+"""Live probe of the Kraken REST API, and the recovery checks the incident model runs.
 
 A round calls SystemStatus, Ticker, Depth, Time (and Balance when keys are configured) one after
 the other, never in parallel: Kraken throttles public calls per IP, and that IP may be the one the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,12 +18,14 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from exporter.database.background import run_forever
-
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 from .outcomes import OUTCOMES, Outcome
 
-OnResult = Callable[[str, bool, str], Awaitable[None]]
+# Outcomes that mean the API did not answer: the evidence of an exchange being down. Rate limits
+# and auth errors are answers (the exchange is up and says no), judged separately.
+UNAVAILABLE: Final = frozenset(
+    {Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.SERVICE_UNAVAILABLE, Outcome.SERVER_ERROR}
+)
 
 # Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -50,7 +51,8 @@ class ProbeMetrics:
         )
         self.up = Gauge(
             "liquid_abt_exchange_up",
-            "1 when every call of the last probe round succeeded.",
+            "1 when the exchange API answered the last probe round (rate limits and auth errors "
+            "are answers; timeouts, network errors and 5xx are not).",
             ["exchange"],
             registry=registry,
         )
@@ -62,7 +64,7 @@ class ProbeMetrics:
         )
         self.consecutive_failures = Gauge(
             "liquid_abt_exchange_consecutive_failures",
-            "Probe rounds failed in a row.",
+            "Probe rounds in a row in which the exchange API did not answer.",
             ["exchange"],
             registry=registry,
         )
@@ -108,6 +110,20 @@ class RoundResult:
     calls: tuple[CallResult, ...]
     status: str | None
 
+    @property
+    def available(self) -> bool:
+        """The API answered every call (its answer may still be an error)."""
+        return not any(c.outcome in UNAVAILABLE for c in self.calls)
+
+    @property
+    def rate_limited(self) -> bool:
+        return any(c.outcome is Outcome.RATE_LIMITED for c in self.calls)
+
+    @property
+    def auth_failed(self) -> bool:
+        """Our own credentials were refused: auth evidence, never availability."""
+        return any(c.outcome is Outcome.AUTH_ERROR for c in self.calls)
+
 
 @dataclass(frozen=True)
 class Check:
@@ -123,7 +139,9 @@ class RecoveryResult:
 
 
 class ExchangeProbe:
-    """Probes one exchange on an interval and keeps its metrics current.
+    """Probes one exchange, a round at a time, and keeps its metrics current.
+
+    The incident loop (exporter/runbook/incident.py) decides when the next round runs.
 
     `exchange_up` means "the API answered every call"; whether Kraken accepts orders is the
     `status` state set (cancel_only keeps the API up but stops purchases), so alert on both.
@@ -134,20 +152,16 @@ class ExchangeProbe:
         registry: CollectorRegistry,
         client: KrakenClient,
         exchange: str = "kraken",
-        interval: float = 30.0,
         slow_threshold: float = 5.0,
         logger: logging.Logger | None = None,
-        on_result: OnResult | None = None,
         *,
         pair: str = "XBTAUD",
         call_spacing: float = 1.0,
     ) -> None:
         self._client = client
         self._exchange = exchange
-        self._interval = interval
         self._slow_threshold = slow_threshold
         self._logger = logger or logging.getLogger(__name__)
-        self._on_result = on_result
         self._pair = pair
         # Kraken asks for about one public call per second per IP; keep well inside it.
         self._call_spacing = call_spacing
@@ -156,24 +170,21 @@ class ExchangeProbe:
         self._lock = asyncio.Lock()
         self.last_round: RoundResult | None = None
 
-    async def run_forever(self) -> None:
-        """Probe until cancelled; rounds never overlap and start every interval +-10 %."""
-        await run_forever(f"probe-{self._exchange}", self._iteration, retry_after=self._interval)
+    @property
+    def exchange(self) -> str:
+        return self._exchange
 
-    async def _iteration(self) -> float:
-        started = time.monotonic()
-        await self.run_once()
-        jittered = self._interval * random.uniform(0.9, 1.1)
-        return max(0.0, jittered - (time.monotonic() - started))
+    @property
+    def consecutive_failures(self) -> int:
+        """Rounds in a row in which the API did not answer."""
+        return self._failures
 
     async def run_once(self) -> RoundResult:
-        """Run one round, update the metrics, then tell `on_result`."""
+        """Run one round and update the metrics; rounds never overlap each other or a check."""
         async with self._lock:
             result = await self._round()
             self._record(result)
             self.last_round = result
-        # Outside the lock: a breaker callback may well start a recovery check.
-        await self._notify(result)
         return result
 
     async def recovery_check(self) -> RecoveryResult:
@@ -247,16 +258,18 @@ class ExchangeProbe:
                     "unknown exchange status", extra=self._extra(status=result.status)
                 )
             m.set_status(result.status)
-        m.up.labels(ex).set(1 if result.ok else 0)
+        m.up.labels(ex).set(1 if result.available else 0)
         if result.ok:
+            m.last_success.labels(ex).set(time.time())
+        if result.available:
             if self._failures:
                 self._logger.info(
-                    "exchange probe recovered", extra=self._extra(rounds=self._failures)
+                    "exchange API answers again", extra=self._extra(rounds=self._failures)
                 )
             self._failures = 0
-            m.last_success.labels(ex).set(time.time())
         else:
             self._failures += 1
+        if not result.ok:
             failed = next(c for c in result.calls if c.outcome is not Outcome.SUCCESS)
             self._logger.warning(
                 "exchange probe round failed",
@@ -265,14 +278,6 @@ class ExchangeProbe:
                 ),
             )
         m.consecutive_failures.labels(ex).set(self._failures)
-
-    async def _notify(self, result: RoundResult) -> None:
-        if self._on_result is None:
-            return
-        try:
-            await self._on_result(self._exchange, result.ok, result.outcome)
-        except Exception:  # the breaker's store being down must not stop the probe
-            self._logger.exception("exchange probe callback failed", extra=self._extra())
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"exchange": self._exchange, **fields}

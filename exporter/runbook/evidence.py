@@ -1,0 +1,210 @@
+"""Evidence about an exchange, and the verdict the incident model decides on.
+
+Evidence comes from every replica's probe rounds (one `probe_observations` row per replica,
+upserted after each round) and from the platform's own calls (`api_call_logs`). `judge` turns
+it into a Verdict, a pure function so that the rules read in one place:
+
+- down: every live replica saw the API not answer `failure_threshold` rounds in a row (a
+  replica that alone sees failures is isolated, not evidence); with no live replica, the
+  platform's latest calls all failing for want of an answer.
+- healthy: every live replica's last round was answered with system status online, and the
+  platform's latest calls are not failing.
+- maintenance / trading_restricted: every live replica that read the system status read it.
+- rate_limited: any replica's last round, or enough of the platform's recent calls, were
+  rate limited (the API answered: this lowers the call rate, it never stops purchases).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.kraken.probe import RoundResult
+
+# This process's name among the replicas: a restart is a new replica (the old row goes stale).
+REPLICA = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+UNAVAILABLE_REASONS = frozenset({"exchange_unavailable", "network_timeout"})
+MAINTENANCE = "maintenance"
+RESTRICTED = frozenset({"cancel_only", "post_only"})
+
+RECORD_SQL = """
+INSERT INTO liquid_abt.probe_observations AS o
+    (exchange, replica, observed_at, available, outcome, system_status, consecutive_failures,
+     failing_since, rate_limited, auth_failed)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, CASE WHEN $3 THEN 0 ELSE 1 END,
+        CASE WHEN $3 THEN NULL ELSE clock_timestamp() END, $6, $7)
+ON CONFLICT (exchange, replica) DO UPDATE SET
+    observed_at = excluded.observed_at,
+    available = excluded.available,
+    outcome = excluded.outcome,
+    -- An unknown status (the call failed) keeps the last one read.
+    system_status = coalesce(excluded.system_status, o.system_status),
+    consecutive_failures = CASE WHEN excluded.available THEN 0 ELSE o.consecutive_failures + 1 END,
+    failing_since = CASE WHEN excluded.available THEN NULL
+                         ELSE coalesce(o.failing_since, excluded.failing_since) END,
+    rate_limited = excluded.rate_limited,
+    auth_failed = excluded.auth_failed
+"""
+
+LIVE_SQL = """
+SELECT replica, observed_at, available, outcome, system_status, consecutive_failures,
+       failing_since, rate_limited, auth_failed
+FROM liquid_abt.probe_observations
+WHERE exchange = $1 AND observed_at > clock_timestamp() - make_interval(secs => $2::float8)
+ORDER BY replica
+"""
+
+PLATFORM_SQL = """
+SELECT success, error_message, created_at
+FROM api_call_logs
+WHERE provider = $1 AND created_at > clock_timestamp() - make_interval(secs => $2::float8)
+ORDER BY created_at DESC
+LIMIT $3
+"""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One replica's latest probe round."""
+
+    replica: str
+    observed_at: datetime
+    available: bool
+    outcome: str
+    system_status: str | None
+    consecutive_failures: int
+    failing_since: datetime | None
+    rate_limited: bool
+    auth_failed: bool
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Observation:
+        return cls(**dict(row))
+
+
+@dataclass(frozen=True)
+class PlatformCalls:
+    """The platform's latest calls to the exchange, newest first, as reason classes (None: ok)."""
+
+    reasons: tuple[str | None, ...]
+
+    def failing(self, min_calls: int) -> bool:
+        latest = self.reasons[:min_calls]
+        return len(latest) >= min_calls and all(r in UNAVAILABLE_REASONS for r in latest)
+
+    @property
+    def answering(self) -> bool:
+        return bool(self.reasons) and self.reasons[0] not in UNAVAILABLE_REASONS
+
+    def rate_limited_share(self) -> float:
+        if not self.reasons:
+            return 0.0
+        return sum(r == "rate_limited" for r in self.reasons) / len(self.reasons)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    down: bool
+    healthy: bool
+    status: str | None  # maintenance, cancel_only, post_only when every reader agrees
+    rate_limited: bool
+    isolated: bool  # this replica sees failures that another live replica does not
+    voters: int
+    failing_voters: int
+    failing_since: datetime | None
+    last_failure_at: datetime | None
+    last_success_at: datetime | None
+    detail: str
+
+    @property
+    def cause(self) -> str | None:
+        """Why purchases must stop, or None."""
+        if self.status == MAINTENANCE:
+            return "maintenance"
+        if self.down:
+            return "unavailable"
+        if self.status in RESTRICTED:
+            return "trading_restricted"
+        return None
+
+
+def judge(
+    live: list[Observation],
+    platform: PlatformCalls,
+    *,
+    failure_threshold: int,
+    platform_min_calls: int,
+    replica: str = REPLICA,
+) -> Verdict:
+    failing = [o for o in live if o.consecutive_failures >= failure_threshold]
+    answering = [o for o in live if o.available]
+    if live:
+        down = len(failing) == len(live) and not platform.answering
+    else:
+        down = platform.failing(platform_min_calls)
+    statuses = {o.system_status for o in live if o.system_status is not None}
+    status = statuses.pop() if len(statuses) == 1 else None
+    healthy = (
+        bool(live)
+        and len(answering) == len(live)
+        and status == "online"
+        and not platform.failing(platform_min_calls)
+    )
+    mine = next((o for o in live if o.replica == replica), None)
+    isolated = mine is not None and not mine.available and bool(answering)
+    rate_limited = any(o.rate_limited for o in live) or platform.rate_limited_share() >= 0.1
+    since = [o.failing_since for o in live if o.failing_since is not None]
+    detail = (
+        f"{len(failing)} of {len(live)} live replicas saw {failure_threshold}+ failed rounds in a "
+        f"row; replicas answered: {len(answering)}; status: {status or 'mixed/unknown'}; "
+        f"platform's latest calls: {', '.join(r or 'ok' for r in platform.reasons) or 'none'}"
+    )
+    return Verdict(
+        down=down,
+        healthy=healthy,
+        status=status if status in RESTRICTED or status == MAINTENANCE else None,
+        rate_limited=rate_limited,
+        isolated=isolated,
+        voters=len(live),
+        failing_voters=len(failing),
+        failing_since=min(since) if since else None,
+        last_failure_at=max((o.observed_at for o in live if not o.available), default=None),
+        last_success_at=max((o.observed_at for o in answering), default=None),
+        detail=detail,
+    )
+
+
+async def record_round(
+    connection: asyncpg.Connection, exchange: str, result: RoundResult, replica: str = REPLICA
+) -> None:
+    await connection.execute(
+        RECORD_SQL, exchange, replica, result.available, result.outcome, result.status,
+        result.rate_limited, result.auth_failed,
+    )  # fmt: skip
+
+
+async def live_observations(
+    connection: asyncpg.Connection, exchange: str, stale_after: float
+) -> list[Observation]:
+    rows = await connection.fetch(LIVE_SQL, exchange, stale_after)
+    return [Observation.from_row(r) for r in rows]
+
+
+async def platform_calls(
+    connection: asyncpg.Connection,
+    exchange: str,
+    classifier: ReasonClassifier,
+    window: float,
+    limit: int = 10,
+) -> PlatformCalls:
+    rows = await connection.fetch(PLATFORM_SQL, exchange, window, limit)
+    reasons = tuple(
+        None if r["success"] else classifier.classify(r["error_message"] or "") for r in rows
+    )
+    return PlatformCalls(reasons)

@@ -1,0 +1,68 @@
+"""The incident loop of one exchange: probe, record the round, let the model decide, verify.
+
+It owns the probe's cadence: the runbook's 30-second health check while all is well, a quick
+second look after a round the API did not answer (`kraken.doubt_interval`), and a round every
+`kraken.incident_interval` while an incident is open, so recovery and relapses are seen within
+seconds. An exchange nobody probes still gets decisions: on wake-ups (alerts) and, during an
+incident, on the same short interval.
+"""
+
+from __future__ import annotations
+
+import random
+
+from exporter.config import Config
+from exporter.database.background import Wakeup, run_forever
+from exporter.runbook.incident import NORMAL, IncidentModel
+from exporter.runbook.recovery import Verifier, verify
+from exporter.signals.kraken.probe import ExchangeProbe, RoundResult
+
+# Without a probe and without an incident, decide now and then anyway (a lost wake-up).
+_IDLE_EVALUATION = 60.0
+
+
+class IncidentLoop:
+    def __init__(
+        self,
+        exchange: str,
+        model: IncidentModel,
+        config: Config,
+        probe: ExchangeProbe | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self._model = model
+        self._config = config.kraken
+        self._probe = probe
+        self._verifier = verifier
+        self._wakeup = Wakeup()
+
+    def wake(self) -> None:
+        self._wakeup.wake()
+
+    async def run(self) -> None:
+        await run_forever(
+            f"incident-{self.exchange}", self.iteration, wakeup=self._wakeup,
+            retry_after=self._config.probe_interval if self._probe else _IDLE_EVALUATION,
+        )  # fmt: skip
+
+    async def iteration(self) -> float:
+        result: RoundResult | None = None
+        if self._probe is not None:
+            result = await self._probe.run_once()
+            incident, lease = await self._model.observe(self.exchange, result)
+        else:
+            incident, lease = await self._model.evaluate(self.exchange)
+        if lease is not None:
+            await verify(self._model, lease, self._verifier)
+            return self._config.incident_interval
+        return self._next_delay(result, incident.phase)
+
+    def _next_delay(self, result: RoundResult | None, phase: str) -> float:
+        if result is not None and not result.available:
+            return self._config.doubt_interval
+        if phase != NORMAL:
+            return self._config.incident_interval
+        if self._probe is None:
+            return _IDLE_EVALUATION
+        return self._config.probe_interval * random.uniform(0.9, 1.1)
