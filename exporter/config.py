@@ -305,8 +305,6 @@ class ReceiverConfig(_Model):
     actions: dict[str, list[str]] = Field(default_factory=_default_actions)
     pause_estimated_duration: str = "30 minutes"
     lowered_rate_multiplier: float = Field(default=0.5, gt=0, le=1)  # the runbook's 50%
-    # Recovery verification after a resolved outage: retried on this interval until it passes.
-    verify_interval: Duration = 30.0
     # Alertmanager v2 API, to resume when a resolved notification was lost; optional.
     alertmanager_url: str | None = None
     reconcile_interval: Duration = 60.0

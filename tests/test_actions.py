@@ -14,6 +14,7 @@ from exporter.database.pool import Connection
 from exporter.drill.kraken_server.server import FakeKraken
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
+from exporter.web.keys import INCIDENTS
 from tests.alertmanager_payloads import alert, notification
 from tests.helpers import scrape, value, wait_until
 
@@ -24,9 +25,13 @@ ADMIN = "admin-secret"
 def make_config(kraken: FakeKraken, **receiver: Any):
     return parse_config({
         "collectors": {"interval": "1h", "timeout": "10s"},
-        # The probe loop is off: the recovery checks alone talk to Kraken, so outcomes are exact.
-        "kraken": {"enabled": False, "base_url": kraken.url, "timeout": "2s"},
-        "receiver": {"verify_interval": "200ms", **receiver},
+        # The probe is off: alerts are the evidence and the recovery checks alone talk to
+        # Kraken, so outcomes are exact. Timers scaled down from seconds to tenths.
+        "kraken": {"enabled": False, "base_url": kraken.url, "timeout": "2s",
+                   "incident_interval": "100ms"},
+        "breaker": {"recovery_timeout": "100ms"},
+        "incident": {"probation": "200ms", "rate_restore_after": "200ms"},
+        "receiver": {**receiver},
     })  # fmt: skip
 
 
@@ -56,14 +61,25 @@ async def processed(db: asyncpg.Connection) -> bool:
     )
 
 
+async def phase(db: asyncpg.Connection) -> str:
+    return await db.fetchval(
+        "SELECT coalesce(max(phase), 'normal') FROM liquid_abt.incidents WHERE exchange = 'kraken'"
+    )
+
+
 async def settled(db: asyncpg.Connection) -> None:
-    """Every recorded alert state processed and no recovery pending."""
+    """Every recorded alert state processed and the incident over."""
 
     async def done() -> bool:
-        pending = await db.fetchval("SELECT count(*) FROM liquid_abt.recoveries")
-        return await processed(db) and pending == 0
+        return await processed(db) and await phase(db) == "normal"
 
     await wait_until(done)
+
+
+async def evaluate(client: TestClient) -> str:
+    """Let the incident model decide now, as its loop would; returns the phase."""
+    incident, _ = await client.app[INCIDENTS].evaluate("kraken")
+    return incident.phase
 
 
 async def breaker_state(db: asyncpg.Connection) -> str:
@@ -176,10 +192,9 @@ async def test_a_stale_resolved_never_undoes_a_newer_firing(
         ),
     )
     await wait_until(lambda: processed(db))
+    assert await evaluate(client) == "down", "the newer episode still fires"
     assert await paused(db)
-    assert await db.fetchval("SELECT count(*) FROM liquid_abt.recoveries") == 0
-    skipped = await audit(db, "notification")
-    assert any("another outage alert fires" in r["cause"] for r in skipped)
+    assert await audit(db, "verify_recovery") == []
 
 
 async def test_a_firing_already_resolved_is_ignored(
@@ -211,7 +226,7 @@ async def test_automation_never_lifts_a_manual_hold(
     assert await breaker_state(db) == "closed", "the breaker itself recovered"
 
 
-async def test_rate_limiting_lowers_the_rate_and_resolution_restores_it(
+async def test_rate_limiting_lowers_the_rate_and_the_evidence_restores_it(
     client: TestClient, db: asyncpg.Connection
 ) -> None:
     multiplier = (
@@ -220,9 +235,12 @@ async def test_rate_limiting_lowers_the_rate_and_resolution_restores_it(
     await send(client, alert("ExchangeApiRateLimited"))
     await wait_until(lambda: processed(db))
     assert await db.fetchval(multiplier) == pytest.approx(0.5)
-    await send(client, alert("ExchangeApiRateLimited", status="resolved"))
-    await wait_until(lambda: processed(db))
-    assert await db.fetchval(multiplier) == 1
+
+    async def restored() -> bool:
+        return await db.fetchval(multiplier) == 1
+
+    # No call was rate limited since (nothing probes, the platform logged none): it comes back.
+    await wait_until(restored)
     assert not await paused(db), "rate limiting alone pauses nothing"
 
 
@@ -272,17 +290,16 @@ async def test_a_breaker_held_open_by_an_admin_keeps_purchases_paused_until_rele
     await send(client, alert("ExchangeApiDown"))
     await wait_until(lambda: processed(db))
     await send(client, alert("ExchangeApiDown", status="resolved"))
-
-    async def held_back() -> bool:
-        return any(r["result"] == "skipped" for r in await audit(db, "resume_purchases"))
-
-    await wait_until(held_back)
+    await wait_until(lambda: processed(db))
+    for _ in range(3):  # however often it looks, automation waits for the admin
+        assert await evaluate(client) == "down"
     assert await breaker_state(db) == "open"
     assert await paused(db)
-    skipped = [r for r in await audit(db, "resume_purchases") if r["result"] == "skipped"]
-    assert "held open by an admin" in skipped[0]["cause"]
+    assert await audit(db, "verify_recovery") == [], "no verification while held"
+    refused = await db.fetch("SELECT * FROM liquid_abt.audit_log WHERE result = 'refused'")
+    assert refused == [], "nothing tried, so nothing refused (no audit row per attempt)"
 
-    # The admin releases the breaker: the pending verification resumes the automatic pause.
+    # The admin releases the breaker: the incident model verifies and resumes the pause.
     response = await client.post("/api/admin/circuit-breaker/kraken/reset", headers=admin)
     assert response.status == 200, await response.text()
     await settled(db)
@@ -303,18 +320,22 @@ async def test_a_failing_action_is_retried_with_all_the_others(
     await seed_failures(db)
     await send(client, alert("ExchangeApiDown"))
 
-    async def breaker_opened() -> bool:
-        return await breaker_state(db) == "open"
+    async def attempted() -> bool:
+        samples = await scrape(client)
+        return (
+            value(samples, "liquid_abt_actions_total", action="open_breaker", result="failure") > 0
+        )
 
-    await wait_until(breaker_opened)
+    await wait_until(attempted)
     assert not await processed(db), "a transient failure leaves the alert state to retry"
-    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0, (
-        "nothing half-applied"
-    )
+    # Breaker, pause and queued retries commit together or not at all.
+    assert await breaker_state(db) in (None, "closed"), "nothing half-applied"
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0
 
     await db.execute("DROP TRIGGER fail_pause ON liquid_abt.exchange_controls")
     await wait_until(lambda: processed(db))
     assert await paused(db)
+    assert await breaker_state(db) == "open"
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 2
     assert await db.fetchval("SELECT process_error FROM liquid_abt.notifications") is None
 

@@ -20,7 +20,7 @@ from exporter.database.transactions import transaction
 
 CONFIG = parse_config(
     {"database": {"statement_timeout": "500ms", "lock_timeout": "300ms"},
-     "breaker": {"check_interval": "1h"}}
+}
 )  # fmt: skip
 
 

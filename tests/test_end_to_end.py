@@ -85,8 +85,8 @@ def exporters(
 ) -> Iterator[list[ExporterProcess]]:
     config = exporter_config(
         kraken.url,
-        breaker={"failure_threshold": 3, "recovery_timeout": "3s", "check_interval": "500ms"},
-        receiver={"verify_interval": "1s"},
+        breaker={"failure_threshold": 2, "recovery_timeout": "3s"},
+        incident={"probation": "2s"},
     )
     env = {"LIQUID_ABT_WEBHOOK_TOKEN": TOKEN}
     started: list[ExporterProcess] = []

@@ -56,8 +56,11 @@ async def client(
 ) -> TestClient:  # fmt: skip
     config = parse_config({
         "collectors": {"interval": "1h", "timeout": "10s"},
-        "kraken": {"enabled": False, "base_url": kraken.url, "timeout": "2s"},
-        "receiver": {"verify_interval": "200ms", "reconcile_interval": "500ms",
+        "kraken": {"enabled": False, "base_url": kraken.url, "timeout": "2s",
+                   "incident_interval": "100ms"},
+        "breaker": {"recovery_timeout": "100ms"},
+        "incident": {"probation": "200ms"},
+        "receiver": {"reconcile_interval": "500ms",
                      "alertmanager_url": alertmanager.url},
     })  # fmt: skip
     app = create_app(config, database, Secrets(webhook_token=TOKEN))

@@ -144,14 +144,15 @@ class Demo:
 
     def exporter_config(self) -> dict[str, Any]:
         t = self.timing
-        receiver: dict[str, Any] = {"verify_interval": t.interval}
+        receiver: dict[str, Any] = {}
         if self.alertmanager_url:
             receiver |= {"alertmanager_url": self.alertmanager_url, "reconcile_interval": "30s"}
         return {
             "collectors": {"interval": t.interval, "timeout": t.interval},
             "kraken": {"base_url": f"http://127.0.0.1:{self.kraken_port}",
                        "probe_interval": t.interval, "timeout": "2s"},
-            "breaker": {"failure_threshold": 3, "recovery_timeout": t.recovery_timeout},
+            "breaker": {"failure_threshold": 2, "recovery_timeout": t.recovery_timeout},
+            "incident": {"probation": t.recovery_timeout},
             "receiver": receiver,
         }  # fmt: skip
 

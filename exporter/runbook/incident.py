@@ -161,7 +161,7 @@ class IncidentModel:
             return await self._decide(connection, exchange)
 
     async def on_outage_alert(
-        self, connection: asyncpg.Connection, state: AlertState
+        self, connection: asyncpg.Connection, state: AlertState, *, open_breaker: bool = True
     ) -> str | None:
         """A firing outage alert, inside the action worker's transaction (lock held).
 
@@ -182,7 +182,11 @@ class IncidentModel:
         now = await connection.fetchval("SELECT clock_timestamp()")
         cause = verdict.cause or f"alert:{state.alertname}"
         why = f"{state.alertname} firing ({state.summary}); {verdict.detail}"
-        await self._open(connection, incident, cause, why, now, None, state.fingerprint)
+        incident = await self._open(
+            connection, incident, cause, why, now, None, state.fingerprint,
+            open_breaker=open_breaker and cause != "trading_restricted",
+        )  # fmt: skip
+        await self._save(connection, incident)
         return None
 
     async def lower_rate(self, connection: asyncpg.Connection, exchange: str, cause: str) -> None:
@@ -301,15 +305,18 @@ class IncidentModel:
     async def _open(
         self, connection: asyncpg.Connection, incident: Incident, cause: str, why: str,
         now: datetime, started_at: datetime | None, fingerprint: str | None = None,
+        *, open_breaker: bool | None = None,
     ) -> Incident:  # fmt: skip
-        """Stop purchases: breaker OPEN, pause, queue retries, one commit with the audit."""
+        """Stop purchases: breaker OPEN, pause, queue retries, one commit with the audit.
+
+        cancel_only / post_only stop market orders, not the API: the breaker stays closed."""
         exchange = incident.exchange
         breaker = await self._breakers.state(connection, exchange)
         window = timedelta(seconds=_seconds(breaker.monitoring_window_ms))
         soon = incident.last_closed_at is not None and now - incident.last_closed_at < window
         relapses = incident.relapses + 1 if soon else 0
         text = f"{exchange} {cause}: {why}"
-        if cause != "trading_restricted":  # cancel_only / post_only: the API itself is fine
+        if open_breaker if open_breaker is not None else cause != "trading_restricted":
             await self._breakers.force_state(
                 exchange, State.OPEN, ACTOR_AUTOMATION, text, fingerprint, db=connection
             )

@@ -13,7 +13,7 @@ import random
 
 from exporter.config import Config
 from exporter.database.background import Wakeup, run_forever
-from exporter.runbook.incident import NORMAL, IncidentModel
+from exporter.runbook.incident import NORMAL, Incident, IncidentModel
 from exporter.runbook.recovery import Verifier, verify
 from exporter.signals.kraken.probe import ExchangeProbe, RoundResult
 
@@ -56,12 +56,12 @@ class IncidentLoop:
         if lease is not None:
             await verify(self._model, lease, self._verifier)
             return self._config.incident_interval
-        return self._next_delay(result, incident.phase)
+        return self._next_delay(result, incident)
 
-    def _next_delay(self, result: RoundResult | None, phase: str) -> float:
+    def _next_delay(self, result: RoundResult | None, incident: Incident) -> float:
         if result is not None and not result.available:
             return self._config.doubt_interval
-        if phase != NORMAL:
+        if incident.phase != NORMAL or incident.rate_lowered_at is not None:
             return self._config.incident_interval
         if self._probe is None:
             return _IDLE_EVALUATION

@@ -121,6 +121,10 @@ class ActionWorker:
             return f"unknown exchange {state.exchange!r}"
         handler = self._on_firing if state.status == "firing" else self._on_resolved
         errors = await handler(connection, state, actions)
+        if state.exchange is not None:
+            # The incident loop looks at the exchange again now, not at its next round.
+            exchange, wake = state.exchange, self._wake_incident
+            after_commit(lambda: wake(exchange))
         return "; ".join(errors) or None
 
     async def _skip(
@@ -140,12 +144,13 @@ class ActionWorker:
             await self._skip(connection, state, actions, "already resolved (stale firing)")
             return []
         errors: list[str] = []
-        if OUTAGE_ACTIONS & set(actions):
+        if OUTAGE_ACTIONS & set(actions) and not self._config.receiver.dry_run:
             # The incident model decides: it opens the breaker, pauses and queues retries in
             # one commit, or records why the evidence contradicts the alert.
             error = await self._do(
-                "open_breaker", partial(self._outage, connection, state), connection, state
-            )
+                "open_breaker", partial(self._outage, connection, state), connection, state,
+                count_success=False,
+            )  # fmt: skip
             errors += [error] if error else []
             actions = [a for a in actions if a not in (*OUTAGE_ACTIONS, "queue_retries")]
         for action in actions:
@@ -158,7 +163,10 @@ class ActionWorker:
     async def _outage(self, connection: asyncpg.Connection, state: AlertState) -> None:
         if state.exchange is None:
             raise ValueError(f"{state.alertname} has no exchange label: cannot stop purchases")
-        contradicted = await self._incidents.on_outage_alert(connection, state)
+        actions = self._actions_for(state.alertname)
+        contradicted = await self._incidents.on_outage_alert(
+            connection, state, open_breaker="open_breaker" in actions
+        )
         if contradicted:
             await self._skip(connection, state, [], contradicted)
 
@@ -186,8 +194,6 @@ class ActionWorker:
             return []
         if OUTAGE_ACTIONS & set(actions):
             self.metrics.actions.labels("request_recovery", "success").inc()
-            wake = self._wake_incident
-            after_commit(lambda: wake(exchange))
         return []
 
     async def _do(
@@ -196,8 +202,11 @@ class ActionWorker:
         run: Callable[[], Awaitable[Any]],
         connection: asyncpg.Connection,
         state: AlertState,
+        *,
+        count_success: bool = True,
     ) -> str | None:
-        """Run one action, or only record it in dry-run mode; count it either way.
+        """Run one action, or only record it in dry-run mode; count it either way (a success
+        once it committed; the incident model counts what it did itself).
 
         Returns the message of a permanent failure (recorded, the other actions go on); other
         errors propagate and roll the notification back for a retry.
@@ -221,5 +230,6 @@ class ActionWorker:
         except Exception:
             self.metrics.actions.labels(action, "failure").inc()
             raise
-        self.metrics.actions.labels(action, "success").inc()
+        if count_success:
+            after_commit(lambda: self.metrics.actions.labels(action, "success").inc())
         return None
