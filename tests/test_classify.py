@@ -14,6 +14,10 @@ TYPICAL = {
         "502 Bad Gateway",
         "Circuit breaker is OPEN for kraken",
         "exchange_unavailable",
+        # Seen classified as `other` before (issue 10, case 12).
+        "Kraken API unavailable",
+        "EGeneral:Internal error",
+        "500 Internal Server Error",
     ],
     "rate_limited": [
         "EAPI:Rate limit exceeded",
@@ -38,6 +42,9 @@ TYPICAL = {
         "socket hang up",
         "EService:Deadline elapsed",
         "network_timeout",
+        "Kraken API unavailable: ServerDisconnectedError",
+        "Cannot connect to host api.kraken.com:443 ssl:default [Connection refused]",
+        "ClientConnectorError: Temporary failure in name resolution",
     ],
     "insufficient_funds": [
         "EOrder:Insufficient funds",
