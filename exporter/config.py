@@ -287,6 +287,8 @@ class RetryConfig(_Model):
     max_delay: Duration = 3600.0  # the runbook's maxRetryDelay: 1 hour
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     max_attempts: int = Field(default=3, ge=1)  # the runbook retries at most 3 times
+    # Finished queue entries (succeeded, failed, cancelled) older than this are deleted.
+    retention: Duration = 30 * 86400.0
 
 
 ACTIONS = ("open_breaker", "pause_purchases", "queue_retries", "lower_api_rate")
@@ -317,6 +319,13 @@ class ReceiverConfig(_Model):
     # Alertmanager v2 API, to resume when a resolved notification was lost; optional.
     alertmanager_url: str | None = None
     reconcile_interval: Duration = 60.0
+    # The notification work queue: a transient failure is retried after 1 s, 2 s, 4 s ... up
+    # to `retry_max_delay`; after `max_attempts` the alert state is dead-lettered (an alert
+    # fires) so it never holds back the states recorded after it.
+    max_attempts: int = Field(default=8, ge=1)
+    retry_max_delay: Duration = 60.0
+    # Processed notifications older than this are deleted (the audit log keeps what was done).
+    retention: Duration = 7 * 86400.0
 
     @field_validator("actions")
     @classmethod

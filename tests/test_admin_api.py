@@ -130,7 +130,7 @@ async def test_force_state_moves_the_breaker_and_audits_the_admin(
     assert (entry["actor"], entry["action"], entry["exchange"], entry["cause"]) == (
         "admin", "breaker_transition", "kraken", "Kraken maintenance",
     )  # fmt: skip
-    assert await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers") == "open"
+    assert await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'") == "open"
 
 
 async def test_forcing_the_current_state_again_changes_nothing(

@@ -54,7 +54,9 @@ GROUP BY 1, 2
 """
 
 
-BACKLOG_SQL = "SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL"
+BACKLOG_SQL = """
+SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL AND dead_lettered_at IS NULL
+"""
 
 
 class ControlsSource:

@@ -22,6 +22,12 @@ class ActionMetrics:
         for action in ACTION_NAMES:
             for result in ACTION_RESULTS:
                 self.actions.labels(action, result)
+        self.dead_letters = Counter(
+            "liquid_abt_webhook_dead_letters",
+            "Alert states given up after too many failed attempts (see the notification's "
+            "last_error); their actions did not run.",
+            registry=registry,
+        )
 
 
 class IncidentMetrics:

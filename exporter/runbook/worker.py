@@ -31,7 +31,6 @@ from exporter.database.transactions import after_commit, transaction
 from exporter.runbook.alert_states import (
     OUTAGE_ACTIONS,
     AlertState,
-    lock_exchange,
     resolved_already,
 )
 from exporter.runbook.incident import IncidentModel
@@ -44,14 +43,47 @@ log = logging.getLogger(__name__)
 PERMANENT_ERRORS = (ValueError, LookupError, asyncpg.DataError)
 
 
+# A batch of due alert states in arrival order. Per exchange, order is kept: a state waits
+# while an earlier state of its exchange is backing off after a failure (until that one is
+# processed or dead-lettered), and other replicas skip an exchange whose batch is in flight
+# (the exchange's advisory lock, taken with try-lock below).
 CLAIM_SQL = """
-SELECT id, fingerprint, status, starts_at, alertname, exchange, labels->>'summary' AS summary
-FROM liquid_abt.notifications
-WHERE processed_at IS NULL
-ORDER BY id
-LIMIT 1
+SELECT n.id, n.fingerprint, n.status, n.starts_at, n.alertname, n.exchange, n.attempts,
+       coalesce(n.labels->>'summary', n.alertname) AS summary
+FROM liquid_abt.notifications n
+WHERE n.processed_at IS NULL AND n.dead_lettered_at IS NULL AND n.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM liquid_abt.notifications e
+      WHERE e.exchange = n.exchange AND e.id < n.id
+        AND e.processed_at IS NULL AND e.dead_lettered_at IS NULL AND e.next_attempt_at > now())
+ORDER BY n.id
+LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
+
+DONE_SQL = """
+UPDATE liquid_abt.notifications AS n
+SET processed_at = now(), process_error = d.error, attempts = n.attempts + 1
+FROM unnest($1::bigint[], $2::text[]) AS d(id, error)
+WHERE n.id = d.id
+"""
+
+# A transient failure: try again later, or give up on the state after `max_attempts`.
+RETRY_SQL = """
+UPDATE liquid_abt.notifications AS n
+SET attempts = n.attempts + 1, last_error = f.error,
+    next_attempt_at = now() + make_interval(secs => least($3::float8, 2 ^ n.attempts)),
+    dead_lettered_at = CASE WHEN n.attempts + 1 >= $4 THEN now() END
+FROM unnest($1::bigint[], $2::text[]) AS f(id, error)
+WHERE n.id = f.id
+RETURNING n.id, n.alertname, n.exchange, n.dead_lettered_at IS NOT NULL AS dead
+"""
+
+TRY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))"
+
+BATCH = 200
+# Seconds before looking again at states left for an exchange held elsewhere.
+_CONTENDED = 0.2
 
 
 class ActionWorker:
@@ -85,32 +117,79 @@ class ActionWorker:
         """Drain the backlog, then wait for a wake-up (or poll: another replica may have recorded)."""
 
         async def drain() -> float:
-            while await self.process_one():
-                pass
-            return poll_interval
+            while True:
+                settled, skipped = await self.process_batch()
+                if not settled:
+                    # States left for an exchange someone else holds: look again shortly.
+                    return _CONTENDED if skipped else poll_interval
 
         await run_forever("action-worker", drain, wakeup=self._wakeup, retry_after=poll_interval)
 
-    async def process_one(self) -> bool:
-        """Process the oldest unprocessed alert state; False when there is none.
+    async def process_batch(self, limit: int = BATCH) -> tuple[int, int]:
+        """Process up to `limit` due alert states in one transaction; returns how many it
+        settled (processed, retried later or dead-lettered) and how many it left for an exchange
+        held elsewhere.
 
-        Permanent problems (an unknown exchange, a bad value) are recorded on the row and the
-        other actions still run. Anything else (a deadlock, a lost connection) rolls the whole
-        transaction back, so the alert state stays unprocessed and is tried again.
+        Each state runs in a savepoint: permanent problems (an unknown exchange, a bad value)
+        are recorded on the row and the other actions still run; anything else (a deadlock, a
+        lost lock) rolls that state back, schedules it again with backoff, and holds back the
+        later states of its exchange until it is processed or dead-lettered.
         """
         async with transaction(self._pool) as connection:
-            row = await connection.fetchrow(CLAIM_SQL)
-            if row is None:
-                return False
-            state = AlertState.from_row(row)
-            if state.exchange:
-                await lock_exchange(connection, state.exchange)
-            error = await self._handle(connection, state)
-            await connection.execute(
-                "UPDATE liquid_abt.notifications SET processed_at = now(), process_error = $2 WHERE id = $1",
-                state.id, error,
-            )  # fmt: skip
-        return True
+            rows = await connection.fetch(CLAIM_SQL, limit)
+            done: list[tuple[int, str | None]] = []
+            failed: list[tuple[int, str]] = []
+            held: set[str] = set()  # exchanges to leave alone for the rest of this batch
+            locked: set[str] = set()
+            skipped = 0
+            for row in rows:
+                state = AlertState.from_row(row)
+                exchange = state.exchange
+                if exchange is not None and exchange not in locked:
+                    if exchange in held or not await connection.fetchval(TRY_LOCK_SQL, exchange):
+                        held.add(exchange)  # another replica or the incident loop has it
+                        skipped += 1
+                        continue
+                    locked.add(exchange)
+                try:
+                    async with connection.transaction():
+                        done.append((state.id, await self._handle(connection, state)))
+                except Exception as exc:  # transient (permanent errors were recorded above)
+                    failed.append((state.id, f"{type(exc).__name__}: {exc}"))
+                    if exchange is not None:
+                        held.add(exchange)
+                        locked.discard(exchange)
+            await self._settle(connection, done, failed)
+        return len(done) + len(failed), skipped
+
+    async def _settle(
+        self,
+        connection: asyncpg.Connection,
+        done: list[tuple[int, str | None]],
+        failed: list[tuple[int, str]],
+    ) -> None:
+        if done:
+            await connection.execute(DONE_SQL, [d[0] for d in done], [d[1] for d in done])
+        if not failed:
+            return
+        receiver = self._config.receiver
+        rows = await connection.fetch(
+            RETRY_SQL, [f[0] for f in failed], [f[1] for f in failed],
+            receiver.retry_max_delay, receiver.max_attempts,
+        )  # fmt: skip
+        errors = dict(failed)
+        for row in rows:
+            if row["dead"]:
+                after_commit(partial(self._dead_lettered, row, errors[row["id"]]))
+            else:
+                log.warning("alert state failed; tried again later", extra={
+                    "id": row["id"], "alertname": row["alertname"], "error": errors[row["id"]]})  # fmt: skip
+
+    def _dead_lettered(self, row: asyncpg.Record, error: str) -> None:
+        self.metrics.dead_letters.inc()
+        log.error("alert state dead-lettered after too many attempts; later ones go on",
+                  extra={"id": row["id"], "alertname": row["alertname"],
+                         "exchange": row["exchange"], "error": error})  # fmt: skip
 
     async def _handle(self, connection: asyncpg.Connection, state: AlertState) -> str | None:
         actions = self._actions_for(state.alertname)

@@ -27,6 +27,7 @@ from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
+from exporter.runbook.retention import run_retention
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
@@ -176,6 +177,7 @@ async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ACTION_WORKER] = worker
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(_task("action-worker", worker.run()))
+        await stack.enter_async_context(_task("retention", run_retention(app[POOL], config)))
         if config.receiver.alertmanager_url:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             reconciler = Reconciler(
