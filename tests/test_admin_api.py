@@ -190,15 +190,13 @@ async def test_reset_closes_the_breaker(client: TestClient, db: asyncpg.Connecti
 
 
 async def test_reset_takes_no_body_at_all(client: TestClient, db: asyncpg.Connection) -> None:
-    await db.execute(
-        "INSERT INTO liquid_abt.circuit_breakers (exchange, failure_count) VALUES ('kraken', 1)"
-    )
+    await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": "OPEN"})
     response = await client.post(f"{BREAKER}/kraken/reset", headers=AUTH)
     assert response.status == 200
     payload = await response.json()
-    assert payload["transition"] is None and payload["status"]["failureCount"] == 0
-    [entry] = await audit_entries(db)
-    assert (entry["action"], entry["cause"]) == ("breaker_reset", "reset through the admin API")
+    assert payload["transition"]["to"] == "CLOSED" and payload["status"]["failureCount"] == 0
+    entry = (await audit_entries(db))[-1]
+    assert (entry["action"], entry["cause"]) == ("breaker_transition", "reset through the admin API")
 
 
 async def test_reset_rejects_unknown_fields(client: TestClient) -> None:
@@ -227,7 +225,7 @@ async def test_update_config_takes_the_runbook_settings(
 async def test_update_config_changes_only_the_given_setting(client: TestClient) -> None:
     payload = await call(client, "PATCH", f"{BREAKER}/kraken/config", {"recoveryTimeout": 45000})
     assert payload["config"] == {
-        "failureThreshold": 5, "recoveryTimeout": 45000, "monitoringWindow": 300000,
+        "failureThreshold": 2, "recoveryTimeout": 45000, "monitoringWindow": 600000,
     }  # fmt: skip
 
 
@@ -262,7 +260,7 @@ async def make_history(client: TestClient) -> None:
     for state in ("OPEN", "HALF_OPEN", "CLOSED"):
         await call(client, "POST", f"{BREAKER}/kraken/force-state", {"state": state})
     await call(client, "POST", f"{BREAKER}/independent_reserve/force-state", {"state": "OPEN"})
-    await call(client, "PATCH", f"{BREAKER}/kraken/config", {"failureThreshold": 2})
+    await call(client, "PATCH", f"{BREAKER}/kraken/config", {"failureThreshold": 3})
 
 
 async def test_the_audit_log_lists_entries_newest_first(client: TestClient) -> None:
