@@ -53,7 +53,12 @@ async def test_control_port_switches_modes_and_survives_down(
     async with session.get(control) as resp:
         assert (await resp.json())["mode"] == "down"
     async with session.post(control, json={"mode": "slow", "latency": 0.01}) as resp:
-        assert await resp.json() == {"mode": "slow", "latency": 0.01, "http_status": 502}
+        body = await resp.json()
+        assert {k: body[k] for k in ("mode", "latency", "http_status")} == {
+            "mode": "slow",
+            "latency": 0.01,
+            "http_status": 502,
+        }
     async with session.get(f"{kraken.url}/0/public/Time") as resp:
         assert resp.status == 200
 
@@ -111,3 +116,34 @@ async def test_cli_serves_until_sigterm(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_faults_make_a_share_of_requests_hang_or_rate_limited_and_cross_the_book(
+    kraken: FakeKraken, session: aiohttp.ClientSession
+) -> None:
+    control = f"{kraken.url}/_control/faults"
+    async with session.post(control, json={"hang_ratio": 2}) as response:
+        assert response.status == 400 and "hang_ratio" in (await response.json())["error"]
+    async with session.post(control, json={"rate_limit_ratio": 1.0, "crossed_book": True}) as r:
+        assert (await r.json())["faults"] == {
+            "hang_ratio": 0.0, "rate_limit_ratio": 1.0, "crossed_book": True,
+        }  # fmt: skip
+    async with session.get(f"{kraken.url}/0/public/Time") as response:
+        assert (await response.json())["error"] == ["EAPI:Rate limit exceeded"]
+    async with session.post(control, json={"crossed_book": True}) as r:
+        assert r.status == 200
+    async with session.get(f"{kraken.url}/0/public/Depth?pair=XBTAUD") as response:
+        book = (await response.json())["result"]["XXBTZAUD"]
+        assert float(book["bids"][0][0]) > float(book["asks"][0][0])
+    kraken.state.rng.seed(7)
+    async with session.post(control, json={"hang_ratio": 0.5}) as r:
+        assert r.status == 200
+    timeout = aiohttp.ClientTimeout(total=0.3)
+    outcomes = []
+    for _ in range(20):
+        try:
+            async with session.get(f"{kraken.url}/0/public/Time", timeout=timeout) as response:
+                outcomes.append(response.status)
+        except TimeoutError:
+            outcomes.append("hung")
+    assert 3 <= outcomes.count("hung") <= 17 and 200 in outcomes

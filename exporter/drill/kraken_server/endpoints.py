@@ -80,8 +80,10 @@ async def depth(request: web.Request) -> web.Response:
         )
     count = min(max(int(params.get("count", "100")), 1), 500)
     p, now = request.app[STATE].prices[pair], int(time.time())
-    asks = [[f"{p + 5 * (i + 1):.5f}", "0.250", now] for i in range(count)]
-    bids = [[f"{p - 5 * (i + 1):.5f}", "0.400", now] for i in range(count)]
+    # A crossed book (best bid above best ask) is what a broken matching engine serves.
+    side = -1 if request.app[STATE].faults.crossed_book else 1
+    asks = [[f"{p + side * 5 * (i + 1):.5f}", "0.250", now] for i in range(count)]
+    bids = [[f"{p - side * 5 * (i + 1):.5f}", "0.400", now] for i in range(count)]
     return kraken_reply({pair: {"asks": asks, "bids": bids}})
 
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .endpoints import balance, depth, kraken_reply, server_time, system_status, ticker
-from .state import DEFAULT_SLOW_LATENCY, SET_MODE, STATE, FakeKrakenState, Mode, SetMode
+from .state import DEFAULT_SLOW_LATENCY, SET_MODE, STATE, FakeKrakenState, Faults, Mode, SetMode
 
 __all__ = [
     "DEFAULT_SLOW_LATENCY",
@@ -23,6 +23,7 @@ __all__ = [
     "STATE",
     "FakeKraken",
     "FakeKrakenState",
+    "Faults",
     "Mode",
     "SetMode",
     "make_app",
@@ -90,10 +91,15 @@ async def _answer(
 ) -> web.StreamResponse:
     while state.mode is Mode.HANGING and not state.stopping.is_set():
         await state.changed.wait()
+    if state.faults.hang_ratio and state.rng.random() < state.faults.hang_ratio:
+        await state.stopping.wait()  # this one request never answers: the client times out
     if state.mode is Mode.DOWN or state.stopping.is_set():
         return _drop(request)
     await _pause(state, state.latency)
     failure = _failure(state, endpoint, request.path.startswith("/0/private/"))
+    limited = state.faults.rate_limit_ratio
+    if failure is None and limited and state.rng.random() < limited:
+        failure = kraken_reply(error="EAPI:Rate limit exceeded")
     return failure if failure is not None else await handler(request)
 
 
@@ -113,6 +119,18 @@ async def _post_mode(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].describe())
 
 
+async def _post_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        state.faults = Faults.parse(body)
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": f"invalid faults: {exc}"}, status=400)
+    return web.json_response(state.describe())
+
+
 def make_control_app(state: FakeKrakenState, set_mode: SetMode | None = None) -> web.Application:
     """Only the control endpoint, for a port of its own."""
     app = web.Application()
@@ -128,6 +146,7 @@ def _add_control(app: web.Application, state: FakeKrakenState, set_mode: SetMode
     app[SET_MODE] = set_mode or apply
     app.router.add_get("/_control/mode", _get_mode)
     app.router.add_post("/_control/mode", _post_mode)
+    app.router.add_post("/_control/faults", _post_faults)
 
 
 def make_app(state: FakeKrakenState, set_mode: SetMode | None = None) -> web.Application:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,30 @@ DEFAULT_SLOW_LATENCY: Final = 6.0  # just above the runbook's 5 s "slow response
 
 
 @dataclass
+class Faults:
+    """Sporadic trouble on top of the mode: a share of requests hang or are rate limited (each
+    drawn independently), and the order book can be crossed (best bid above best ask)."""
+
+    hang_ratio: float = 0.0
+    rate_limit_ratio: float = 0.0
+    crossed_book: bool = False
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Faults:
+        unknown = set(body) - {"hang_ratio", "rate_limit_ratio", "crossed_book"}
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        faults = cls(
+            float(body.get("hang_ratio", 0.0)), float(body.get("rate_limit_ratio", 0.0)),
+            bool(body.get("crossed_book", False)),
+        )  # fmt: skip
+        for name in ("hang_ratio", "rate_limit_ratio"):
+            if not 0.0 <= getattr(faults, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        return faults
+
+
+@dataclass
 class FakeKrakenState:
     """Everything the fake exchange knows; tests may read `hits` and change prices."""
 
@@ -53,6 +78,8 @@ class FakeKrakenState:
     last_nonce: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    faults: Faults = field(default_factory=Faults)
+    rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def apply(
         self, mode: Mode | str, latency: float | None = None, http_status: int | None = None
@@ -77,7 +104,10 @@ class FakeKrakenState:
         old.set()
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "latency": self.latency, "http_status": self.http_status}
+        return {
+            "mode": self.mode.value, "latency": self.latency, "http_status": self.http_status,
+            "faults": vars(self.faults),
+        }  # fmt: skip
 
 
 SetMode = Callable[[Mode | str, float | None, int | None], Awaitable[None]]
