@@ -281,7 +281,7 @@ async def test_live_survives_a_lost_database_connection(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'simulator-under-test'"
         ))  # fmt: skip
 
-    await wait_until(connected, timeout=3.0, step=0.05)
+    await wait_until(connected, timeout=3.0, interval=0.05)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name = 'simulator-under-test'"

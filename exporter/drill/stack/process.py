@@ -1,0 +1,293 @@
+"""A started program with its own log file and a readiness wait; the project's one `wait_until`.
+
+Every program of the stack (PostgreSQL aside, which `pg_ctl` runs) is a `ManagedProcess`: its
+output goes to `<folder>/<name>.log`, its files to `<folder>/<name>/`, and a failure to start or
+answer raises `StackError` carrying the tail of that log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn, Self, TypeVar, overload
+
+DEFAULT_TIMEOUT = 60.0  # for programs: a loaded 2-core machine starts them in seconds, not ms
+WAIT_TIMEOUT = 20.0  # for anything else
+INSTALL_HINT = (
+    "install the Debian packages `prometheus` and `prometheus-alertmanager` "
+    "(apt-get install prometheus prometheus-alertmanager)"
+)
+
+T = TypeVar("T")
+
+
+class StackError(Exception):
+    """A program of the stack did not start, answer or behave in time."""
+
+
+class DeadlinePassed(StackError, TimeoutError):
+    """`wait_until` gave up: the condition did not hold by its deadline."""
+
+
+class MissingBinary(StackError):
+    """Prometheus, Alertmanager or one of their tools is not installed."""
+
+
+# --- Waiting --------------------------------------------------------------------------------
+
+
+class _Poll:
+    """One deadline; an OSError (a port not listening yet) counts as "not yet"."""
+
+    def __init__(
+        self, timeout: float, what: str, on_timeout: Callable[[str], NoReturn] | None
+    ) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.timeout, self.what, self.on_timeout = timeout, what, on_timeout
+        self.last_error = ""
+
+    def call(self, condition: Callable[[], Any]) -> Any:
+        try:
+            return condition()
+        except OSError as exc:
+            self.last_error = f" (last error: {exc})"
+            return None
+
+    async def settle(self, pending: Awaitable[Any]) -> Any:
+        try:
+            return await pending
+        except OSError as exc:
+            self.last_error = f" (last error: {exc})"
+            return None
+
+    def give_up_if_due(self) -> None:
+        if time.monotonic() < self.deadline:
+            return
+        message = f"{self.what} not met within {self.timeout:g}s{self.last_error}"
+        if self.on_timeout is not None:
+            self.on_timeout(message)
+        raise DeadlinePassed(message)
+
+
+@overload
+def wait_until(  # type: ignore[overload-overlap]
+    condition: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+    on_timeout: Callable[[str], NoReturn] | None = ...,
+) -> Awaitable[T]: ...
+@overload
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+    on_timeout: Callable[[str], NoReturn] | None = ...,
+) -> T: ...
+def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = WAIT_TIMEOUT,
+    interval: float = 0.1,
+    what: str = "condition",
+    on_timeout: Callable[[str], NoReturn] | None = None,
+) -> Any:
+    """Poll `condition()` until it returns something truthy, and return that; at the deadline
+    call `on_timeout(message)` (which should raise) or raise `DeadlinePassed`.
+
+    An async condition (one returning an awaitable) makes this a coroutine: `await
+    wait_until(async_check)` in async code, `wait_until(check)` in blocking code, one meaning.
+    """
+    poll = _Poll(timeout, what, on_timeout)
+    result = poll.call(condition)
+    if inspect.isawaitable(result):
+        return _wait_async(condition, result, poll, interval)
+    while not result:
+        poll.give_up_if_due()
+        time.sleep(interval)
+        result = poll.call(condition)
+    return result
+
+
+async def _wait_async(
+    condition: Callable[[], Any], first: Awaitable[Any], poll: _Poll, interval: float
+) -> Any:
+    result = await poll.settle(first)
+    while not result:
+        poll.give_up_if_due()
+        await asyncio.sleep(interval)
+        result = await poll.settle(poll.call(condition))
+    return result
+
+
+# --- HTTP and binaries ----------------------------------------------------------------------
+
+
+def http_request(
+    url: str,
+    body: Any = None,
+    *,
+    method: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, str]:
+    """(status, body text) of one request; JSON-encodes `body`; HTTP errors are answers too."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def find_binary(*names: str) -> str:
+    """Path of the first of `names` on PATH (or in /usr/bin); `MissingBinary` otherwise."""
+    for name in names:
+        path = shutil.which(name) or shutil.which(name, path="/usr/bin")
+        if path:
+            return path
+    raise MissingBinary(f"{' / '.join(names)} not found: {INSTALL_HINT}")
+
+
+def source_root() -> Path:
+    """The folder holding the `exporter` package: the checkout, for alerts/ and PYTHONPATH."""
+    return Path(str(resources.files("exporter"))).parent
+
+
+def python_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
+    """This environment with the package importable whatever the working folder, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root()), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def exporter_command(*args: str) -> list[str]:
+    """`liquid-abt-exporter ARGS` with this interpreter (no installed script needed)."""
+    return [sys.executable, "-m", "exporter", *args]
+
+
+# --- Processes ------------------------------------------------------------------------------
+
+
+def claim_name(folder: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`... when the folder already holds a program of that name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    candidate, n = name, 1
+    while (folder / f"{candidate}.log").exists() or (folder / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    (folder / candidate).mkdir()
+    return candidate
+
+
+class ManagedProcess:
+    """A program whose output goes to `<folder>/<name>.log`; stopping it is idempotent.
+
+    `workdir` (`<folder>/<name>/`) is its working folder, for its config and data.
+    """
+
+    stop_timeout = 15.0
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        url: str = "",
+    ) -> None:
+        self.name, self.args, self.workdir, self.url = name, list(args), workdir, url
+        self.log_path = workdir.parent / f"{name}.log"
+        self.returncode: int | None = None
+        self._log = self.log_path.open("wb")
+        try:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=workdir,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+
+    def log_text(self, tail: int = 6000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return text if len(text) <= tail else "...\n" + text[-tail:]
+
+    def fail(self, message: str) -> NoReturn:
+        """Raise a `StackError` that carries the tail of this program's log."""
+        raise StackError(f"{message}\n--- {self.name} log ({self.log_path}) ---\n{self.log_text()}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_http(
+        self, path: str, *, timeout: float = DEFAULT_TIMEOUT, status: int = 200, base: str = ""
+    ) -> None:
+        """Poll `(base or url) + path` until it answers `status`; fail early if the program dies."""
+        url = (base or self.url) + path
+
+        def answered() -> bool:
+            if not self.alive():
+                self.fail(
+                    f"{self.name} exited with {self.process.returncode} before {url} answered"
+                )
+            return http_request(url, timeout=5)[0] == status
+
+        wait_until(
+            answered, timeout=timeout, what=f"{url} answering {status}", on_timeout=self.fail
+        )
+
+    def ready_or_stop(self, wait: Callable[[], object]) -> Self:
+        """Run the readiness `wait`; on any failure stop the program before passing it on."""
+        try:
+            wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after `stop_timeout`; returns the exit code."""
+        if self.returncode is None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+            self.returncode = self.process.returncode
+            self._log.close()
+        return self.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
