@@ -8,10 +8,12 @@ answer raises `StackError` carrying the tail of that log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -187,6 +189,22 @@ def exporter_command(*args: str) -> list[str]:
 # --- Processes ------------------------------------------------------------------------------
 
 
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # none of it is left
+        os.killpg(group, signum)
+
+
+def _group_running(group: int) -> bool:
+    """Whether a process of the group still runs; zombies do not count (an init that does not
+    reap them may keep them for ever), which is why this reads /proc rather than kill(0)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if fields[0] != "Z" and int(fields[2]) == group:
+                return True
+    return False
+
+
 def claim_name(folder: Path, name: str) -> str:
     """`name`, or `name-2`, `name-3`... when the folder already holds a program of that name."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +219,8 @@ def claim_name(folder: Path, name: str) -> str:
 class ManagedProcess:
     """A program whose output goes to `<folder>/<name>.log`; stopping it is idempotent.
 
-    `workdir` (`<folder>/<name>/`) is its working folder, for its config and data.
+    `workdir` (`<folder>/<name>/`) is its working folder, for its config and data. With
+    `process_group`, stopping signals everything it started (`make demo` and the demo under it).
     """
 
     stop_timeout = 15.0
@@ -214,8 +233,10 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         url: str = "",
+        process_group: bool = False,
     ) -> None:
         self.name, self.args, self.workdir, self.url = name, list(args), workdir, url
+        self.process_group = process_group
         self.log_path = workdir.parent / f"{name}.log"
         self.returncode: int | None = None
         self._log = self.log_path.open("wb")
@@ -227,6 +248,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                start_new_session=process_group,
             )
         except BaseException:
             self._log.close()
@@ -275,7 +297,9 @@ class ManagedProcess:
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after `stop_timeout`; returns the exit code."""
         if self.returncode is None:
-            if self.process.poll() is None:
+            if self.process_group:
+                self._stop_group()
+            elif self.process.poll() is None:
                 self.process.terminate()
                 try:
                     self.process.wait(self.stop_timeout)
@@ -285,6 +309,16 @@ class ManagedProcess:
             self.returncode = self.process.returncode
             self._log.close()
         return self.returncode
+
+    def _stop_group(self) -> None:
+        group = self.process.pid  # the leader of its own session and process group
+        _signal_group(group, signal.SIGTERM)
+        try:  # the leader may go first: wait for the others too
+            self.process.wait(self.stop_timeout)
+            wait_until(lambda: not _group_running(group), timeout=self.stop_timeout)
+        except (subprocess.TimeoutExpired, DeadlinePassed):
+            _signal_group(group, signal.SIGKILL)
+            self.process.wait(10)
 
     def __enter__(self) -> Self:
         return self
