@@ -7,17 +7,18 @@ same kind gets `exporter-2`. Ports are free ports unless given. Starting returns
 program answers (`/-/ready`, or the control port of the Kraken-compatible server); a program that
 dies or does not answer in time raises `StackError` with the tail of its log.
 
-An end-to-end test, as the lead's incident tests would write it (two exporters on one database,
-the shipped rules with `for:` cut to 2 s, Alertmanager calling both webhooks)::
+An end-to-end test with two exporters on one database, the shipped rules with `for:` cut to
+2 s, and Alertmanager calling both webhooks (`database` is the fixture of tests/conftest.py;
+tests/test_stack.py runs this very example)::
 
-    from exporter.drill.stack import Stack, exporter_config, shortened_rules, wait_until
-    from exporter.drill.stack import webhook_alertmanager_config
+    from tests.harness import Stack, exporter_config, shortened_rules
+    from tests.harness import webhook_alertmanager_config
 
-    with Stack(tmp_path) as stack:        # the `stack` fixture of tests/harness.py does this
+    def test_outage(stack: Stack, database, tmp_path):   # `stack` stops it all afterwards
         kraken = stack.kraken_server()
         config = exporter_config(kraken.url, breaker={"failure_threshold": 3})
         env = {"LIQUID_ABT_WEBHOOK_TOKEN": "t"}
-        exporters = [stack.exporter(database_url=dsn, config_yaml=config, env=env)
+        exporters = [stack.exporter(database_url=database.dsn, config_yaml=config, env=env)
                      for _ in range(2)]
         (tmp_path / "token").write_text("t")
         alertmanager = stack.alertmanager(
@@ -27,8 +28,10 @@ the shipped rules with `for:` cut to 2 s, Alertmanager calling both webhooks)::
             [alertmanager.url])
         kraken.set_mode("down")
         prometheus.wait_for('ALERTS{alertname="ExchangeApiDown", alertstate="firing"}')
-        wait_until(lambda: "OPEN" in exporters[1].get("/api/admin/...")[1], what="breaker open")
-    # everything is stopped here, newest first, even when the test failed
+        exporters[1].wait_for_metric(
+            'liquid_abt_purchases_paused{exchange="kraken"} 1.0', timeout=60)
+
+Outside pytest, `with Stack(folder) as stack:` does the same.
 
 What each program offers:
 
@@ -42,7 +45,8 @@ What each program offers:
   the platform against it.
 
 `wait_until(condition, timeout=..., what=...)` is the one way to wait, in tests and in the demo:
-a condition and a deadline, never a bare sleep. Give it an async condition and await it.
+a condition and a deadline, never a bare sleep; `await wait_until(async_condition)` in async
+code. Logs of a failed test stay in its `tmp_path`: `<name>.log` per program.
 """
 
 from __future__ import annotations
@@ -69,15 +73,12 @@ from .monitoring import (
 from .process import (
     DEFAULT_TIMEOUT,
     INSTALL_HINT,
-    DeadlinePassed,
     ManagedProcess,
     MissingBinary,
-    StackError,
     find_binary,
     http_request,
     python_env,
     source_root,
-    wait_until,
 )
 from .services import (
     ExporterProcess,
@@ -90,6 +91,7 @@ from .services import (
     start_postgres,
     start_simulator,
 )
+from .waiting import DeadlinePassed, StackError, wait_until
 
 __all__ = [
     "ALERTMANAGER_BINARIES", "DEFAULT_TIMEOUT", "EXPORTER_JOB", "INSTALL_HINT",

@@ -21,13 +21,12 @@ from exporter.database.embedded import free_port
 from .process import (
     DEFAULT_TIMEOUT,
     ManagedProcess,
-    StackError,
     claim_name,
     find_binary,
     http_request,
     source_root,
-    wait_until,
 )
+from .waiting import StackError, wait_until
 
 EXPORTER_JOB = "liquid-abt-exporter"  # the job name the alert rules watch (alerts/README.md)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian, upstream

@@ -1,4 +1,4 @@
-"""A started program with its own log file and a readiness wait; the project's one `wait_until`.
+"""A started program with its own log file and a readiness wait, and what it needs: HTTP, PATH.
 
 Every program of the stack (PostgreSQL aside, which `pg_ctl` runs) is a `ManagedProcess`: its
 output goes to `<folder>/<name>.log`, its files to `<folder>/<name>/`, and a failure to start or
@@ -7,133 +7,31 @@ answer raises `StackError` carrying the tail of that log.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn, Self, TypeVar, overload
+from typing import Any, NoReturn, Self
+
+from .waiting import DeadlinePassed, StackError, wait_until
 
 DEFAULT_TIMEOUT = 60.0  # for programs: a loaded 2-core machine starts them in seconds, not ms
-WAIT_TIMEOUT = 20.0  # for anything else
 INSTALL_HINT = (
     "install the Debian packages `prometheus` and `prometheus-alertmanager` "
     "(apt-get install prometheus prometheus-alertmanager)"
 )
 
-T = TypeVar("T")
-
-
-class StackError(Exception):
-    """A program of the stack did not start, answer or behave in time."""
-
-
-class DeadlinePassed(StackError, TimeoutError):
-    """`wait_until` gave up: the condition did not hold by its deadline."""
-
 
 class MissingBinary(StackError):
     """Prometheus, Alertmanager or one of their tools is not installed."""
-
-
-# --- Waiting --------------------------------------------------------------------------------
-
-
-class _Poll:
-    """One deadline; an OSError (a port not listening yet) counts as "not yet"."""
-
-    def __init__(
-        self, timeout: float, what: str, on_timeout: Callable[[str], NoReturn] | None
-    ) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.timeout, self.what, self.on_timeout = timeout, what, on_timeout
-        self.last_error = ""
-
-    def call(self, condition: Callable[[], Any]) -> Any:
-        try:
-            return condition()
-        except OSError as exc:
-            self.last_error = f" (last error: {exc})"
-            return None
-
-    async def settle(self, pending: Awaitable[Any]) -> Any:
-        try:
-            return await pending
-        except OSError as exc:
-            self.last_error = f" (last error: {exc})"
-            return None
-
-    def give_up_if_due(self) -> None:
-        if time.monotonic() < self.deadline:
-            return
-        message = f"{self.what} not met within {self.timeout:g}s{self.last_error}"
-        if self.on_timeout is not None:
-            self.on_timeout(message)
-        raise DeadlinePassed(message)
-
-
-@overload
-def wait_until(  # type: ignore[overload-overlap]
-    condition: Callable[[], Awaitable[T]],
-    *,
-    timeout: float = ...,
-    interval: float = ...,
-    what: str = ...,
-    on_timeout: Callable[[str], NoReturn] | None = ...,
-) -> Awaitable[T]: ...
-@overload
-def wait_until(
-    condition: Callable[[], T],
-    *,
-    timeout: float = ...,
-    interval: float = ...,
-    what: str = ...,
-    on_timeout: Callable[[str], NoReturn] | None = ...,
-) -> T: ...
-def wait_until(
-    condition: Callable[[], Any],
-    *,
-    timeout: float = WAIT_TIMEOUT,
-    interval: float = 0.1,
-    what: str = "condition",
-    on_timeout: Callable[[str], NoReturn] | None = None,
-) -> Any:
-    """Poll `condition()` until it returns something truthy, and return that; at the deadline
-    call `on_timeout(message)` (which should raise) or raise `DeadlinePassed`.
-
-    An async condition (one returning an awaitable) makes this a coroutine: `await
-    wait_until(async_check)` in async code, `wait_until(check)` in blocking code, one meaning.
-    """
-    poll = _Poll(timeout, what, on_timeout)
-    result = poll.call(condition)
-    if inspect.isawaitable(result):
-        return _wait_async(condition, result, poll, interval)
-    while not result:
-        poll.give_up_if_due()
-        time.sleep(interval)
-        result = poll.call(condition)
-    return result
-
-
-async def _wait_async(
-    condition: Callable[[], Any], first: Awaitable[Any], poll: _Poll, interval: float
-) -> Any:
-    result = await poll.settle(first)
-    while not result:
-        poll.give_up_if_due()
-        await asyncio.sleep(interval)
-        result = await poll.settle(poll.call(condition))
-    return result
 
 
 # --- HTTP and binaries ----------------------------------------------------------------------

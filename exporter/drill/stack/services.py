@@ -22,8 +22,8 @@ from .process import (
     exporter_command,
     http_request,
     python_env,
-    wait_until,
 )
+from .waiting import wait_until
 
 
 def searchable_tmp_dir(prefix: str) -> Path:
