@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from prometheus_client import disable_created_metrics
 
-from exporter.database.embedded import EmbeddedPostgres
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
 from exporter.drill.kraken_server.server import FakeKraken
+from exporter.drill.stack import searchable_tmp_dir, start_postgres
+
+# The `stack` fixture and the other pytest plumbing over exporter.drill.stack.
+pytest_plugins = ["tests.harness"]
 
 TEMPLATE_DB = "liquid_abt_test_template"
 
@@ -34,25 +35,14 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def writable_tmp_dir(prefix: str) -> Path:
-    """A temporary folder the embedded server's unprivileged user can reach."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture(scope="session")
 def pg_server_dsn() -> Iterator[str]:
     """The admin DSN of the server the tests use."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    server = EmbeddedPostgres(writable_tmp_dir("liquid-abt-test-pg-") / "pg")
-    server.start()
-    try:
+    with start_postgres(searchable_tmp_dir("liquid-abt-test-pg-")) as server:
         yield server.dsn
-    finally:
-        server.stop()
 
 
 async def _create_template(server_dsn: str) -> None:

@@ -1,13 +1,14 @@
-"""Test helpers: read samples the way Prometheus would, and wait on conditions with a deadline."""
+"""Test helpers: read samples the way Prometheus would; `wait_until` (the project's one, from
+`exporter.drill.stack`: `await wait_until(async_check)` in async tests)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.drill.stack import wait_until
+
+__all__ = ["Samples", "parse_samples", "scrape", "series", "value", "wait_until"]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -32,14 +33,3 @@ async def scrape(client: TestClient) -> Samples:
     response = await client.get("/metrics")
     assert response.status == 200
     return parse_samples(await response.text())
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, step: float = 0.1
-) -> None:
-    """Poll until the condition holds; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)

@@ -77,13 +77,13 @@ def test_every_metric_of_the_rules_and_the_docs_is_served(
     every documented family is there (pre-initialised) before anything has happened."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.rules.test_rules import _documented_metrics, _used_metrics
+    from tests.rules.shipped import documented_metrics, used_metrics
 
     text = exporter_process.wait_for_metric('liquid_abt_exchange_up{exchange="kraken"} 1.0')
     served = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
-    used_by_rules = set(_used_metrics())
+    used_by_rules = set(used_metrics())
     assert used_by_rules - served == set(), "used by alerts/ but not served"
-    documented = set(_documented_metrics())
+    documented = set(documented_metrics())
     # Counters are documented by their sample name (`_total`), histograms by their family name.
     missing = {
         name for name in documented

@@ -399,6 +399,7 @@ def test_alert_panels_show_a_firing_alert(stack: Stack) -> None:
         lambda: any(
             a["labels"]["alertname"] == "DashboardTestIncident" for a in stack.alertmanager.alerts()
         ),
+        timeout=60,
         what="DashboardTestIncident in Alertmanager",
         on_timeout=stack.alertmanager.fail,
     )

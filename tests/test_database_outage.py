@@ -11,11 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.database.embedded import EmbeddedPostgres
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
 from exporter.web.app import create_app
-from tests.conftest import writable_tmp_dir
+from tests.harness import PostgresServer, searchable_tmp_dir
 from tests.helpers import scrape, wait_until
 
 FAST = {
@@ -30,9 +29,9 @@ PURCHASES_1H = (
 
 
 @pytest.fixture
-async def own_server() -> AsyncIterator[EmbeddedPostgres]:
+async def own_server() -> AsyncIterator[PostgresServer]:
     """A server of the test's own, since the test stops and starts it."""
-    server = EmbeddedPostgres(writable_tmp_dir("liquid-abt-outage-") / "pg")
+    server = PostgresServer(searchable_tmp_dir("liquid-abt-outage-"))
     await asyncio.to_thread(server.start)
     conn = await asyncpg.connect(server.dsn)
     await migrate(conn, with_platform_schema=True)
@@ -59,7 +58,7 @@ async def ready_status(client: TestClient) -> int:
 
 
 async def test_scrapes_answer_and_values_recover_across_a_restart(
-    aiohttp_client, own_server: EmbeddedPostgres
+    aiohttp_client, own_server: PostgresServer
 ) -> None:
     client = await aiohttp_client(create_app(parse_config(FAST), Connection(own_server.dsn)))
     await insert_completed(own_server.dsn)
@@ -98,7 +97,7 @@ async def _positive(client: TestClient, key: tuple) -> bool:
 
 
 async def test_snapshots_expire_while_the_database_is_away(
-    aiohttp_client, own_server: EmbeddedPostgres
+    aiohttp_client, own_server: PostgresServer
 ) -> None:
     config = parse_config({**FAST, "collectors": {**FAST["collectors"], "snapshot_expiry": "1s"}})
     client = await aiohttp_client(create_app(config, Connection(own_server.dsn)))

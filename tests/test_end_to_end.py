@@ -9,68 +9,32 @@ notification; no action happens twice. Only `for` durations and intervals are sh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 
 from exporter.database.embedded import free_port
 from exporter.database.pool import Connection
 from tests.harness import (
-    REPO,
-    RULE_FILES,
     AlertmanagerProcess,
     ExporterProcess,
     KrakenServerProcess,
     PrometheusProcess,
     exporter_config,
+    shortened_rules,
     start_alertmanager,
     start_exporter,
     start_kraken_server,
     start_prometheus,
+    webhook_alertmanager_config,
 )
 from tests.helpers import wait_until
 
 TOKEN = "e2e-webhook-token"
 DEADLINE = 120.0  # a bound on each phase on a loaded 2-core machine; typically 10-30 s
-
-
-def shortened_rules(tmp: Path) -> list[Path]:
-    """The shipped rules with every `for` cut to 2s: the expressions stay exactly as shipped."""
-    out = []
-    for path in RULE_FILES:
-        text = re.sub(r"(\n\s+for:\s*)\S+", r"\g<1>2s", path.read_text())
-        target = tmp / path.name
-        target.write_text(text)
-        out.append(target)
-    return out
-
-
-def alertmanager_config(exporter_urls: list[str], token_file: Path) -> str:
-    """The shipped webhook receiver and inhibitions, pointed at the test's exporters; the human
-    receivers are left out so nothing tries to reach the outside."""
-    shipped = yaml.safe_load((REPO / "alerts" / "alertmanager.yml").read_text())
-    webhook = next(r for r in shipped["receivers"] if r["name"] == "liquid-abt-exporter")
-    template = webhook["webhook_configs"][0]
-    configs = []
-    for url in exporter_urls:
-        config = {**template, "url": f"{url}/webhook/alertmanager"}
-        config["http_config"] = {
-            "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
-        }
-        configs.append(config)
-    return yaml.safe_dump({
-        "route": {
-            "receiver": "liquid-abt-exporter", "group_by": ["alertname", "exchange"],
-            "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m",
-        },
-        "inhibit_rules": shipped["inhibit_rules"],
-        "receivers": [{"name": "liquid-abt-exporter", "webhook_configs": configs}],
-    })  # fmt: skip
 
 
 @pytest.fixture
@@ -107,7 +71,7 @@ def alertmanagers(
 ) -> Iterator[list[AlertmanagerProcess]]:
     token = tmp_path / "webhook-token"
     token.write_text(TOKEN)
-    config = alertmanager_config([e.url for e in exporters], token)
+    config = webhook_alertmanager_config([e.url for e in exporters], token)
     first_cluster = f"127.0.0.1:{free_port()}"
     second_cluster = f"127.0.0.1:{free_port()}"
     with (
@@ -123,10 +87,9 @@ def alertmanagers(
 def prometheus(
     tmp_path: Path, exporters: list[ExporterProcess], alertmanagers: list[AlertmanagerProcess]
 ) -> Iterator[PrometheusProcess]:
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
+    # The shipped rules with every `for` cut to 2s: the expressions stay exactly as shipped.
     with start_prometheus(
-        tmp_path, [e.target for e in exporters], shortened_rules(rules_dir),
+        tmp_path, [e.target for e in exporters], shortened_rules(tmp_path / "rules", "2s"),
         [am.url for am in alertmanagers],
     ) as server:  # fmt: skip
         yield server
@@ -168,7 +131,7 @@ async def test_kraken_outage_pauses_purchases_and_recovery_resumes_them(
     async def outage_handled() -> bool:
         return await controls(db) == {"state": "open", "paused": True}
 
-    await wait_until(outage_handled, timeout=DEADLINE, step=0.5)
+    await wait_until(outage_handled, timeout=DEADLINE, interval=0.5)
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 5
     firing = await db.fetchval(
         "SELECT count(*) FROM liquid_abt.notifications WHERE alertname = 'ExchangeApiDown' AND status = 'firing'"
@@ -180,7 +143,7 @@ async def test_kraken_outage_pauses_purchases_and_recovery_resumes_them(
     async def recovered() -> bool:
         return await controls(db) == {"state": "closed", "paused": False}
 
-    await wait_until(recovered, timeout=DEADLINE, step=0.5)
+    await wait_until(recovered, timeout=DEADLINE, interval=0.5)
     assert await audit_count(db, "verify_recovery") >= 1
     due = await db.fetchval(
         "SELECT count(*) FROM liquid_abt.retry_queue WHERE next_attempt_at <= now()"

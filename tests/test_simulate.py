@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import asyncpg
@@ -222,16 +221,17 @@ async def test_simulate_command_backfills_then_follows_until_sigterm(
         "--seed=5",
         database=database,
     )
-    try:
-        deadline = time.monotonic() + 60
+
+    async def live_purchases() -> bool:
+        assert process.poll() is None, process.communicate()[0]
         # Live rows are the ones newer than the backfill: created after the process started.
-        while not await db.fetchval(
+        return bool(await db.fetchval(
             "SELECT count(*) >= 5 FROM bitcoin_purchases WHERE status <> 'pending' "
             "AND created_at > now() - interval '3 seconds'"
-        ):
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "no live purchases within 60s"
-            await asyncio.sleep(0.2)
+        ))  # fmt: skip
+
+    try:
+        await wait_until(live_purchases, timeout=60, interval=0.2, what="5 live purchases")
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
@@ -281,7 +281,7 @@ async def test_live_survives_a_lost_database_connection(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'simulator-under-test'"
         ))  # fmt: skip
 
-    await wait_until(connected, timeout=3.0, step=0.05)
+    await wait_until(connected, timeout=3.0, interval=0.05)
     killed = await db.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name = 'simulator-under-test'"

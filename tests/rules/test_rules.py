@@ -6,14 +6,8 @@ test (Debian packages `prometheus` and `prometheus-alertmanager`) instead of ski
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +15,27 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ALERTS = REPO / "alerts"
-RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))
-TEST_FILES = sorted((ALERTS / "tests").glob("*.yml"))
-ALERTMANAGER_CONFIG = ALERTS / "alertmanager.yml"
-METRICS_DOC = REPO / "docs" / "metrics.md"
+from tests.harness import (
+    EXPORTER_JOB,
+    REPO,
+    AlertmanagerProcess,
+    require_binary,
+    start_alertmanager,
+    wait_until,
+)
+from tests.rules.shipped import (
+    ALERTMANAGER_CONFIG,
+    ALERTS,
+    METRICS_DOC,
+    RULE_FILES,
+    TEST_FILES,
+    alerts,
+    documented_metrics,
+    load,
+    rules,
+    unit_tests,
+    used_metrics,
+)
 
 RUNBOOK_ALERT_IDS = {
     # alert_id: (alertname, severity, escalation) as the runbooks define them
@@ -46,37 +55,11 @@ RUNBOOK_URL_PREFIX = (
 )
 PLATFORM_RUNBOOKS = ("bitcoin-purchase-failures.md", "exchange-api-failures.md")
 EXPORTER_RUNBOOK = ALERTS / "runbooks" / "liquid-abt-exporter.md"
-EXPORTER_JOB = "liquid-abt-exporter"
 WEBHOOK_URL = "http://127.0.0.1:9898/webhook/alertmanager"
-
-INSTALL_HINT = (
-    "install the Debian packages prometheus (promtool) and prometheus-alertmanager "
-    "(amtool, alertmanager): apt-get install prometheus prometheus-alertmanager"
-)
-
-
-def _require(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail(f"{' / '.join(names)} not found on PATH: {INSTALL_HINT}", pytrace=False)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
-
-
-def _load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
-
-
-def _rules() -> list[dict[str, Any]]:
-    return [rule for path in RULE_FILES for g in _load(path)["groups"] for rule in g["rules"]]
-
-
-def _alerts() -> list[dict[str, Any]]:
-    return [rule for rule in _rules() if "alert" in rule]
 
 
 # --- promtool ---------------------------------------------------------------------------------
@@ -90,7 +73,12 @@ def test_rule_files_exist() -> None:
 
 def test_rule_files_pass_promtool_check() -> None:
     result = _run(
-        _require("promtool"), "check", "rules", "--lint=all", "--lint-fatal", *map(str, RULE_FILES)
+        require_binary("promtool"),
+        "check",
+        "rules",
+        "--lint=all",
+        "--lint-fatal",
+        *map(str, RULE_FILES),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_FILES), result.stdout
@@ -98,7 +86,7 @@ def test_rule_files_pass_promtool_check() -> None:
 
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
 def test_promtool_unit_tests_pass(test_file: Path) -> None:
-    result = _run(_require("promtool"), "test", "rules", str(test_file))
+    result = _run(require_binary("promtool"), "test", "rules", str(test_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -107,7 +95,7 @@ def test_promtool_unit_tests_pass(test_file: Path) -> None:
 
 
 def test_alertmanager_config_passes_amtool_check() -> None:
-    result = _run(_require("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
+    result = _run(require_binary("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -158,7 +146,7 @@ def test_alertmanager_config_passes_amtool_check() -> None:
 def test_alertmanager_routes_by_severity(labels: dict[str, str], receivers: str) -> None:
     args = [f"{k}={v}" for k, v in labels.items()]
     result = _run(
-        _require("amtool"),
+        require_binary("amtool"),
         "config",
         "routes",
         "test",
@@ -170,7 +158,7 @@ def test_alertmanager_routes_by_severity(labels: dict[str, str], receivers: str)
 
 
 def _critical_levels() -> list[dict[str, Any]]:
-    routes = _load(ALERTMANAGER_CONFIG)["route"]["routes"]
+    routes = load(ALERTMANAGER_CONFIG)["route"]["routes"]
     (critical,) = [r for r in routes if r.get("matchers") == ['severity="critical"']]
     return critical["routes"]
 
@@ -190,7 +178,7 @@ def test_escalation_path_follows_the_runbooks() -> None:
 
 
 def test_webhook_receiver_uses_bearer_credentials_file_and_sends_resolved() -> None:
-    config = _load(ALERTMANAGER_CONFIG)
+    config = load(ALERTMANAGER_CONFIG)
     (receiver,) = [r for r in config["receivers"] if r["name"] == "liquid-abt-exporter"]
     (webhook,) = receiver["webhook_configs"]
     assert webhook["url"] == WEBHOOK_URL
@@ -202,68 +190,15 @@ def test_webhook_receiver_uses_bearer_credentials_file_and_sends_resolved() -> N
     assert config["route"]["group_by"] == ["alertname", "exchange"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _http(url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode()
-    return json.loads(text) if text.strip().startswith(("[", "{")) else text
-
-
-ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian, upstream
-
-
 @pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
-    """A real Alertmanager with the example's routes and inhibit rules, and silent receivers.
-
-    None when the binary is missing: the tests then fail through _require (not error or skip).
-    """
-    binary = next(filter(None, map(shutil.which, ALERTMANAGER_BINARIES)), None)
-    if binary is None:
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("alertmanager")
-    config = _load(ALERTMANAGER_CONFIG)
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerProcess]:
+    """A real Alertmanager with the example's routes and inhibit rules, and silent receivers."""
+    require_binary("prometheus-alertmanager", "alertmanager")
+    config = load(ALERTMANAGER_CONFIG)
     # Same receiver names, no integrations: the test must never notify a real pager or exporter.
     config["receivers"] = [{"name": r["name"]} for r in config["receivers"]]
-    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (workdir / "alertmanager.log").open("w") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'alertmanager.yml'}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _http(f"{url}/-/ready")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        "Alertmanager did not start:\n" + (workdir / "alertmanager.log").read_text()
-                    )
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with start_alertmanager(tmp_path_factory.mktemp("alertmanager"), yaml.safe_dump(config)) as am:
+        yield am
 
 
 def _key(labels: dict[str, str]) -> str:
@@ -271,25 +206,20 @@ def _key(labels: dict[str, str]) -> str:
 
 
 def _assert_inhibition(
-    url: str | None, inhibited: list[dict[str, str]], kept: list[dict[str, str]]
+    am: AlertmanagerProcess, inhibited: list[dict[str, str]], kept: list[dict[str, str]]
 ) -> None:
     """Post the alerts, then wait until Alertmanager's view matches (its inhibitor is async)."""
-    if url is None:
-        _require(*ALERTMANAGER_BINARIES)
-        raise AssertionError("unreachable")
-    _http(f"{url}/api/v2/alerts", [{"labels": labels} for labels in inhibited + kept])
+    am.post_alerts([{"labels": labels} for labels in inhibited + kept])
     expected = {**{_key(a): True for a in inhibited}, **{_key(a): False for a in kept}}
-    deadline = time.monotonic() + 10
-    while True:
-        seen = {
-            _key(a["labels"]): bool(a["status"]["inhibitedBy"])
-            for a in _http(f"{url}/api/v2/alerts")
-        }
+    actual: dict[str, bool | None] = {}
+
+    def matches() -> bool:
+        nonlocal actual
+        seen = {_key(a["labels"]): bool(a["status"]["inhibitedBy"]) for a in am.alerts()}
         actual = {k: seen.get(k) for k in expected}
-        if actual == expected or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert actual == expected
+        return actual == expected
+
+    wait_until(matches, timeout=10, what=f"inhibitions {expected} (last seen {actual})")
 
 
 def _alert(name: str, severity: str, **labels: str) -> dict[str, str]:
@@ -297,7 +227,7 @@ def _alert(name: str, severity: str, **labels: str) -> dict[str, str]:
 
 
 def test_exchange_down_inhibits_the_failures_it_causes_on_that_exchange(
-    alertmanager: str | None,
+    alertmanager: AlertmanagerProcess,
 ) -> None:
     _assert_inhibition(
         alertmanager,
@@ -319,7 +249,7 @@ def test_exchange_down_inhibits_the_failures_it_causes_on_that_exchange(
 
 
 def test_critical_failure_rate_inhibits_the_warning_for_the_same_exchange(
-    alertmanager: str | None,
+    alertmanager: AlertmanagerProcess,
 ) -> None:
     _assert_inhibition(
         alertmanager,
@@ -331,7 +261,7 @@ def test_critical_failure_rate_inhibits_the_warning_for_the_same_exchange(
     )
 
 
-def test_meta_alerts_inhibit_their_consequences(alertmanager: str | None) -> None:
+def test_meta_alerts_inhibit_their_consequences(alertmanager: AlertmanagerProcess) -> None:
     job = {"job": EXPORTER_JOB}
     _assert_inhibition(
         alertmanager,
@@ -364,7 +294,7 @@ def test_meta_alerts_inhibit_their_consequences(alertmanager: str | None) -> Non
 # --- Rule contents ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", _alerts(), ids=lambda r: r["alert"])
+@pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
 def test_every_alert_has_severity_escalation_and_annotations(rule: dict[str, Any]) -> None:
     labels, annotations = rule.get("labels", {}), rule.get("annotations", {})
     assert labels.get("severity") in {"critical", "warning"}
@@ -377,7 +307,7 @@ def test_every_alert_has_severity_escalation_and_annotations(rule: dict[str, Any
 
 
 def test_every_runbook_alert_id_exists_with_its_severity_and_escalation() -> None:
-    by_id = {r["labels"]["alert_id"]: r for r in _alerts() if "alert_id" in r.get("labels", {})}
+    by_id = {r["labels"]["alert_id"]: r for r in alerts() if "alert_id" in r.get("labels", {})}
     assert set(by_id) == set(RUNBOOK_ALERT_IDS)
     for alert_id, (name, severity, escalation) in RUNBOOK_ALERT_IDS.items():
         rule = by_id[alert_id]
@@ -389,29 +319,25 @@ def test_every_runbook_alert_id_exists_with_its_severity_and_escalation() -> Non
 
 
 def test_exporter_is_watched_under_the_documented_job_name() -> None:
-    selectors = [m for r in _rules() for m in re.findall(r"\bup\{[^}]*\}", r["expr"])]
+    selectors = [m for r in rules() for m in re.findall(r"\bup\{[^}]*\}", r["expr"])]
     assert selectors, "no rule watches `up`"
     assert all(f'job="{EXPORTER_JOB}"' in s for s in selectors), selectors
 
 
-def _unit_tests() -> list[dict[str, Any]]:
-    return [case for path in TEST_FILES for case in _load(path)["tests"]]
-
-
-def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+def test_every_alert_has_firing_and_quietunit_tests() -> None:
     firing: set[str] = set()
     quiet: set[str] = set()
-    for case in _unit_tests():
+    for case in unit_tests():
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
-    names = {r["alert"] for r in _alerts()}
+    names = {r["alert"] for r in alerts()}
     assert names - firing == set(), "alerts never tested firing"
     assert names - quiet == set(), "alerts never tested quiet"
 
 
 def test_purchase_and_exchange_alerts_carry_the_exchange_label() -> None:
     # Checked on the alerts the unit tests see firing: the label survives every aggregation.
-    for case in _unit_tests():
+    for case in unit_tests():
         for check in case.get("alert_rule_test", []):
             if check["alertname"].startswith(("Bitcoin", "Exchange")):
                 for alert in check.get("exp_alerts") or []:
@@ -420,9 +346,9 @@ def test_purchase_and_exchange_alerts_carry_the_exchange_label() -> None:
 
 def test_every_recording_rule_has_a_unit_test() -> None:
     exprs = " ".join(
-        check["expr"] for case in _unit_tests() for check in case.get("promql_expr_test", [])
+        check["expr"] for case in unit_tests() for check in case.get("promql_expr_test", [])
     )
-    records = {r["record"] for r in _rules() if "record" in r}
+    records = {r["record"] for r in rules() if "record" in r}
     assert {r for r in records if r not in exprs} == set()
 
 
@@ -432,7 +358,7 @@ def test_runbook_urls_point_to_runbook_sections() -> None:
         found = _find_platform_runbook(name)
         if found is not None:
             headings[name] = _anchors(found)
-    for rule in _alerts():
+    for rule in alerts():
         url = rule["annotations"]["runbook_url"]
         assert url.startswith(RUNBOOK_URL_PREFIX), f"{rule['alert']}: {url}"
         page, _, anchor = url.removeprefix(RUNBOOK_URL_PREFIX).partition("#")
@@ -469,44 +395,20 @@ def _anchors(path: Path) -> set[str]:
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def _documented_metrics() -> dict[str, str]:
-    """{metric name: type} from the tables of docs/metrics.md."""
-    metrics = {}
-    for line in METRICS_DOC.read_text().splitlines():
-        if match := re.match(r"^\|\s*`(liquid_abt_[a-z0-9_]+)`\s*\|\s*([a-z]+)", line):
-            metrics[match.group(1)] = match.group(2)
-    return metrics
-
-
-def _used_metrics() -> dict[str, set[str]]:
-    """{metric name: rules using it} over expressions and annotation queries.
-
-    Recording-rule names (level:metric:ops) contain colons and are not exporter metrics.
-    """
-    used: dict[str, set[str]] = {}
-    for rule in _rules():
-        texts = [rule["expr"], *rule.get("annotations", {}).values()]
-        for text in texts:
-            for token in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-                if token.startswith("liquid_abt_") and ":" not in token:
-                    used.setdefault(token, set()).add(rule.get("alert") or rule["record"])
-    return used
-
-
 def test_metrics_doc_parses() -> None:
-    documented = _documented_metrics()
+    documented = documented_metrics()
     assert len(documented) > 20
     assert documented["liquid_abt_exchange_request_duration_seconds"] == "histogram"
 
 
 def test_every_metric_used_by_the_rules_is_documented() -> None:
-    documented = _documented_metrics()
+    documented = documented_metrics()
     undocumented = {}
-    for name, rules in _used_metrics().items():
+    for name, users in used_metrics().items():
         base = name
         for suffix in _HISTOGRAM_SUFFIXES:
             if name.endswith(suffix) and documented.get(name.removesuffix(suffix)) == "histogram":
                 base = name.removesuffix(suffix)
         if base not in documented:
-            undocumented[name] = sorted(rules)
+            undocumented[name] = sorted(users)
     assert undocumented == {}, f"not in {METRICS_DOC.relative_to(REPO)}: {undocumented}"

@@ -1,0 +1,253 @@
+"""The project's own programs on free ports: PostgreSQL, the Kraken-compatible server, the exporter
+and the traffic simulator, each started through the command line as a user would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from exporter.database.embedded import EmbeddedPostgres, free_port
+
+from .process import (
+    DEFAULT_TIMEOUT,
+    ManagedProcess,
+    claim_name,
+    exporter_command,
+    http_request,
+    python_env,
+)
+from .waiting import wait_until
+
+
+def searchable_tmp_dir(prefix: str) -> Path:
+    """A new temporary folder PostgreSQL's unprivileged user can reach (needed when root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+class PostgresServer:
+    """An embedded PostgreSQL in `<folder>/postgres/`, logging to `postgres/postgres.log` (a
+    folder its own user can write to when started as root)."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.server = EmbeddedPostgres(Path(folder) / "postgres", port)
+        self.log_path = self.server.log_file
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn
+
+    def start(self) -> Self:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_postgres(folder: Path, *, port: int | None = None) -> PostgresServer:
+    """A started PostgreSQL (user `postgres`, trust auth on 127.0.0.1). As root, `folder` and
+    its parents must be searchable by others (see `searchable_tmp_dir`)."""
+    return PostgresServer(folder, port).start()
+
+
+# --- The Kraken-compatible server ------------------------------------------------------------
+
+
+class KrakenServerProcess(ManagedProcess):
+    control_url = ""
+
+    def set_mode(
+        self, mode: str, latency: float | None = None, http_status: int | None = None
+    ) -> dict[str, Any]:
+        """Switch the failure mode (`healthy`, `down`, `slow`, `maintenance`, `rate_limited`...)."""
+        body: dict[str, Any] = {"mode": mode}
+        if latency is not None:
+            body["latency"] = latency
+        if http_status is not None:
+            body["http_status"] = http_status
+        status, text = http_request(f"{self.control_url}/_control/mode", body)
+        if status != 200:
+            self.fail(f"set_mode({mode!r}): HTTP {status}: {text}")
+        return dict(json.loads(text))
+
+    def mode(self) -> dict[str, Any]:
+        return dict(json.loads(http_request(f"{self.control_url}/_control/mode")[1]))
+
+
+def start_kraken_server(
+    folder: Path,
+    *,
+    mode: str = "healthy",
+    latency: float | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    port: int | None = None,
+    control_port: int | None = None,
+    ready_timeout: float = DEFAULT_TIMEOUT,
+) -> KrakenServerProcess:
+    """`liquid-abt-exporter kraken-server` with a control port of its own (reachable when down).
+
+    With `api_key` and `api_secret` (base64) it checks the signature of private calls.
+    """
+    name = claim_name(Path(folder), "kraken-server")
+    port, control_port = port or free_port(), control_port or free_port()
+    secrets = {"KRAKEN_API_KEY": api_key or "", "KRAKEN_API_SECRET": api_secret or ""}
+    process = KrakenServerProcess(name, exporter_command(
+        "kraken-server", f"--listen=127.0.0.1:{port}",
+        f"--control-listen=127.0.0.1:{control_port}", f"--mode={mode}",
+        *([f"--latency={latency}"] if latency is not None else []),
+    ), Path(folder) / name, env=python_env(secrets), url=f"http://127.0.0.1:{port}")  # fmt: skip
+    process.control_url = f"http://127.0.0.1:{control_port}"
+    return process.ready_or_stop(
+        lambda: process.wait_http("/_control/mode", timeout=ready_timeout, base=process.control_url)
+    )
+
+
+# --- The exporter ----------------------------------------------------------------------------
+
+
+class ExporterProcess(ManagedProcess):
+    # Its own embedded PostgreSQL, when started without a database URL.
+    embedded_db_dir: Path | None = None
+    # Set by stop(): the embedded PostgreSQL outlived the exporter (a shutdown bug).
+    embedded_db_left_running = False
+
+    @property
+    def target(self) -> str:
+        """host:port, as a Prometheus scrape target."""
+        return self.url.removeprefix("http://")
+
+    def get(self, path: str, **kwargs: Any) -> tuple[int, str]:
+        return http_request(f"{self.url}{path}", **kwargs)
+
+    def metrics(self) -> str:
+        status, text = self.get("/metrics")
+        if status != 200:
+            self.fail(f"/metrics answered {status}")
+        return text
+
+    def wait_for_metric(self, line: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Poll /metrics until it contains `line`; returns that exposition."""
+        text = ""
+
+        def check() -> bool:
+            nonlocal text
+            text = self.metrics()
+            return line in text
+
+        wait_until(check, timeout=timeout, what=f"{line!r} in /metrics", on_timeout=self.fail)
+        return text
+
+    def stop(self) -> int:
+        code = super().stop()
+        if self.embedded_db_dir is not None and self.embedded_db_dir.exists():
+            self.embedded_db_left_running = (self.embedded_db_dir / "data/postmaster.pid").exists()
+            if self.embedded_db_left_running:  # do not leak a server into the next tests
+                EmbeddedPostgres(self.embedded_db_dir).stop()
+            shutil.rmtree(self.embedded_db_dir.parent, ignore_errors=True)
+            self.embedded_db_dir = None
+        return code
+
+
+def start_exporter(
+    folder: Path,
+    *,
+    database_url: str | None = None,
+    config_yaml: str | None = None,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    migrate: bool = False,
+    port: int | None = None,
+    wait: str | None = "/-/ready",
+    ready_timeout: float = DEFAULT_TIMEOUT,
+) -> ExporterProcess:
+    """`liquid-abt-exporter serve` on a free port (or `port`), logging JSON.
+
+    With `database_url` it uses that database (`migrate=True` adds `--migrate
+    --with-platform-schema`); without one it starts its embedded PostgreSQL in a folder of its
+    own. The config is `config_yaml` (written to `<workdir>/config.yml`) or `config_file`. `env` adds variables (secrets such as LIQUID_ABT_WEBHOOK_TOKEN). Waits
+    until `wait` answers 200 (None: no wait).
+    """
+    name = claim_name(Path(folder), "exporter")
+    workdir = Path(folder) / name
+    if config_yaml is not None:
+        config_file = workdir / "config.yml"
+        config_file.write_text(config_yaml)
+    port = port or free_port()
+    command = exporter_command(
+        "serve", f"--web.listen-address=127.0.0.1:{port}", "--log.format=json"
+    )
+    if config_file is not None:
+        command.append(f"--config.file={config_file}")
+    embedded: Path | None = None
+    if database_url is None:
+        embedded = searchable_tmp_dir("liquid-abt-exporter-pg-") / "pg"
+        command.append(f"--embedded-db.dir={embedded}")
+    elif migrate:
+        command += ["--migrate", "--with-platform-schema"]
+    extra = dict(env or {}) | ({"DATABASE_URL": database_url} if database_url else {})
+    process = ExporterProcess(name, [*command, *args], workdir, url=f"http://127.0.0.1:{port}",
+                              env=python_env(extra, drop=() if database_url else ("DATABASE_URL",)))  # fmt: skip
+    process.embedded_db_dir = embedded
+    if wait is None:
+        return process
+    return process.ready_or_stop(lambda: process.wait_http(wait, timeout=ready_timeout))
+
+
+def exporter_config(kraken_url: str | None = None, *, interval: str = "1s", **sections: Any) -> str:
+    """A config file for tests and the demo: fast collectors, a fast probe of `kraken_url` (or
+    none). `sections` merges into top-level sections, e.g. `breaker={"failure_threshold": 3}`.
+    """
+    config: dict[str, Any] = {"collectors": {"interval": interval, "timeout": interval}}
+    if kraken_url is None:
+        config["kraken"] = {"enabled": False}
+    else:
+        config["kraken"] = {"base_url": kraken_url, "probe_interval": interval, "timeout": "2s"}
+    for name, section in sections.items():
+        config[name] = {**config.get(name, {}), **section}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# --- The traffic simulator -------------------------------------------------------------------
+
+
+def start_simulator(
+    folder: Path, *, database_url: str, config_file: Path | None = None, args: Sequence[str] = ()
+) -> ManagedProcess:
+    """`liquid-abt-exporter simulate ARGS` against `database_url`, running (not waited on)."""
+    name = claim_name(Path(folder), "simulator")
+    command = exporter_command("simulate", *args)
+    if config_file is not None:
+        command.append(f"--config.file={config_file}")
+    process = ManagedProcess(
+        name, command, Path(folder) / name, env=python_env({"DATABASE_URL": database_url})
+    )
+    return process.ready_or_stop(lambda: _still_running(process))
+
+
+def _still_running(process: ManagedProcess) -> None:
+    # A bad flag or an unreachable database ends it at once: say so now, not at the first query.
+    try:
+        code = process.process.wait(0.5)
+    except subprocess.TimeoutExpired:
+        return  # running, as it should
+    process.fail(f"{process.name} exited with {code}")
