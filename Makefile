@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint typecheck bench clean
+.PHONY: run test demo drill lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
 demo: $(STAMP)
 	$(BIN)/liquid-abt-exporter demo $(ARGS)
+
+## drill: the runbooks' incidents on the whole loop with the shipped timers, one timeline each (about an hour)
+drill: $(STAMP)
+	$(BIN)/liquid-abt-exporter drill $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench

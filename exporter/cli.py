@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
+        "drill",
+        help="replay the runbooks' incidents on the whole loop and print their timelines "
+        "(see `drill --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
         "demo",
         help="run the whole loop locally (database, Kraken-compatible server, exporter, simulator, "
         "Prometheus and Alertmanager when installed); --drill runs a scripted outage",
@@ -188,6 +194,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         from exporter.drill.kraken_server.cli import main as kraken_server
 
         return kraken_server(argv[1:])
+    if argv[:1] == ["drill"]:
+        from exporter.drill.incidents import main as drill
+
+        return drill(argv[1:])
     if argv[:1] == ["demo"]:
         from exporter.drill.demo import main as demo
 

@@ -1,0 +1,136 @@
+"""The LIQUID ABT platform, reduced to what an incident drill needs, as docs/platform-integration.md
+describes it: before every automatic purchase it reads the gate (pause, breaker, API rate); it
+places the order on the exchange for real (here a signed private call to the Kraken-compatible
+server, so outages, rate limits and refused keys fail it as they would); it logs the call in
+`api_call_logs` and the purchase in `bitcoin_purchases` with the exchange's own error text; and it
+buys due retries from the retry queue.
+
+Unlike `simulate`, whose failures follow a scripted mix, every failure here is one the exchange
+really gave, so the exporter sees the world the way it would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import aiohttp
+import asyncpg
+
+from exporter.config import RetryConfig
+from exporter.controls import gate, retry_queue
+from exporter.signals.kraken.client import KrakenClient, KrakenError
+
+log = logging.getLogger(__name__)
+
+PURCHASE_SQL = """
+INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, exchange_provider,
+                               retry_count, created_at)
+VALUES ($1, $2, $3, $4, $5, 0, now())
+"""
+CALL_SQL = """
+INSERT INTO api_call_logs (provider, endpoint, success, response_time, error_message)
+VALUES ($1, 'placeOrder', $2, $3, $4)
+"""
+
+
+@dataclass
+class PlatformCounts:
+    attempted: int = 0
+    completed: int = 0
+    failed: int = 0
+    held_back: int = 0  # not attempted: paused or breaker open
+    retries_bought: int = 0
+    retries_failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Platform:
+    """Buys at `rate_per_minute` (scaled by the exporter's API rate multiplier) until stopped."""
+
+    def __init__(
+        self,
+        database_url: str,
+        kraken_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        rate_per_minute: float = 60.0,
+        exchange: str = "kraken",
+        timeout: float = 10.0,
+        retry_config: RetryConfig | None = None,
+    ) -> None:
+        self._database_url = database_url
+        self._kraken = (kraken_url, api_key, api_secret, timeout)
+        self.rate = rate_per_minute
+        self.exchange = exchange
+        self._retry = retry_config or RetryConfig()
+        self.counts = PlatformCounts()
+        self._n = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(self._database_url)
+        url, key, secret, timeout = self._kraken
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = KrakenClient(session, url, timeout, key, secret)
+                orders: set[asyncio.Task[None]] = set()
+                while not stop.is_set():
+                    started = time.monotonic()
+                    current = await gate.purchase_gate(conn, self.exchange)
+                    if current.may_buy:
+                        order = asyncio.create_task(self._buy(conn, client))
+                        orders.add(order)
+                        order.add_done_callback(orders.discard)
+                        await self._buy_due_retries(conn, client)
+                    else:
+                        self.counts.held_back += 1
+                    spacing = 60.0 / (self.rate * current.api_rate_multiplier)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            stop.wait(), max(0.0, spacing - (time.monotonic() - started))
+                        )
+                for order in list(orders):
+                    order.cancel()
+        finally:
+            await conn.close()
+
+    async def _order(self, client: KrakenClient) -> tuple[bool, int, str | None]:
+        """Place one order: (success, milliseconds, the exchange's error text)."""
+        started = time.monotonic()
+        try:
+            await client.balance()  # the signed private call that stands for AddOrder
+        except KrakenError as exc:
+            ms = round((time.monotonic() - started) * 1000)
+            return False, ms, f"Kraken API {exc.outcome.value}: {exc.message}"
+        return True, round((time.monotonic() - started) * 1000), None
+
+    async def _buy(self, conn: asyncpg.Connection, client: KrakenClient) -> None:
+        self._n += 1
+        tenant = f"tenant-{self._n % 40}"
+        ok, ms, error = await self._order(client)
+        self.counts.attempted += 1
+        if ok:
+            self.counts.completed += 1
+        else:
+            self.counts.failed += 1
+            self.counts.reasons[error or ""] = self.counts.reasons.get(error or "", 0) + 1
+        await conn.execute(CALL_SQL, self.exchange, ok, ms, error)
+        await conn.execute(
+            PURCHASE_SQL, tenant, Decimal("250.00"), "completed" if ok else "failed", error,
+            self.exchange,
+        )  # fmt: skip
+
+    async def _buy_due_retries(self, conn: asyncpg.Connection, client: KrakenClient) -> None:
+        for entry in await retry_queue.claim_due(conn, limit=5):
+            ok, _, error = await self._order(client)
+            if ok:
+                await retry_queue.complete(conn, entry.id)
+                self.counts.retries_bought += 1
+            else:
+                await retry_queue.fail(conn, entry.id, error or "failed", self._retry)
+                self.counts.retries_failed += 1
