@@ -231,6 +231,9 @@ class KrakenConfig(_Model):
     # incident is open (so recovery is seen, and relapses too, within seconds).
     doubt_interval: Duration = 2.0
     incident_interval: Duration = 5.0
+    # Between the calls of one round: Kraken asks for about one public call a second per IP,
+    # and that IP may be the one the platform buys from.
+    call_spacing: Duration = 1.0
     slow_threshold: Duration = 5.0  # the runbook warns above 5000 ms
     enabled: bool = True
 

@@ -79,7 +79,8 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
         "collectors": {"interval": t.d(15), "timeout": t.d(10)},
         "database": {"health_interval": t.d(5)},
         "kraken": {"base_url": kraken_url, "timeout": t.d(10), "probe_interval": t.d(30),
-                   "doubt_interval": t.d(2), "incident_interval": t.d(5)},
+                   "doubt_interval": t.d(2), "incident_interval": t.d(5),
+                   "call_spacing": t.d(1)},
         "breaker": {"failure_threshold": 2, "recovery_timeout": t.d(30),
                     "monitoring_window": t.d(600)},
         "incident": {"probation": t.d(90), "backoff_max": t.d(600),
@@ -221,6 +222,8 @@ class Timeline:
     scenario: str
     timing: Timing
     t0: float = 0.0
+    t0_wall: float = 0.0
+    decisions: list[tuple[float, str]] = field(default_factory=list)  # from the audit log
     marks: list[tuple[float, str]] = field(default_factory=list)
     first: dict[str, float] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
@@ -253,6 +256,7 @@ class Timeline:
     def rows(self) -> list[tuple[str, str]]:
         rows = [(f"{at:+.1f}s", text) for at, text in self.marks]
         rows += [(f"{v:+.1f}s", k) for k, v in self.first.items()]
+        rows += [(f"{at:+.1f}s", f"  audit: {text}") for at, text in self.decisions]
         page = self.first_page()
         if page:
             rows.append((f"{page[0]:+.1f}s", f"first page: {page[1]}"))
@@ -349,7 +353,8 @@ class Drill:
 
     def fault(self, mode: str, text: str, **faults: Any) -> None:
         self.set(mode, **faults)
-        self.timeline.t0 = self.timeline.t0 or time.monotonic()
+        if not self.timeline.t0:
+            self.timeline.t0, self.timeline.t0_wall = time.monotonic(), time.time()
         self.timeline.mark(text)
 
     def set(self, mode: str, **faults: Any) -> None:
@@ -645,7 +650,33 @@ async def run_scenario(
             await asyncio.gather(*tasks, return_exceptions=True)
             await pager.stop()
         timeline.reasons = await _reason_classes(database_url)
+        timeline.decisions = await _decisions(database_url, timeline)
     return timeline
+
+
+_DECISIONS_SQL = """
+SELECT extract(epoch FROM at)::float8 AS at, action, result, actor,
+       coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '') AS change
+FROM liquid_abt.audit_log
+WHERE action IN ('incident_opened', 'incident_relapsed', 'incident_closed', 'verify_recovery',
+                 'breaker_transition', 'set_api_rate_multiplier')
+  AND result <> 'unchanged'
+ORDER BY id
+"""
+
+
+async def _decisions(database_url: str, timeline: Timeline) -> list[tuple[float, str]]:
+    """The incident model's decisions, as the audit log has them."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(_DECISIONS_SQL)
+    finally:
+        await conn.close()
+    return [
+        (round(timeline.timing.shipped(r["at"] - timeline.t0_wall), 1),
+         f"{r['action']} {r['result']} {r['change']}".strip())
+        for r in rows
+    ]  # fmt: skip
 
 
 async def _reason_classes(database_url: str) -> dict[str, int]:

@@ -73,7 +73,8 @@ class Platform:
         self._n = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self._database_url)
+        conn = await asyncpg.create_pool(self._database_url, min_size=1, max_size=8)
+        assert conn is not None
         url, key, secret, timeout = self._kraken
         try:
             async with aiohttp.ClientSession() as session:
@@ -109,7 +110,7 @@ class Platform:
             return False, ms, f"Kraken API {exc.outcome.value}: {exc.message}"
         return True, round((time.monotonic() - started) * 1000), None
 
-    async def _buy(self, conn: asyncpg.Connection, client: KrakenClient) -> None:
+    async def _buy(self, conn: asyncpg.Pool, client: KrakenClient) -> None:
         self._n += 1
         tenant = f"tenant-{self._n % 40}"
         ok, ms, error = await self._order(client)
@@ -125,7 +126,7 @@ class Platform:
             self.exchange,
         )  # fmt: skip
 
-    async def _buy_due_retries(self, conn: asyncpg.Connection, client: KrakenClient) -> None:
+    async def _buy_due_retries(self, conn: asyncpg.Pool, client: KrakenClient) -> None:
         for entry in await retry_queue.claim_due(conn, limit=5):
             ok, _, error = await self._order(client)
             if ok:

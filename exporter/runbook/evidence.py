@@ -93,6 +93,15 @@ class PlatformCalls:
     """The platform's latest calls to the exchange, newest first, as reason classes (None: ok)."""
 
     reasons: tuple[str | None, ...]
+    at: tuple[datetime, ...] = ()
+
+    def since(self, when: datetime | None) -> PlatformCalls:
+        """Only the calls made after `when`: newer probe evidence supersedes older calls (a
+        paused platform makes no calls, so its last failures would otherwise linger)."""
+        if when is None or not self.at:
+            return self
+        keep = [i for i, at in enumerate(self.at) if at > when]
+        return PlatformCalls(tuple(self.reasons[i] for i in keep), tuple(self.at[i] for i in keep))
 
     def failing(self, min_calls: int) -> bool:
         latest = self.reasons[:min_calls]
@@ -144,8 +153,11 @@ def judge(
 ) -> Verdict:
     failing = [o for o in live if o.consecutive_failures >= failure_threshold]
     answering = [o for o in live if o.available]
+    newest_answer = max((o.observed_at for o in answering), default=None)
+    oldest_failure = min((o.failing_since for o in failing if o.failing_since), default=None)
     if live:
-        down = len(failing) == len(live) and not platform.answering
+        # The platform vetoes "down" only with a call answered since the replicas began failing.
+        down = len(failing) == len(live) and not platform.since(oldest_failure).answering
     else:
         down = platform.failing(platform_min_calls)
     statuses = {o.system_status for o in live if o.system_status is not None}
@@ -154,7 +166,7 @@ def judge(
         bool(live)
         and len(answering) == len(live)
         and status == "online"
-        and not platform.failing(platform_min_calls)
+        and not platform.since(newest_answer).failing(platform_min_calls)
     )
     mine = next((o for o in live if o.replica == replica), None)
     isolated = mine is not None and not mine.available and bool(answering)
@@ -207,4 +219,4 @@ async def platform_calls(
     reasons = tuple(
         None if r["success"] else classifier.classify(r["error_message"] or "") for r in rows
     )
-    return PlatformCalls(reasons)
+    return PlatformCalls(reasons, tuple(r["created_at"] for r in rows))

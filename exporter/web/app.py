@@ -133,8 +133,9 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
             secrets.kraken_api_secret,
         )  # fmt: skip
         app[PROBE] = ExchangeProbe(
-            app[REGISTRY], client, exchange=KRAKEN, slow_threshold=config.slow_threshold
-        )
+            app[REGISTRY], client, exchange=KRAKEN, slow_threshold=config.slow_threshold,
+            call_spacing=config.call_spacing,
+        )  # fmt: skip
         yield
 
 
