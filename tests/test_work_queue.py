@@ -4,6 +4,7 @@ loops run is served by an index."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -13,12 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
 from exporter.controls.breaker import BreakerStore
+from exporter.database.listen import listen
 from exporter.database.pool import Connection, create_pool
 from exporter.runbook import retention
 from exporter.runbook.alert_states import ACTIVE_SQL
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
-from exporter.runbook.worker import CLAIM_SQL, ActionWorker
+from exporter.runbook.worker import CLAIM_SQL, WORK_CHANNEL, ActionWorker
 
 CONFIG = parse_config({
     "exchanges": ["kraken", "independent_reserve"],
@@ -174,3 +176,29 @@ async def test_the_loops_queries_are_served_by_indexes(
     await db.execute("SET enable_seqscan = off")
     plan = await db.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
     assert index in plan, plan
+
+
+async def test_a_recorded_state_wakes_every_listening_worker_even_after_a_lost_connection(
+    database: Connection, db: asyncpg.Connection
+) -> None:
+    woken = asyncio.Event()
+    task = asyncio.create_task(listen(database, WORK_CHANNEL, woken.set))
+    try:
+        async with asyncio.timeout(10):
+            await woken.wait()  # the first call: anything recorded before it listened
+            woken.clear()
+            await record(db, "ExchangeApiDown", "kraken")
+            await woken.wait()
+            woken.clear()
+            # The listening connection dies (a database restart, a proxy timeout): it comes back
+            # and calls once more, for what it may have missed meanwhile.
+            await db.execute(
+                """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"""
+            )
+            await woken.wait()
+            woken.clear()
+            await record(db, "ExchangeApiDown", "kraken", fingerprint="again")
+            await woken.wait()
+    finally:
+        task.cancel()

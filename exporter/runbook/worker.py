@@ -82,6 +82,8 @@ RETURNING n.id, n.alertname, n.exchange, n.dead_lettered_at IS NOT NULL AS dead
 TRY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))"
 
 BATCH = 200
+# Notified by a trigger on every insert into liquid_abt.notifications (migration 0005).
+WORK_CHANNEL = "liquid_abt_work"
 # Seconds before looking again at states left for an exchange held elsewhere.
 _CONTENDED = 0.2
 

@@ -19,6 +19,7 @@ from exporter.config import Config
 from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
 from exporter.database.background import run_forever
+from exporter.database.listen import listen
 from exporter.database.pool import Connection, DatabaseMonitor, create_pool
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
@@ -28,7 +29,7 @@ from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
 from exporter.runbook.retention import run_retention
-from exporter.runbook.worker import ActionWorker
+from exporter.runbook.worker import WORK_CHANNEL, ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.api_calls import ApiCallsSource
@@ -177,7 +178,11 @@ async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = ActionWorker(app[POOL], config, app[INCIDENTS], metrics, wake_incident=wake_incident)
     app[ACTION_WORKER] = worker
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(_task("action-worker", worker.run()))
+        await stack.enter_async_context(_task("action-worker", worker.run(poll_interval=60.0)))
+        # A state recorded by any replica wakes every worker; the poll above is the fallback.
+        await stack.enter_async_context(
+            _task("work-listener", listen(app[CONNECTION], WORK_CHANNEL, worker.wake))
+        )
         await stack.enter_async_context(_task("retention", run_retention(app[POOL], config)))
         if config.receiver.alertmanager_url:
             session = await stack.enter_async_context(aiohttp.ClientSession())

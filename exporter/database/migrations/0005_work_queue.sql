@@ -20,3 +20,15 @@ CREATE INDEX notifications_firing ON liquid_abt.notifications (exchange, alertna
 CREATE INDEX notifications_received_at ON liquid_abt.notifications (received_at);
 CREATE INDEX retry_queue_finished ON liquid_abt.retry_queue (updated_at)
     WHERE status IN ('succeeded', 'failed', 'cancelled');
+
+-- Every replica's action worker LISTENs: a recorded alert state wakes them at once, so they need
+-- not poll the table every few seconds (a quiet database when nothing happens).
+CREATE FUNCTION liquid_abt.notify_new_work() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('liquid_abt_work', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER notifications_notify AFTER INSERT ON liquid_abt.notifications
+    FOR EACH STATEMENT EXECUTE FUNCTION liquid_abt.notify_new_work();
