@@ -440,6 +440,34 @@ def _refused_expect(t: Timeline) -> list[str]:
     return problems
 
 
+async def _crossed_book(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken refuses connections")
+    await d.wait_for("retries queued", 180)
+    await d.hold(60)
+    d.set("healthy", crossed_book=True)
+    d.timeline.mark("Kraken answers again, but its order book is crossed (bid above ask)")
+    await d.hold(240)
+    d.set("healthy")
+    d.timeline.mark("order book sane again")
+    await d.wait_for("purchases resumed", 400)
+
+
+def _crossed_book_expect(t: Timeline) -> list[str]:
+    sane = next((at for at, text in t.marks if text == "order book sane again"), None)
+    problems = []
+    closed = [at for at, text in t.decisions if text.endswith("HALF_OPEN -> CLOSED")]
+    if sane is None or any(at < sane for at in closed):
+        problems.append(f"the breaker closed at {closed} before the order book was sane ({sane})")
+    failures = [at for at, text in t.decisions if text == "verify_recovery failure"]
+    if not failures:
+        problems.append("no recovery verification failed on the crossed book")
+    resumed = t.first.get("purchases resumed")
+    if resumed is None or sane is None or resumed < sane:
+        problems.append(f"purchases resumed at {resumed}, the book was sane at {sane}")
+    return problems + pages_exactly(t, {"ExchangeApiDown": 1})
+
+
 async def _flapping(d: Drill) -> None:
     await d.hold(60)
     d.fault("down", "Kraken flaps: down 20s, up 40s, for 10 minutes")
@@ -567,7 +595,8 @@ def _isolated_expect(t: Timeline) -> list[str]:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
-    Scenario("flapping", "2, 7", _flapping, _flapping_expect),
+    Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
+    Scenario("flapping", "7", _flapping, _flapping_expect),
     Scenario("sporadic", "3", _sporadic, _quiet_expect),
     Scenario("rate-limited", "4", _rate_limited, _rate_limited_expect),
     Scenario("maintenance", "5", _maintenance, _maintenance_expect),
