@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,7 +180,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             log.info("schema up to date", extra={"applied": ",".join(applied) or "none"})
         log.info("listening", extra={"address": f"http://{host or '0.0.0.0'}:{port}",
                                      "database": connection.masked, "version": __version__})  # fmt: skip
-        web.run_app(create_app(config, connection, Secrets.from_env()), host=host, port=port, print=None,
+        # The replica's name survives a restart on the same host and port: its vote is replaced, not
+        # left behind to go stale.
+        replica = f"{socket.gethostname()}:{port}"
+        web.run_app(create_app(config, connection, Secrets.from_env(), replica), host=host, port=port, print=None,
                     access_log=None)  # fmt: skip
     finally:
         if embedded is not None:

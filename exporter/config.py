@@ -266,8 +266,10 @@ class IncidentConfig(_Model):
     # The wait before verifying again after a relapse or a failed verification doubles each
     # time, from `recovery_timeout`, up to this.
     backoff_max: Duration = 600.0
-    # A replica whose last probe round is older than this no longer votes (gone or cut off).
-    replica_stale_after: Duration = 90.0
+    # A replica whose last probe round is older than this no longer votes (gone or cut off):
+    # longer than a steady probe interval plus a round, short enough that a killed replica's
+    # last vote does not hold back a decision for long.
+    replica_stale_after: Duration = 60.0
     # The API rate comes back once no call was rate limited for this long.
     rate_restore_after: Duration = 30.0
     # Platform calls (api_call_logs) read as evidence: this recent, at least this many.

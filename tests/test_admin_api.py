@@ -130,7 +130,10 @@ async def test_force_state_moves_the_breaker_and_audits_the_admin(
     assert (entry["actor"], entry["action"], entry["exchange"], entry["cause"]) == (
         "admin", "breaker_transition", "kraken", "Kraken maintenance",
     )  # fmt: skip
-    assert await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'") == "open"
+    assert (
+        await db.fetchval("SELECT state FROM liquid_abt.circuit_breakers WHERE exchange = 'kraken'")
+        == "open"
+    )
 
 
 async def test_forcing_the_current_state_again_changes_nothing(
@@ -196,7 +199,10 @@ async def test_reset_takes_no_body_at_all(client: TestClient, db: asyncpg.Connec
     payload = await response.json()
     assert payload["transition"]["to"] == "CLOSED" and payload["status"]["failureCount"] == 0
     entry = (await audit_entries(db))[-1]
-    assert (entry["action"], entry["cause"]) == ("breaker_transition", "reset through the admin API")
+    assert (entry["action"], entry["cause"]) == (
+        "breaker_transition",
+        "reset through the admin API",
+    )
 
 
 async def test_reset_rejects_unknown_fields(client: TestClient) -> None:

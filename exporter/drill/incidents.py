@@ -84,7 +84,7 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
         "breaker": {"failure_threshold": 2, "recovery_timeout": t.d(30),
                     "monitoring_window": t.d(600)},
         "incident": {"probation": t.d(90), "backoff_max": t.d(600),
-                     "replica_stale_after": t.d(90), "rate_restore_after": t.d(30),
+                     "replica_stale_after": t.d(60), "rate_restore_after": t.d(30),
                      "platform_window": t.d(60)},
         "retry": {"base_delay": t.d(60), "max_delay": t.d(3600)},
         "receiver": {"alertmanager_url": alertmanager_url, "reconcile_interval": t.d(60),

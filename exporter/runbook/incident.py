@@ -143,6 +143,12 @@ class IncidentModel:
     def replica(self) -> str:
         return self._replica
 
+    async def withdraw(self) -> None:
+        """This replica stops voting (it is shutting down)."""
+        await self._pool.execute(
+            "DELETE FROM liquid_abt.probe_observations WHERE replica = $1", self._replica
+        )
+
     # -- evidence in --
 
     async def observe(

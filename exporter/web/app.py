@@ -20,7 +20,7 @@ from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
 from exporter.database.background import run_forever
 from exporter.database.listen import listen
-from exporter.database.pool import Connection, DatabaseMonitor, create_pool
+from exporter.database.pool import DATABASE_ERRORS, Connection, DatabaseMonitor, create_pool
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
 from exporter.runbook.incident import IncidentModel
@@ -165,6 +165,9 @@ async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
         for exchange, loop in loops.items():
             await stack.enter_async_context(_task(f"incident-{exchange}", loop.run()))
         yield
+    # A replica that leaves cleanly takes its vote with it (a killed one's goes stale).
+    with contextlib.suppress(*DATABASE_ERRORS):
+        await model.withdraw()
 
 
 async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
