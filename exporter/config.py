@@ -271,7 +271,7 @@ class IncidentConfig(_Model):
     # last vote does not hold back a decision for long.
     replica_stale_after: Duration = 60.0
     # The API rate comes back once no call was rate limited for this long.
-    rate_restore_after: Duration = 30.0
+    rate_restore_after: Duration = 20.0
     # Platform calls (api_call_logs) read as evidence: this recent, at least this many.
     platform_window: Duration = 60.0
     platform_min_calls: int = Field(default=3, ge=1)

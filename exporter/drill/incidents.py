@@ -84,7 +84,7 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
         "breaker": {"failure_threshold": 2, "recovery_timeout": t.d(30),
                     "monitoring_window": t.d(600)},
         "incident": {"probation": t.d(90), "backoff_max": t.d(600),
-                     "replica_stale_after": t.d(60), "rate_restore_after": t.d(30),
+                     "replica_stale_after": t.d(60), "rate_restore_after": t.d(20),
                      "platform_window": t.d(60)},
         "retry": {"base_delay": t.d(60), "max_delay": t.d(3600)},
         "receiver": {"alertmanager_url": alertmanager_url, "reconcile_interval": t.d(60),
@@ -511,6 +511,17 @@ def _quiet_expect(t: Timeline) -> list[str]:
     return problems
 
 
+def _sporadic_expect(t: Timeline) -> list[str]:
+    """Sporadic failures never stop the business nor page "API down". (14 % of purchases do
+    fail, so the runbook's failure-rate or rate-limit page is right: that is for a person.)"""
+    problems = never(t, "purchases stopped (paused or breaker open)")
+    if "ExchangeApiDown" in t.paged():
+        problems.append(f"pages {t.paged()}: ExchangeApiDown while the API answered")
+    if t.last.get("transitions"):
+        problems.append(f"{t.last['transitions']} breaker transitions, expected none")
+    return problems
+
+
 async def _rate_limited(d: Drill) -> None:
     await d.hold(60)
     d.fault("rate_limited", "every call rate limited (EAPI:Rate limit exceeded)")
@@ -597,7 +608,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
     Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
     Scenario("flapping", "7", _flapping, _flapping_expect),
-    Scenario("sporadic", "3", _sporadic, _quiet_expect),
+    Scenario("sporadic", "3", _sporadic, _sporadic_expect),
     Scenario("rate-limited", "4", _rate_limited, _rate_limited_expect),
     Scenario("maintenance", "5", _maintenance, _maintenance_expect),
     Scenario("invalid-key", "6", _invalid_key, _invalid_key_expect),

@@ -111,10 +111,12 @@ class PlatformCalls:
     def answering(self) -> bool:
         return bool(self.reasons) and self.reasons[0] not in UNAVAILABLE_REASONS
 
-    def rate_limited_share(self) -> float:
-        if not self.reasons:
+    def rate_limited_share(self, latest: int = 5) -> float:
+        """Among the latest calls only, so the evidence clears a few calls after it stops."""
+        recent = self.reasons[:latest]
+        if not recent:
             return 0.0
-        return sum(r == "rate_limited" for r in self.reasons) / len(self.reasons)
+        return sum(r == "rate_limited" for r in recent) / len(recent)
 
 
 @dataclass(frozen=True)
