@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/collector_refresh.py
 	$(BIN)/python bench/webhook_latency.py
+	$(BIN)/python bench/worker_and_idle.py
 
 clean:
 	rm -rf $(VENV) .data

@@ -129,7 +129,7 @@ async def test_a_batch_keeps_arrival_order_per_exchange(
     audits = await db.fetchval(
         "SELECT count(*) FROM liquid_abt.audit_log WHERE action = 'set_api_rate_multiplier'"
     )
-    assert audits == 5
+    assert audits == 1, "lowered once; the later firings only renew the evidence"
 
 
 async def test_retention_deletes_old_work_and_keeps_what_still_matters(

@@ -93,6 +93,7 @@ async def create_pool(
         max_size=config.pool_max_size,
         timeout=config.connect_timeout,
         command_timeout=longest + 1.0,
+        reset=_reset,
         # Connections that outlived a database restart are dropped instead of kept forever.
         max_inactive_connection_lifetime=60.0,
         server_settings={
@@ -106,6 +107,15 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def _reset(connection: asyncpg.Connection) -> None:
+    """What a released connection needs, and no more: the exporter keeps no session state
+    (settings are transaction-local, advisory locks transaction-scoped, LISTEN on a connection
+    of its own), so asyncpg's default RESET ALL / UNLISTEN query, a transaction of its own on
+    every release, would only double the load an idle replica puts on the database."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
 
 
 async def ping(pool: asyncpg.Pool, timeout: float) -> None:

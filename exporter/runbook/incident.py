@@ -200,7 +200,10 @@ class IncidentModel:
         incident = await self._load(connection, exchange)
         now = await connection.fetchval("SELECT clock_timestamp()")
         incident = replace(incident, rate_limited_seen_at=now)
-        incident = await self._set_rate(connection, incident, lowered=True, cause=cause, now=now)
+        if incident.rate_lowered_at is None:  # lowered already: only the evidence is newer
+            incident = await self._set_rate(
+                connection, incident, lowered=True, cause=cause, now=now
+            )
         await self._save(connection, incident)
 
     # -- the decision --

@@ -48,17 +48,19 @@ PERMANENT_ERRORS = (ValueError, LookupError, asyncpg.DataError)
 # processed or dead-lettered), and other replicas skip an exchange whose batch is in flight
 # (the exchange's advisory lock, taken with try-lock below).
 CLAIM_SQL = """
+WITH backing_off AS (
+    SELECT exchange, min(id) AS from_id FROM liquid_abt.notifications
+    WHERE processed_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at > now()
+    GROUP BY exchange)
 SELECT n.id, n.fingerprint, n.status, n.starts_at, n.alertname, n.exchange, n.attempts,
        coalesce(n.labels->>'summary', n.alertname) AS summary
 FROM liquid_abt.notifications n
+LEFT JOIN backing_off b ON b.exchange = n.exchange
 WHERE n.processed_at IS NULL AND n.dead_lettered_at IS NULL AND n.next_attempt_at <= now()
-  AND NOT EXISTS (
-      SELECT 1 FROM liquid_abt.notifications e
-      WHERE e.exchange = n.exchange AND e.id < n.id
-        AND e.processed_at IS NULL AND e.dead_lettered_at IS NULL AND e.next_attempt_at > now())
+  AND (b.from_id IS NULL OR n.id < b.from_id)
 ORDER BY n.id
 LIMIT $1
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF n SKIP LOCKED
 """
 
 DONE_SQL = """
@@ -77,6 +79,11 @@ SET attempts = n.attempts + 1, last_error = f.error,
 FROM unnest($1::bigint[], $2::text[]) AS f(id, error)
 WHERE n.id = f.id
 RETURNING n.id, n.alertname, n.exchange, n.dead_lettered_at IS NOT NULL AS dead
+"""
+
+NEXT_DUE_SQL = """
+SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM liquid_abt.notifications
+WHERE processed_at IS NULL AND dead_lettered_at IS NULL
 """
 
 TRY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('liquid_abt_actions:' || $1))"
@@ -122,10 +129,15 @@ class ActionWorker:
             while True:
                 settled, skipped = await self.process_batch()
                 if not settled:
-                    # States left for an exchange someone else holds: look again shortly.
-                    return _CONTENDED if skipped else poll_interval
+                    # States left for an exchange someone else holds: look again shortly;
+                    # otherwise sleep until the next retry is due (a wake-up comes sooner).
+                    return _CONTENDED if skipped else await self._next_due(poll_interval)
 
         await run_forever("action-worker", drain, wakeup=self._wakeup, retry_after=poll_interval)
+
+    async def _next_due(self, longest: float) -> float:
+        due_in = await self._pool.fetchval(NEXT_DUE_SQL)
+        return longest if due_in is None else min(longest, max(0.0, float(due_in)))
 
     async def process_batch(self, limit: int = BATCH) -> tuple[int, int]:
         """Process up to `limit` due alert states in one transaction; returns how many it
@@ -153,6 +165,12 @@ class ActionWorker:
                         skipped += 1
                         continue
                     locked.add(exchange)
+                if not self._actions_for(state.alertname):
+                    done.append((state.id, None))  # recorded only: nothing to do, nothing to undo
+                    continue
+                if state.status == "resolved":  # a hint that changes no row: no savepoint needed
+                    done.append((state.id, await self._handle(connection, state)))
+                    continue
                 try:
                     async with connection.transaction():
                         done.append((state.id, await self._handle(connection, state)))

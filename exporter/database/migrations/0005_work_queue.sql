@@ -11,7 +11,8 @@ DROP INDEX liquid_abt.notifications_unprocessed;
 -- The worker's claim, in arrival order, and the per-exchange ordering check.
 CREATE INDEX notifications_pending ON liquid_abt.notifications (id)
     WHERE processed_at IS NULL AND dead_lettered_at IS NULL;
-CREATE INDEX notifications_pending_exchange ON liquid_abt.notifications (exchange, id)
+-- States backing off after a failure: they hold back the later states of their exchange.
+CREATE INDEX notifications_backing_off ON liquid_abt.notifications (next_attempt_at)
     WHERE processed_at IS NULL AND dead_lettered_at IS NULL;
 -- "Is an outage alert of this exchange still firing?" (incident model, reconciliation).
 CREATE INDEX notifications_firing ON liquid_abt.notifications (exchange, alertname)
