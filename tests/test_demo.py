@@ -14,9 +14,11 @@ TIMELINE = [
     ("before", "Kraken healthy: probe up, breaker closed, purchases flowing"),
     ("+0.0s", "Kraken outage injected: its API refuses connections"),
     (None, "circuit breaker OPEN: the platform stops sending orders to Kraken"),
-    (None, "ExchangeApiDown fired: purchases paused, "),
+    (None, "purchases paused, "),
+    (None, "ExchangeApiDown fired: Alertmanager pages and calls the webhook"),
     (None, "Kraken back: its API answers again"),
-    (None, "recovery verified: breaker CLOSED, purchases resumed, queued retries due"),
+    (None, "recovery verified: breaker CLOSED"),
+    (None, "purchases resumed, queued retries due"),
     (None, "retry queue worked off: "),
 ]
 

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import aiohttp
 import asyncpg
 import pytest
 
 from exporter.config import Config
 from exporter.database.pool import Connection
+from exporter.drill.kraken_server.server import FakeKraken
 from exporter.drill.simulate import (
     BREAKER_OPEN,
     CATALOGUE,
@@ -26,9 +28,11 @@ from exporter.drill.simulate import (
     check_database,
     parse_mix,
 )
+from exporter.drill.simulate.exchange import ExchangeWatch
 from exporter.labels import REASON_CLASSES
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.purchases import PurchasesSource
+from exporter.signals.kraken.client import KrakenClient
 from tests.harness import REPO
 from tests.helpers import wait_until
 
@@ -159,11 +163,15 @@ async def test_refuses_a_database_with_purchases_of_real_tenants(db: asyncpg.Con
     await check_database(db, force=True)
 
 
-async def _live(database: Connection, duration: float, rate: float = 1200) -> Live:
+async def _live(
+    database: Connection, duration: float, rate: float = 1200, watch: ExchangeWatch | None = None
+) -> Live:
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(database.dsn)
 
-    live = Live(connect, Simulator(MIX, seed=3), rate_per_minute=rate, exchange="kraken")
+    live = Live(
+        connect, Simulator(MIX, seed=3), rate_per_minute=rate, exchange="kraken", watch=watch
+    )
     await live.run(asyncio.Event(), duration)
     return live
 
@@ -319,3 +327,45 @@ async def test_live_buys_due_retries_again_as_the_platform_would(
     )
     assert tuple(row) == ("completed", 1)
     assert await db.fetchval("SELECT status FROM liquid_abt.retry_queue") == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("mode", "latency", "reason"),
+    [
+        ("healthy", None, None),
+        ("down", None, "network_timeout"),
+        ("maintenance", None, "maintenance"),
+        ("cancel_only", None, "maintenance"),
+        ("rate_limited", None, "rate_limited"),
+        ("server_error", None, "exchange_unavailable"),
+        ("auth_failure", None, None),  # the platform's key is not the one a drill breaks
+        ("slow", 1.2, None),
+    ],
+)
+async def test_the_watch_sees_the_exchange_as_the_platform_would(
+    kraken: FakeKraken, mode: str, latency: float | None, reason: str | None
+) -> None:
+    await kraken.set_mode(mode, latency)
+    watch = ExchangeWatch(kraken.url, CLASSIFY, timeout=5)
+    async with aiohttp.ClientSession() as session:
+        await watch.observe(KrakenClient(session, kraken.url, 5))
+    assert (watch.failure and watch.failure.reason) == reason
+    if watch.failure is not None:
+        assert watch.failure.stage == "price" and CLASSIFY(watch.failure.text) == reason
+    slow = mode == "slow"
+    assert (watch.delay_ms >= 1000) == slow and (watch.delay_ms == 0) == (not slow)
+
+
+async def test_live_purchases_fail_while_the_watched_exchange_is_down(
+    database: Connection, db: asyncpg.Connection, kraken: FakeKraken
+) -> None:
+    await kraken.set_mode("down")
+    watch = ExchangeWatch(kraken.url, CLASSIFY, timeout=5, interval=0.2)
+    live = await _live(database, 1.5, watch=watch)
+    assert live.summary.purchases["failed"] == live.summary.purchases.total() > 5
+    reasons = await db.fetch(
+        "SELECT DISTINCT success, error_message FROM api_call_logs"
+        " WHERE created_at > now() - interval '1 minute'"
+    )
+    assert [r["success"] for r in reasons] == [False]
+    assert CLASSIFY(reasons[0]["error_message"]) == "network_timeout"

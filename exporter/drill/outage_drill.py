@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from .stack import DeadlinePassed, KrakenServerProcess, http_request, wait_until
 T = TypeVar("T")
 
 EXCHANGE: Final = "kraken"
+FIRING: Final = 'ALERTS{alertname="ExchangeApiDown", alertstate="firing"}'
 
 _CONTROLS_SQL: Final = """
 SELECT coalesce(b.state, 'closed') AS breaker, coalesce(c.purchases_paused, false) AS paused
@@ -48,7 +50,7 @@ class Target:
     database_url: str
     exporter_url: str
     kraken: KrakenServerProcess
-    alerting: bool  # Prometheus and Alertmanager run: the outage pauses purchases
+    prometheus_url: str | None  # None: Prometheus and Alertmanager are not installed
     deadline: float  # seconds for each step
     logs: Path
 
@@ -139,33 +141,43 @@ async def _steps(demo: Target, conn: asyncpg.Connection, timeline: Timeline) -> 
         _, text = await asyncio.to_thread(http_request, f"{demo.exporter_url}/metrics")
         return f'liquid_abt_exchange_up{{exchange="{EXCHANGE}"}} 1.0' in text
 
+    async def alert_firing() -> bool:
+        query = urllib.parse.urlencode({"query": FIRING})
+        _, text = await asyncio.to_thread(
+            http_request, f"{demo.prometheus_url}/api/v1/query?{query}"
+        )
+        return '"alertname":"ExchangeApiDown"' in text
+
     await until("the first healthy probe round", probe_up)
+    await until(
+        "a healthy loop before the outage", lambda: _holds(controls, lambda c: c == RECOVERED)
+    )
     timeline.step("Kraken healthy: probe up, breaker closed, purchases flowing")
     demo.kraken.set_mode("down")
     timeline.outage("Kraken outage injected: its API refuses connections")
     await until("the breaker opening", lambda: _holds(controls, lambda c: c.breaker == "open"))
     timeline.step("circuit breaker OPEN: the platform stops sending orders to Kraken")
-    if demo.alerting:
-        await until("purchases pausing", lambda: _holds(controls, lambda c: c.paused))
-        queued = await until("failed purchases queued for retry", lambda: _total(queue))
-        timeline.step(f"ExchangeApiDown fired: purchases paused, {queued} failed purchases "
-                      "queued for retry")  # fmt: skip
+    await until("purchases pausing", lambda: _holds(controls, lambda c: c.paused))
+    queued = (await queue()).total
+    timeline.step(f"purchases paused, {queued} failed purchases queued for retry")
+    if demo.prometheus_url is not None:
+        await until("ExchangeApiDown firing", alert_firing)
+        timeline.step("ExchangeApiDown fired: Alertmanager pages and calls the webhook")
     demo.kraken.set_mode("healthy")
     timeline.step("Kraken back: its API answers again")
-    await until("verified recovery", lambda: _holds(controls, lambda c: c == RECOVERED))
-    timeline.step("recovery verified: breaker CLOSED, purchases resumed, queued retries due")
-    if demo.alerting:
-        worked_off = await until("the retry queue worked off", lambda: _worked_off(queue))
-        assert worked_off is not None  # wait_until returns only what is truthy
-        timeline.step(worked_off.describe())
+    await until("verified recovery", lambda: _holds(controls, lambda c: c.breaker == "closed"))
+    still_paused = (await controls()).paused
+    timeline.step("recovery verified: breaker CLOSED"
+                  + ("; purchases stay paused for the probation" if still_paused else ""))  # fmt: skip
+    await until("purchases resuming", lambda: _holds(controls, lambda c: c == RECOVERED))
+    timeline.step("purchases resumed, queued retries due")
+    worked_off = await until("the retry queue worked off", lambda: _worked_off(queue))
+    assert worked_off is not None  # wait_until returns only what is truthy
+    timeline.step(worked_off.describe())
 
 
 async def _holds(read: Callable[[], Awaitable[Controls]], test: Callable[[Controls], bool]) -> bool:
     return test(await read())
-
-
-async def _total(read: Callable[[], Awaitable[Queue]]) -> int:
-    return (await read()).total
 
 
 async def _worked_off(read: Callable[[], Awaitable[Queue]]) -> Queue | None:

@@ -27,6 +27,7 @@ from exporter.secrets import SecretError
 from exporter.signals.classify import ReasonClassifier
 
 from .database import backfill, check_database
+from .exchange import ExchangeWatch
 from .generator import Simulator, Summary
 from .live import Live
 from .scenarios import CATALOGUE, SCENARIOS, SimulateError, parse_mix
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--exchange", help="exchange_provider (default: the first configured exchange)"
     )
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible run")
+    parser.add_argument(
+        "--kraken-url",
+        metavar="URL",
+        help="live: meet this exchange as it is now (a public call to it every second): "
+        "purchases fail when it fails and are slow when it is; for drills against "
+        "`kraken-server` (default: the failure mix alone decides)",
+    )
     parser.add_argument(
         "--ignore-controls",
         action="store_true",
@@ -204,10 +212,17 @@ async def _simulate(args: argparse.Namespace, config: Config) -> Summary:
         exchange=exchange,
         honour_controls=not args.ignore_controls,
         retry_config=config.retry,
+        watch=_watch(args.kraken_url, config),
     )
     summary = await live.run(stop, args.duration)
     log.info("simulation stopped", extra={**summary.describe(), "lost": live.lost})
     return summary
+
+
+def _watch(kraken_url: str | None, config: Config) -> ExchangeWatch | None:
+    if kraken_url is None:
+        return None
+    return ExchangeWatch(kraken_url, ReasonClassifier(config.purchases.failure_reasons).classify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

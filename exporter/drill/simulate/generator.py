@@ -104,10 +104,22 @@ class Simulator:
         """Seconds to the next purchase."""
         return self.rng.expovariate(rate_per_minute / 60)
 
-    def purchase(self, *, breaker_open: bool = False, rate_multiplier: float = 1.0) -> Purchase:
+    def purchase(
+        self,
+        *,
+        breaker_open: bool = False,
+        rate_multiplier: float = 1.0,
+        exchange_failure: Failure | None = None,
+        delay_ms: float = 0.0,
+    ) -> Purchase:
+        """One purchase; `exchange_failure` and `delay_ms` are what the exchange does right now
+        (ExchangeWatch in a drill): every purchase fails that way, every call is that slower."""
         rng = self.rng
         amount = min(max(rng.lognormvariate(math.log(250), 1.0), 10.0), 50_000.0)
-        failure = BREAKER_OPEN if breaker_open else self._draw_failure(rate_multiplier)
+        if breaker_open:
+            failure: Failure | None = BREAKER_OPEN
+        else:
+            failure = exchange_failure or self._draw_failure(rate_multiplier)
         plan = [PRICE]
         if amount > 1000 or rng.random() < 0.1:
             plan.append(BALANCE)
@@ -120,7 +132,7 @@ class Simulator:
             amount_aud=Decimal(f"{amount:.2f}"),
             failure=failure,
             retry_count=retries,
-            calls=self._calls(plan, failure),
+            calls=self._calls(plan, failure, delay_ms),
         )
 
     def _draw_failure(self, rate_multiplier: float) -> Failure | None:
@@ -132,10 +144,12 @@ class Simulator:
                 return self.rng.choice(BY_CLASS[reason])
         return None
 
-    def _calls(self, plan: list[str], failure: Failure | None) -> tuple[Call, ...]:
+    def _calls(
+        self, plan: list[str], failure: Failure | None, delay_ms: float = 0.0
+    ) -> tuple[Call, ...]:
         """The calls the purchase makes, up to and including the one that fails."""
         if failure is None:
-            return self._timed([(e, None) for e in plan])
+            return self._timed([(e, None) for e in plan], delay_ms)
         if failure.stage == "none":
             return ()
         failing = {
@@ -145,13 +159,16 @@ class Simulator:
             "any": self.rng.choice(plan),
         }[failure.stage]
         made = plan[: plan.index(failing) + 1]
-        return self._timed([(e, failure if e == failing else None) for e in made])
+        return self._timed([(e, failure if e == failing else None) for e in made], delay_ms)
 
-    def _timed(self, steps: list[tuple[str, Failure | None]]) -> tuple[Call, ...]:
+    def _timed(
+        self, steps: list[tuple[str, Failure | None]], delay_ms: float = 0.0
+    ) -> tuple[Call, ...]:
         calls, offset = [], 0.0
         for endpoint, failure in steps:
             if failure is None:
                 ms = self._latency(_HEALTHY_MS[endpoint] * self.slowdown, _HEALTHY_SIGMA)
+                ms += round(delay_ms)
             else:
                 ms = self._latency(*failure.latency_ms)
             offset += ms / 1000 + 0.005  # the platform's own time between calls

@@ -9,7 +9,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from exporter.controls import retry_queue
 from exporter.database.pool import DATABASE_UNAVAILABLE
 
 from .database import CALL_COLUMNS, Controls, call_rows, create_tenants, read_controls
+from .exchange import ExchangeWatch
 from .generator import Purchase, Simulator, Summary
 
 log = logging.getLogger("exporter.drill.simulate")
@@ -46,6 +47,7 @@ class Live:
         exchange: str,
         honour_controls: bool = True,
         retry_config: RetryConfig | None = None,
+        watch: ExchangeWatch | None = None,
     ) -> None:
         self.connect = connect
         self.conn: asyncpg.Connection | None = None
@@ -57,9 +59,27 @@ class Live:
         self.controls = Controls()
         self.lost = 0  # purchases that arrived while the database was unreachable
         self.retry_config = retry_config or RetryConfig()
+        self.watch = watch  # the exchange as it is now; None: the failure mix alone decides
         self._in_flight: list[tuple[float, int, datetime, Purchase]] = []
 
     async def run(self, stop: asyncio.Event, duration: float | None = None) -> Summary:
+        if self.watch is None:
+            return await self._run(stop, duration)
+        watching = asyncio.Event()
+        watch = asyncio.create_task(self.watch.run(watching))
+        try:
+            # No purchase before the exchange was looked at; a watch that crashed says why.
+            observed = asyncio.create_task(self.watch.observed.wait())
+            await asyncio.wait([observed, watch], return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                observed.cancel()
+                watch.result()
+            return await self._run(stop, duration)
+        finally:
+            watching.set()
+            await watch
+
+    async def _run(self, stop: asyncio.Event, duration: float | None) -> Summary:
         loop = asyncio.get_running_loop()
         end = math.inf if duration is None else loop.time() + duration
         next_purchase = loop.time() + self.simulator.interval(self.rate)
@@ -135,7 +155,7 @@ class Live:
         if self.controls.paused or self.controls.breaker_open:
             return
         for entry in await retry_queue.claim_due(conn, limit=10):
-            attempt = self.simulator.purchase(rate_multiplier=self.controls.rate_multiplier)
+            attempt = self.simulator.purchase(**self._conditions())
             async with conn.transaction():
                 await conn.execute(
                     "UPDATE bitcoin_purchases SET retry_count = retry_count + 1, status = $2, "
@@ -158,7 +178,7 @@ class Live:
             self.lost += 1
             return
         purchase = self.simulator.purchase(
-            breaker_open=self.controls.breaker_open, rate_multiplier=self.controls.rate_multiplier
+            breaker_open=self.controls.breaker_open, **self._conditions()
         )
         row = await self.conn.fetchrow(
             "INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, exchange_provider) "
@@ -168,6 +188,13 @@ class Live:
             self.exchange,
         )
         self._in_flight.append((now + purchase.duration_s, row["id"], row["created_at"], purchase))
+
+    def _conditions(self) -> dict[str, Any]:
+        """What a purchase placed now meets: the API rate, and the exchange when watched."""
+        conditions: dict[str, Any] = {"rate_multiplier": self.controls.rate_multiplier}
+        if self.watch is not None:
+            conditions |= {"exchange_failure": self.watch.failure, "delay_ms": self.watch.delay_ms}
+        return conditions
 
     async def _settle(self, conn: asyncpg.Connection, now: float) -> None:
         """Write the outcome of every purchase whose calls have finished (all or none)."""
