@@ -57,16 +57,13 @@ class Timing:
     interval: str  # probe, collectors, scrape and rule evaluation
     alert_for: str  # every `for:` of the shipped rules is cut to this
     recovery_timeout: str  # breaker.recovery_timeout and incident.probation
-    # incident.platform_window: while purchases are paused the platform makes no calls, so its
-    # last failed ones hold recovery back until they are this old.
-    platform_window: str
     deadline: float  # seconds for each drill step
 
 
 TIMINGS = {
-    "human": Timing("5s", alert_for="15s", recovery_timeout="15s", platform_window="30s", deadline=300),
-    "fast": Timing("1s", alert_for="2s", recovery_timeout="3s", platform_window="5s", deadline=120),
-}  # fmt: skip
+    "human": Timing(interval="5s", alert_for="15s", recovery_timeout="15s", deadline=300),
+    "fast": Timing(interval="1s", alert_for="2s", recovery_timeout="3s", deadline=120),
+}
 DEFAULT_PORTS = {
     "exporter": 9898, "kraken": 9988, "kraken_control": 9989, "prometheus": 9090, "alertmanager": 9093,
 }  # fmt: skip
@@ -152,7 +149,7 @@ class Demo:
             # The production default: `slow` (6 s) is then slow, not down.
             kraken={"timeout": "10s"},
             breaker={"failure_threshold": 2, "recovery_timeout": t.recovery_timeout},
-            incident={"probation": t.recovery_timeout, "platform_window": t.platform_window},
+            incident={"probation": t.recovery_timeout},
             receiver=receiver,
         )  # fmt: skip
 
