@@ -161,6 +161,19 @@ async def test_database_down_gets_503_so_alertmanager_retries(aiohttp_client) ->
     assert status == 503 and reply["status"] == "error"
 
 
+async def test_an_invalid_notification_gets_400_even_while_the_database_is_down(
+    aiohttp_client,
+) -> None:
+    """A retry cannot fix it: Alertmanager must not be told to retry (503) first."""
+    from exporter.database.embedded import free_port
+
+    nowhere = Connection(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    config = parse_config({"kraken": {"enabled": False}, "database": {"connect_timeout": "1s"}})
+    client = await aiohttp_client(create_app(config, nowhere, Secrets(webhook_token=TOKEN)))
+    status, reply = await post(client, notification([alert("X", fingerprint="f" * 3000)]))
+    assert status == 400 and reply["status"] == "invalid", reply
+
+
 async def test_undecodable_credentials_get_401_not_500(
     client: TestClient, db: asyncpg.Connection
 ) -> None:

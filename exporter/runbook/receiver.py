@@ -68,20 +68,24 @@ def _storable(text: str) -> str:
     return text
 
 
+def _check_label(name: str, value: str) -> None:
+    where = _shorten(name, 40)
+    if len(name) > MAX_LABEL_NAME:
+        raise ValueError(f"label name {where} is longer than {MAX_LABEL_NAME} characters")
+    if len(value) > MAX_LABEL_VALUE:
+        raise ValueError(
+            f"label {where} is longer than {MAX_LABEL_VALUE} characters ({len(value)})"
+        )
+    for text, what in ((name, "label name"), (value, f"label {where}")):
+        try:
+            _storable(text)
+        except ValueError as exc:
+            raise ValueError(f"{what} {exc}") from None
+
+
 def _label_set(labels: dict[str, str]) -> dict[str, str]:
     for name, value in labels.items():
-        where = _shorten(name, 40)
-        if len(name) > MAX_LABEL_NAME:
-            raise ValueError(f"label name {where} is longer than {MAX_LABEL_NAME} characters")
-        if len(value) > MAX_LABEL_VALUE:
-            raise ValueError(
-                f"label {where} is longer than {MAX_LABEL_VALUE} characters ({len(value)})"
-            )
-        for text, what in ((name, "label name"), (value, f"label {where}")):
-            try:
-                _storable(text)
-            except ValueError as exc:
-                raise ValueError(f"{what} {exc}") from None
+        _check_label(name, value)
     alertname = labels.get("alertname")
     if not alertname:
         raise ValueError("alertname is missing")
@@ -324,6 +328,8 @@ async def record(pool: asyncpg.Pool, parsed: Parsed) -> Recorded:
     """Store every valid alert not seen before, in one transaction.
 
     Raises AllRefused when no alert could be recorded although some were sent."""
+    if parsed.refused and not parsed.alerts:  # known without asking the database
+        raise AllRefused(parsed.refused)
     notification, refused = parsed.notification, list(parsed.refused)
     new = stored = 0  # stored: recorded now or before (a duplicate)
     # A bounded wait for a connection: a busy pool answers 503 (retry) rather than hang.
