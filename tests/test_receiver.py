@@ -327,7 +327,7 @@ async def test_the_summary_comes_from_the_annotations(
     assert (await notifications(db))[0]["summary"] == summary
 
 
-async def test_the_pause_reason_is_the_alerts_summary(
+async def test_the_alerts_summary_is_the_cause_of_the_pause(
     aiohttp_client, database: Connection, db: asyncpg.Connection
 ) -> None:
     config = parse_config({"kraken": {"enabled": False}})  # the runbook's default actions
@@ -343,10 +343,10 @@ async def test_the_pause_reason_is_the_alerts_summary(
         ))  # fmt: skip
 
     await wait_until(paused)
-    reason = await db.fetchval(
-        "SELECT pause_reason FROM liquid_abt.exchange_controls WHERE exchange = 'kraken'"
+    cause = await db.fetchval(
+        "SELECT cause FROM liquid_abt.audit_log WHERE action = 'pause_purchases' AND exchange = 'kraken'"
     )
-    assert reason == "Kraken API unreachable from 3 replicas"
+    assert "ExchangeApiDown firing (Kraken API unreachable from 3 replicas)" in cause
 
 
 # Requests aiohttp cannot parse, each carrying the webhook token somewhere in its raw bytes.

@@ -397,8 +397,7 @@ def test_no_5xx_and_a_rejected_request_changes_nothing(
         assert not refused & set(case.valid), f"a valid alert was refused: {reply}"
 
 
-@PROPERTY
-@settings(max_examples=max(10, EXAMPLES // 3))
+@settings(PROPERTY, max_examples=max(10, EXAMPLES // 3))
 @given(case=cases())
 def test_an_untouched_notification_is_recorded_whole(live: LiveWebhook, case: Case) -> None:
     """The oracle for the property above: without mutations, every alert is recorded."""
