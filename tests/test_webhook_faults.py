@@ -21,13 +21,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
-from exporter.database.embedded import EmbeddedPostgres
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
 from tests.alertmanager_payloads import alert, notification
-from tests.conftest import writable_tmp_dir
+from tests.harness import PostgresServer, searchable_tmp_dir
 from tests.helpers import wait_until
 
 TOKEN = "fault-secret"
@@ -43,9 +42,9 @@ CONFIG = parse_config({
 
 
 @pytest.fixture
-async def own_server() -> AsyncIterator[EmbeddedPostgres]:
+async def own_server() -> AsyncIterator[PostgresServer]:
     """A server of the test's own, since the test kills its connections and restarts it."""
-    server = EmbeddedPostgres(writable_tmp_dir("liquid-abt-webhook-faults-") / "pg")
+    server = PostgresServer(searchable_tmp_dir("liquid-abt-webhook-faults-"))
     await asyncio.to_thread(server.start)
     conn = await asyncpg.connect(server.dsn)
     await migrate(conn)
@@ -119,7 +118,7 @@ async def kill_connections(admin_dsn: str) -> int:
         await conn.close()
 
 
-async def faults(load: Load, server: EmbeddedPostgres) -> dict[str, int]:
+async def faults(load: Load, server: PostgresServer) -> dict[str, int]:
     """Connections killed five times, then the server stopped until the webhook answered 503
     several times, then started again; all while the senders run."""
     done: dict[str, int] = {"killed": 0}
@@ -143,7 +142,7 @@ async def _more_503(load: Load, count: int) -> bool:
 
 
 async def test_every_notification_is_recorded_exactly_once_across_database_faults(
-    aiohttp_client, own_server: EmbeddedPostgres
+    aiohttp_client, own_server: PostgresServer
 ) -> None:
     client = await aiohttp_client(
         create_app(CONFIG, Connection(own_server.dsn), Secrets(webhook_token=TOKEN))
