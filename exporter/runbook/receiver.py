@@ -5,8 +5,16 @@ Alertmanager semantics this module respects:
 - the same notification arrives again (repeat_interval, HA peers, retries): each alert is
   recorded once per (fingerprint, status, startsAt), enforced by a unique constraint;
 - 2xx once recorded, 400 for payloads that a retry cannot fix, 401 without credentials, 413 for
-  bodies over the limit, 503 when the database is down, so that Alertmanager retries.
-The runbook actions run afterwards, in the background (actions.py), from the recorded rows.
+  bodies over the limit, 503 only when a retry can help (the database is away), so that
+  Alertmanager retries exactly what may succeed later.
+
+One bad alert does not cost the others: each alert is validated on its own (lengths, types,
+values PostgreSQL can store) and the valid ones are recorded; the answer is 200 and names every
+refused alert, the audit log keeps a row per refusal. Alertmanager does not retry a 4xx, so
+refusing the whole notification would drop the valid alerts in it for good. Only a notification
+whose envelope is wrong, or whose every alert is refused, is answered 400 and changes nothing.
+
+The runbook actions run afterwards, in the background (worker.py), from the recorded rows.
 """
 
 from __future__ import annotations
@@ -17,21 +25,93 @@ import hmac
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.controls import audit
 from exporter.database.pool import DATABASE_ERRORS
+from exporter.database.transactions import transaction
 from exporter.secrets import Secrets
 
 log = logging.getLogger(__name__)
 
-RESULTS = ("accepted", "duplicate", "invalid", "unauthorized", "too_large", "error")
+RESULTS = ("accepted", "duplicate", "partial", "invalid", "unauthorized", "too_large", "error")
+
+# Lengths in characters. Alertmanager's fingerprints are 16 hex digits; the bounds keep every
+# stored key far below PostgreSQL's limit for one index entry (2,704 bytes), even in 4-byte
+# UTF-8, for the unique (fingerprint, status, startsAt) key and for indexes on name and exchange.
+MAX_FINGERPRINT = 128
+MAX_ALERTNAME = 200
+MAX_EXCHANGE = 100
+MAX_LABEL_NAME = 200
+MAX_LABEL_VALUE = 4096
+MAX_GROUP_KEY = 16384
+# The summary becomes the pause reason people read; a longer one is cut, not refused.
+MAX_SUMMARY = 1000
+MAX_INT4 = 2**31 - 1
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL's text and jsonb refuse NUL characters and text that is not UTF-8."""
+    if "\x00" in text:
+        raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8 (a lone surrogate)") from None
+    return text
+
+
+def _check_label(name: str, value: str) -> None:
+    where = _shorten(name, 40)
+    if len(name) > MAX_LABEL_NAME:
+        raise ValueError(f"label name {where} is longer than {MAX_LABEL_NAME} characters")
+    if len(value) > MAX_LABEL_VALUE:
+        raise ValueError(
+            f"label {where} is longer than {MAX_LABEL_VALUE} characters ({len(value)})"
+        )
+    for text, what in ((name, "label name"), (value, f"label {where}")):
+        try:
+            _storable(text)
+        except ValueError as exc:
+            raise ValueError(f"{what} {exc}") from None
+
+
+def _label_set(labels: dict[str, str]) -> dict[str, str]:
+    for name, value in labels.items():
+        _check_label(name, value)
+    alertname = labels.get("alertname")
+    if not alertname:
+        raise ValueError("alertname is missing")
+    if len(alertname) > MAX_ALERTNAME:
+        raise ValueError(f"alertname is longer than {MAX_ALERTNAME} characters")
+    if len(labels.get("exchange", "")) > MAX_EXCHANGE:
+        raise ValueError(f"exchange is longer than {MAX_EXCHANGE} characters")
+    return labels
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Stored as timestamptz: the time must exist in UTC too (year 1 at +14:00 does not)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the range of dates") from None
+
+
+def _end(value: datetime | None) -> datetime | None:
+    # Alertmanager sends 0001-01-01T00:00:00Z for "no end yet".
+    if value is None or value.year <= 1:
+        return None
+    return _in_utc(value)
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 class Alert(BaseModel):
@@ -39,22 +119,51 @@ class Alert(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
+    labels: Annotated[dict[str, str], AfterValidator(_label_set)]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
-    fingerprint: str = Field(min_length=1)
+    startsAt: Annotated[AwareDatetime, AfterValidator(_in_utc)]
+    endsAt: Annotated[AwareDatetime | None, AfterValidator(_end)] = None
+    fingerprint: StorableText = Field(min_length=1, max_length=MAX_FINGERPRINT)
+
+    @property
+    def summary(self) -> str | None:
+        """What the alert says happened: the rules put it in annotations; labels as a fallback."""
+        text = self.annotations.get("summary") or self.labels.get("summary")
+        if not text:
+            return None
+        text = text.encode(errors="replace").decode().replace("\x00", "\ufffd")
+        return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
 
 
 class Notification(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     version: Literal["4"]
-    groupKey: str
-    truncatedAlerts: int = Field(default=0, ge=0)
+    groupKey: StorableText = Field(max_length=MAX_GROUP_KEY)
+    truncatedAlerts: int = Field(default=0, ge=0, le=MAX_INT4)
     status: Literal["firing", "resolved"]
     receiver: str
-    alerts: list[Alert]
+    # Validated one by one (`parse_notification`), so that one bad alert spares the others.
+    alerts: list[Any]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An alert that was not recorded, and why, in words fit for a reply, a log and the audit."""
+
+    index: int
+    fingerprint: str | None
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "fingerprint": self.fingerprint, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    notification: Notification
+    alerts: list[tuple[int, Alert]]  # the valid ones, with their index in the payload
+    refused: list[Refusal]
 
 
 class ReceiverMetrics:
@@ -67,30 +176,63 @@ class ReceiverMetrics:
         )
         for result in RESULTS:
             self.notifications.labels(result)
+        self.refused_alerts = Counter(
+            "liquid_abt_webhook_refused_alerts",
+            "Alerts not recorded because they were invalid, in notifications otherwise recorded.",
+            registry=registry,
+        )
 
 
-def _describe_validation(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(body)"
-    return f"{where}: {first['msg']} ({exc.error_count()} problem(s))"
+def _shorten(text: object, limit: int = 80) -> str:
+    """Untrusted text made safe to echo and to store: control characters, NUL and lone
+    surrogates escaped, cut short."""
+    text = str(text)[: limit + 1]
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
-def parse_notification(body: bytes) -> Notification:
-    """Raises ValueError with a message a human can act on."""
+def _describe_validation(exc: ValidationError, prefix: str = "") -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(_shorten(p, 40) for p in (prefix, *first["loc"]) if p != "") or "(body)"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
+    return f"{where}: {_shorten(message, 200)}{more}"
+
+
+def _parse_envelope(body: bytes) -> Notification:
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from None
-    try:
-        notification = Notification.model_validate(data)
+        return Notification.model_validate_json(body)
     except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        if first["type"] == "json_invalid":
+            # The parser bounds nesting and number sizes itself: no recursion, no huge ints.
+            detail = first["msg"].removeprefix("Invalid JSON: ")
+            raise ValueError(f"body is not valid JSON: {detail}") from None
+        if first["type"] == "model_type":
+            raise ValueError("body is not a JSON object") from None
         raise ValueError(
             f"not an Alertmanager v4 notification: {_describe_validation(exc)}"
         ) from None
-    for index, alert in enumerate(notification.alerts):
-        if "alertname" not in alert.labels:
-            raise ValueError(f"alerts.{index}.labels: alertname is missing")
-    return notification
+
+
+def _refusal(index: int, raw: Any, reason: str) -> Refusal:
+    fingerprint = raw.get("fingerprint") if isinstance(raw, dict) else None
+    shown = _shorten(fingerprint, 40) if isinstance(fingerprint, str) else None
+    return Refusal(index, shown, reason)
+
+
+def parse_notification(body: bytes) -> Parsed:
+    """The notification and its valid alerts; ValueError (a message a human can act on) when
+    the envelope itself is wrong."""
+    notification = _parse_envelope(body)
+    alerts: list[tuple[int, Alert]] = []
+    refused: list[Refusal] = []
+    for index, raw in enumerate(notification.alerts):
+        try:
+            alerts.append((index, Alert.model_validate(raw)))
+        except ValidationError as exc:
+            refused.append(_refusal(index, raw, _describe_validation(exc, f"alerts.{index}")))
+    return Parsed(notification, alerts, refused)
 
 
 def authorized(header: str | None, secrets: Secrets) -> bool:
@@ -119,28 +261,91 @@ def authorized(header: str | None, secrets: Secrets) -> bool:
 
 INSERT_ALERT = """
 INSERT INTO liquid_abt.notifications
-    (fingerprint, status, starts_at, ends_at, alertname, exchange, labels, group_key, truncated_alerts)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)
+    (fingerprint, status, starts_at, ends_at, alertname, exchange, labels, group_key,
+     truncated_alerts, summary)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)
 ON CONFLICT (fingerprint, status, starts_at) DO NOTHING
 RETURNING id
 """
 
 
-async def record(pool: asyncpg.Pool, notification: Notification) -> int:
-    """Store every alert not seen before, in one transaction; returns how many were new."""
-    new = 0
+def refused_by_database(exc: BaseException) -> bool:
+    """PostgreSQL refused this data for good: a retry of the same alert cannot succeed.
+
+    Data exceptions (SQLSTATE class 22), integrity violations (23) and program limits (54, e.g.
+    an index entry over 2,704 bytes), and values asyncpg cannot encode (its client-side DataError,
+    an InterfaceError that is also a ValueError). Anything else may pass with time (a restart, a
+    deadlock, a timeout, a missing migration): 503, and Alertmanager retries.
+    """
+    permanent = (
+        asyncpg.DataError,
+        asyncpg.IntegrityConstraintViolationError,
+        asyncpg.ProgramLimitExceededError,
+    )
+    return isinstance(exc, permanent) or (
+        isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
+    )
+
+
+class AllRefused(Exception):
+    """Every alert of a notification was refused: nothing is recorded (the transaction rolls back)."""
+
+    def __init__(self, refused: list[Refusal]) -> None:
+        super().__init__("every alert was refused")
+        self.refused = refused
+
+
+@dataclass(frozen=True)
+class Recorded:
+    new: int
+    refused: list[Refusal]
+
+
+async def _insert(connection: asyncpg.Connection, notification: Notification, alert: Alert) -> bool:
+    """One alert state, in a savepoint: PostgreSQL refusing it leaves the others standing."""
+    async with transaction(connection):
+        inserted = await connection.fetchval(
+            INSERT_ALERT,
+            alert.fingerprint, alert.status, alert.startsAt, alert.endsAt,
+            alert.labels["alertname"], alert.labels.get("exchange"), json.dumps(alert.labels),
+            notification.groupKey, notification.truncatedAlerts, alert.summary,
+        )  # fmt: skip
+    return inserted is not None
+
+
+async def _audit_refusals(
+    connection: asyncpg.Connection, notification: Notification, refused: list[Refusal]
+) -> None:
+    for refusal in refused:
+        await audit.record(
+            connection, actor="alertmanager", action="alert_refused", result="refused",
+            cause=notification.groupKey, fingerprint=refusal.fingerprint,
+            detail={"index": refusal.index, "reason": refusal.reason},
+        )  # fmt: skip
+
+
+async def record(pool: asyncpg.Pool, parsed: Parsed) -> Recorded:
+    """Store every valid alert not seen before, in one transaction.
+
+    Raises AllRefused when no alert could be recorded although some were sent."""
+    if parsed.refused and not parsed.alerts:  # known without asking the database
+        raise AllRefused(parsed.refused)
+    notification, refused = parsed.notification, list(parsed.refused)
+    new = stored = 0  # stored: recorded now or before (a duplicate)
     # A bounded wait for a connection: a busy pool answers 503 (retry) rather than hang.
     async with pool.acquire(timeout=5) as connection, connection.transaction():
-        for alert in notification.alerts:
-            inserted = await connection.fetchval(
-                INSERT_ALERT,
-                alert.fingerprint, alert.status, alert.startsAt,
-                # Alertmanager sends 0001-01-01 for "no end yet".
-                alert.endsAt if alert.endsAt and alert.endsAt.year > 1 else None,
-                alert.labels["alertname"], alert.labels.get("exchange"),
-                json.dumps(alert.labels), notification.groupKey, notification.truncatedAlerts,
-            )  # fmt: skip
-            new += inserted is not None
+        for index, alert in parsed.alerts:
+            try:
+                new += await _insert(connection, notification, alert)
+                stored += 1
+            except DATABASE_ERRORS as exc:
+                if not refused_by_database(exc):
+                    raise
+                refused.append(Refusal(index, _shorten(alert.fingerprint, 40),
+                                       f"PostgreSQL refused it: {_shorten(exc, 200)}"))  # fmt: skip
+        if refused and not stored:
+            raise AllRefused(refused)
+        await _audit_refusals(connection, notification, refused)
         if notification.truncatedAlerts and new:
             # Alerts beyond max_alerts were dropped from the payload: say so where people look.
             await audit.record(
@@ -148,20 +353,37 @@ async def record(pool: asyncpg.Pool, notification: Notification) -> int:
                 result="recorded", cause=notification.groupKey,
                 detail={"truncated_alerts": notification.truncatedAlerts},
             )  # fmt: skip
-    return new
+    return Recorded(new, refused)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to be larger than `limit`."""
+class BodyError(Exception):
+    """The body could not be read: too large (413) or not decodable (400)."""
+
+    def __init__(self, status: int, result: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.result = result
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, decompressed as its Content-Encoding says; BodyError as soon as it is known to be
+    larger than `limit` (after decompression: a small gzip bomb stops at the limit) or corrupt."""
+    too_large = BodyError(413, "too_large", f"body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        return None
+        raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except web.RequestPayloadError:
+        encoding = _shorten(request.headers.get("Content-Encoding", "identity"), 40)
+        raise BodyError(
+            400, "invalid", f"body cannot be read as Content-Encoding {encoding} says"
+        ) from None
     return b"".join(chunks)
 
 
@@ -186,33 +408,56 @@ class WebhookHandler:
         self._metrics.notifications.labels(result).inc()
         return web.json_response({"status": result, "message": message, **extra}, status=status)
 
+    def _invalid(self, message: str, **extra: Any) -> web.Response:
+        log.warning("webhook: invalid notification", extra={"error": message})
+        return self._reply("invalid", 400, message, **extra)
+
     async def handle(self, request: web.Request) -> web.Response:
         if not authorized(request.headers.get("Authorization"), self._secrets):
             log.warning("webhook: unauthorized", extra={"remote": request.remote})
             return self._reply("unauthorized", 401, "missing or wrong credentials")
-        body = await _read_limited(request, self._max_body_bytes)
-        if body is None:
-            return self._reply("too_large", 413, f"body larger than {self._max_body_bytes} bytes")
         try:
-            notification = parse_notification(body)
+            body = await read_body(request, self._max_body_bytes)
+        except BodyError as exc:
+            return self._reply(exc.result, exc.status, str(exc))
+        try:
+            parsed = parse_notification(body)
         except ValueError as exc:
-            log.warning("webhook: invalid notification", extra={"error": str(exc)})
-            return self._reply("invalid", 400, str(exc))
+            return self._invalid(str(exc))
         try:
-            new = await record(self._pool(), notification)
-        except asyncpg.DataError as exc:  # e.g. a NUL byte in a label: a retry cannot help
-            return self._reply("invalid", 400, f"a value PostgreSQL cannot store: {exc}")
+            recorded = await record(self._pool(), parsed)
+        except AllRefused as exc:
+            return self._invalid(
+                "no alert could be recorded: " + "; ".join(r.reason for r in exc.refused[:5]),
+                refused=[r.describe() for r in exc.refused],
+            )
         except DATABASE_ERRORS as exc:
             log.error(
                 "webhook: cannot record, asking Alertmanager to retry", extra={"error": str(exc)}
             )
             return self._reply("error", 503, "database unavailable; retry later")
-        result = "accepted" if new else "duplicate"
+        return self._recorded(parsed.notification, recorded)
+
+    def _recorded(self, notification: Notification, recorded: Recorded) -> web.Response:
+        new, refused = recorded.new, recorded.refused
         log.info(
             "webhook: notification recorded",
-            extra={"group_key": notification.groupKey, "alerts": len(notification.alerts),
-                   "new": new, "truncated_alerts": notification.truncatedAlerts},
+            extra={"group_key": _shorten(notification.groupKey, 200),
+                   "alerts": len(notification.alerts), "new": new, "refused": len(refused),
+                   "truncated_alerts": notification.truncatedAlerts},
         )  # fmt: skip
         if new:
             self._on_recorded()
-        return self._reply(result, 200, f"{new} new alert state(s) recorded", new=new)
+        message = f"{new} new alert state(s) recorded"
+        if refused:
+            log.warning(
+                "webhook: alerts refused",
+                extra={"refused": "; ".join(f"{r.index}: {r.reason}" for r in refused)},
+            )
+            self._metrics.refused_alerts.inc(len(refused))
+            message += f", {len(refused)} alert(s) refused: " + "; ".join(
+                r.reason for r in refused[:5]
+            )
+            return self._reply("partial", 200, message, new=new,
+                               refused=[r.describe() for r in refused])  # fmt: skip
+        return self._reply("accepted" if new else "duplicate", 200, message, new=new)

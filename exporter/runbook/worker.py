@@ -53,7 +53,7 @@ WITH backing_off AS (
     WHERE processed_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at > now()
     GROUP BY exchange)
 SELECT n.id, n.fingerprint, n.status, n.starts_at, n.alertname, n.exchange, n.attempts,
-       coalesce(n.labels->>'summary', n.alertname) AS summary
+       coalesce(n.summary, n.alertname) AS summary
 FROM liquid_abt.notifications n
 LEFT JOIN backing_off b ON b.exchange = n.exchange
 WHERE n.processed_at IS NULL AND n.dead_lettered_at IS NULL AND n.next_attempt_at <= now()

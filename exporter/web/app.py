@@ -58,6 +58,7 @@ from exporter.web.keys import (
     SECRETS,
 )
 from exporter.web.pages import healthy, index, ready
+from exporter.web.protocol_log import quiet_malformed_requests
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ def create_app(
 ) -> web.Application:  # fmt: skip
     """The exporter; `replica` names this process among the replicas (default: host and a
     random suffix), so that a restart on the same address keeps its vote."""
+    quiet_malformed_requests()  # no client can put a header value (a token) into the log
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG] = config
     app[CONNECTION] = connection
