@@ -30,8 +30,8 @@ STYLE: Final = """
 :root { color-scheme: light; --ok: #176639; --warn: #8a5300; --bad: #b3261e; --line: #d0d7de; }
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
        color: #1f2328; background: #f6f8fa; }
-header, main { max-width: 72rem; margin: 0 auto; padding: 1rem 1.5rem; }
-header { border-bottom: 1px solid var(--line); background: #fff; max-width: none; }
+main, header > div { max-width: 72rem; margin: 0 auto; padding: 1rem 1.5rem; }
+header { border-bottom: 1px solid var(--line); background: #fff; }
 h1 { font-size: 1.6rem; margin: 0; }
 h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; }
 .sub, .note { color: #57606a; margin: .25rem 0; }
@@ -45,8 +45,10 @@ tbody tr:last-child th, tbody tr:last-child td { border-bottom: none; }
          font-weight: 600; font-size: .9rem; }
 .ok { background: var(--ok); } .warn { background: var(--warn); } .bad { background: var(--bad); }
 .detail { display: block; color: #57606a; font-size: .9rem; }
-.banner { background: #ffebe9; border: 1px solid var(--bad); border-radius: 6px;
-          padding: .6rem .8rem; }
+.banner { border: 1px solid; border-radius: 6px; padding: .6rem .8rem; font-weight: 600; }
+.banner.good { background: #dafbe1; border-color: var(--ok); }
+.banner.alarm { background: #ffebe9; border-color: var(--bad); }
+.note { margin-top: .75rem; }
 ul.links { padding-left: 1.2rem; } code { background: #eaeef2; padding: 0 .3rem; border-radius: 4px; }
 """
 
@@ -90,10 +92,10 @@ def _page(view: dict[str, Any] | None, docs_url: str | None, now: datetime) -> s
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <title>LIQUID ABT exporter</title><style>{STYLE}</style></head>
-<body><header><h1>LIQUID ABT exporter</h1>
+<body><header><div><h1>LIQUID ABT exporter</h1>
 <p class="sub">Keeps Bitcoin purchases flowing: Prometheus exporter and Alertmanager webhook
-receiver. Version {escape(__version__)}.</p></header>
-<main><h2>Exchanges</h2>
+receiver. Version {escape(__version__)}.</p></div></header>
+<main>{_summary(view)}<h2>Exchanges</h2>
 {_exchanges(view, now)}
 <p class="note">As of {now:%Y-%m-%d %H:%M:%S} UTC; this page refreshes every {REFRESH_SECONDS} s.
 Reasons, recent actions and the controls need the admin token:
@@ -102,13 +104,24 @@ Reasons, recent actions and the controls need the admin token:
 """
 
 
-def _exchanges(view: dict[str, Any] | None, now: datetime) -> str:
+def _summary(view: dict[str, Any] | None) -> str:
+    """One line that answers "are purchases flowing?" before any detail."""
     if view is None:
         return (
-            '<p class="banner" role="alert"><strong>State unavailable:</strong> the database '
-            'does not answer (see <a href="/-/ready">/-/ready</a>). /metrics keeps the last '
-            "values it read.</p>"
+            '<p class="banner alarm" role="alert">State unavailable: the database does not '
+            'answer (see <a href="/-/ready">/-/ready</a>). /metrics keeps the last values it '
+            "read.</p>"
         )
+    paused = [e["exchange"] for e in view["exchanges"] if e["purchases"]["paused"]]
+    if not paused:
+        return '<p class="banner good" role="status">Purchases flowing on every exchange.</p>'
+    names = ", ".join(escape(name) for name in paused)
+    return f'<p class="banner alarm" role="alert">Purchases paused on {names}.</p>'
+
+
+def _exchanges(view: dict[str, Any] | None, now: datetime) -> str:
+    if view is None:
+        return '<p class="note">No exchange state to show.</p>'
     rows = "".join(_row(exchange, now) for exchange in view["exchanges"])
     return (
         '<div class="table"><table><thead><tr><th scope="col">Exchange</th>'
