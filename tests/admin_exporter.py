@@ -31,7 +31,7 @@ def admin_config(**sections: Any) -> str:
         "exchanges": EXCHANGES,
         "collectors": {"interval": "1s", "timeout": "1s"},
         "kraken": {"enabled": False},
-        "breaker": {"check_interval": "1h", "recovery_timeout": "1h"},
+        "breaker": {"recovery_timeout": "1h"},
     }
     config.update(sections)
     return yaml.safe_dump(config, sort_keys=False)

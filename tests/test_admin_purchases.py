@@ -143,12 +143,16 @@ async def test_resume_lifts_an_automatic_pause_too(
         ({"exchange": "kraken"}, "reason: required, why, for the audit log and the status"),
         ({**PAUSE, "estimatedDuration": 30}, "estimatedDuration: expected a string, got 30"),
         ({**PAUSE, "reason": "x" * 501}, "reason: expected at most 500 characters, got 501"),
-        ({**PAUSE, "paused": True},
-         "unknown field(s) paused: allowed are affectedExchange, estimatedDuration, exchange, "
-         "reason"),
+        (
+            {**PAUSE, "paused": True},
+            "unknown field(s) paused: allowed are affectedExchange, estimatedDuration, exchange, "
+            "reason",
+        ),
         ({**PAUSE, "estimated_duration": "1h"}, "unknown field(s) estimated_duration: "),
-        ({**PAUSE, "affectedExchange": "independent_reserve"},
-         "exchange ('kraken') and affectedExchange ('independent_reserve') differ: give one"),
+        (
+            {**PAUSE, "affectedExchange": "independent_reserve"},
+            "exchange ('kraken') and affectedExchange ('independent_reserve') differ: give one",
+        ),
     ],
 )
 async def test_pause_rejects_bad_bodies_naming_the_field(
@@ -343,9 +347,7 @@ async def test_impact_report_takes_the_longest_range_allowed(client: TestClient)
     assert got == 200 and body["affectedPurchases"] == 0, body
 
 
-async def test_the_impact_range_limit_is_configurable(
-    aiohttp_client, database: Connection
-) -> None:
+async def test_the_impact_range_limit_is_configurable(aiohttp_client, database: Connection) -> None:
     config = CONFIG.model_copy(update={"admin": parse_config({"admin": {
         "impact_report_max_range": "1h"}}).admin})  # fmt: skip
     client = await aiohttp_client(create_app(config, database, Secrets(admin_token=TOKEN)))

@@ -11,12 +11,19 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
 from exporter.controls import audit
+from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection
 from exporter.secrets import Secrets
-from exporter.web.admin.status import PUBLIC_FIELDS, RECENT_ACTIONS, public_view
+from exporter.web.admin.status import (
+    PUBLIC_FIELDS,
+    RECENT_ACTIONS,
+    exchange_status,
+    public_view,
+)
 from exporter.web.app import create_app
 from tests.helpers import parse_samples, wait_until
 
@@ -25,7 +32,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONFIG = parse_config({
     "exchanges": ["kraken", "independent_reserve"],
     "collectors": {"interval": "200ms", "timeout": "200ms"},
-    "breaker": {"check_interval": "1h", "recovery_timeout": "1h"},
+    "breaker": {"recovery_timeout": "1h"},
     "kraken": {"enabled": False},
 })  # fmt: skip
 
@@ -57,6 +64,18 @@ async def incident(client: TestClient, db: asyncpg.Connection) -> None:
                   ('2', 'kraken', 20, now(), 'in_progress', now() - interval '1 minute'),
                   ('3', 'kraken', 30, now(), 'failed', now() - interval '1 hour')"""
     )
+    await db.execute(
+        """INSERT INTO liquid_abt.incidents (exchange, phase, cause, started_at, relapses,
+                                             next_attempt_at, last_verification)
+           VALUES ('kraken', 'down', 'alert:ExchangeApiDown', now() - interval '10 minutes', 1,
+                   now() + interval '1 minute',
+                   '{"passed": false, "at": "2025-01-10T10:00:00+00:00",
+                     "checks": [{"name": "Ticker", "ok": false, "detail": "timeout"}]}')
+           ON CONFLICT (exchange) DO UPDATE SET phase = excluded.phase, cause = excluded.cause,
+               started_at = excluded.started_at, relapses = excluded.relapses,
+               next_attempt_at = excluded.next_attempt_at,
+               last_verification = excluded.last_verification"""
+    )
     await audit.record(db, actor=audit.ACTOR_AUTOMATION, action="verify_recovery",
                        result="failure", exchange="kraken",
                        cause="recovery verification failed: Ticker: timeout")  # fmt: skip
@@ -81,8 +100,18 @@ async def test_status_tells_every_exchange_s_state_in_one_call(
     assert datetime.fromisoformat(queue["oldestWaitingSince"]) < datetime.fromisoformat(
         queue["nextAttemptAt"]
     )
-    assert kraken["lastVerification"]["result"] == "failure"
-    assert "Ticker: timeout" in kraken["lastVerification"]["cause"]
+    model = kraken["incident"]
+    assert (model["phase"], model["cause"], model["relapses"]) == (
+        "down",
+        "alert:ExchangeApiDown",
+        1,
+    )
+    assert model["since"] and model["nextVerificationAt"] and not model["probationUntil"]
+    assert kraken["breaker"]["nextAttemptTime"] is None  # held by an admin: no automatic retry
+    assert kraken["lastVerification"] == {
+        "at": "2025-01-10T10:00:00+00:00", "passed": False,
+        "checks": [{"name": "Ticker", "ok": False, "detail": "timeout"}],
+    }  # fmt: skip
     actions = [(a["actor"], a["action"]) for a in kraken["recentActions"]]
     assert actions == [
         ("automation", "verify_recovery"), ("admin", "pause_purchases"),
@@ -92,19 +121,25 @@ async def test_status_tells_every_exchange_s_state_in_one_call(
     assert reserve["retryQueue"] == {"queued": 0, "inProgress": 0, "failed": 0,
                                      "oldestWaitingSince": None, "nextAttemptAt": None}  # fmt: skip
     assert reserve["lastVerification"] is None and reserve["recentActions"] == []
+    assert reserve["incident"] == {"phase": "normal", "cause": None, "since": None, "relapses": 0,
+                                   "nextVerificationAt": None, "probationUntil": None}  # fmt: skip
 
 
-async def test_status_writes_nothing(client: TestClient, db: asyncpg.Connection) -> None:
-    await db.execute(
-        """INSERT INTO liquid_abt.circuit_breakers (exchange, state, state_changed_at)
-           VALUES ('kraken', 'open', now() - interval '2 hours')"""
-    )  # overdue for HALF_OPEN: the status shows it as it is, the checker moves it
-    before = await db.fetch("SELECT * FROM liquid_abt.circuit_breakers")
-    status = await call(client, "GET", "status")
-    assert status["exchanges"][0]["breaker"]["state"] == "OPEN"
-    assert status["exchanges"][1]["breaker"]["config"]["failureThreshold"] == 5  # the defaults
-    assert await db.fetch("SELECT * FROM liquid_abt.circuit_breakers") == before
-    assert await db.fetchval("SELECT count(*) FROM liquid_abt.audit_log") == 0
+async def test_status_writes_nothing(database: Connection, db: asyncpg.Connection) -> None:
+    """Called without the app, so no background loop writes either: a never-used exchange gets
+    no rows, and the status shows the configured defaults."""
+    pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=5)
+    try:
+        store = BreakerStore(pool, CONFIG, CollectorRegistry())
+        status = await exchange_status(pool, CONFIG, store)
+    finally:
+        await pool.close()
+    reserve = status["exchanges"][1]
+    assert (reserve["breaker"]["state"], reserve["breaker"]["config"]["failureThreshold"]) == (
+        "CLOSED", CONFIG.breaker.failure_threshold,
+    )  # fmt: skip
+    for table in ("circuit_breakers", "exchange_controls", "incidents", "audit_log"):
+        assert await db.fetchval(f"SELECT count(*) FROM liquid_abt.{table}") == 0, table
 
 
 async def test_recent_actions_are_the_newest_few(client: TestClient) -> None:
@@ -121,7 +156,9 @@ async def test_the_public_view_is_what_metrics_already_show(
     await incident(client, db)
     view = public_view(await call(client, "GET", "status"))
     kraken = view["exchanges"][0]
-    assert set(kraken) == {"exchange", "breaker", "purchases", "apiRateMultiplier", "retryQueue"}
+    assert set(kraken) == {"exchange", "incident", "breaker", "purchases", "apiRateMultiplier",
+                           "retryQueue"}  # fmt: skip
+    assert kraken["incident"] == {"phase": "down", "cause": "alert"}  # the metric's cause class
     shown = {(k, sub) for k, v in kraken.items() if isinstance(v, dict) for sub in v}
     shown |= {(k,) for k, v in kraken.items() if not isinstance(v, dict) and k != "exchange"}
     assert shown == set(PUBLIC_FIELDS), "every value on the page is named beside its metric"
@@ -142,6 +179,10 @@ async def test_the_public_view_is_what_metrics_already_show(
     assert metric["liquid_abt_manual_hold"] == 1 and kraken["purchases"]["manualHold"]
     assert samples[("liquid_abt_circuit_breaker_state",
                     frozenset({("exchange", "kraken"), ("state", "open")}))] == 1  # fmt: skip
+    assert samples[("liquid_abt_incident_phase",
+                    frozenset({("exchange", "kraken"), ("phase", "down")}))] == 1  # fmt: skip
+    assert samples[("liquid_abt_incident_cause",
+                    frozenset({("exchange", "kraken"), ("cause", "alert")}))] == 1  # fmt: skip
 
 
 # ---- one naming style ----

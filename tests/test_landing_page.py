@@ -65,11 +65,20 @@ def browser() -> Iterator[webdriver.Chrome]:
 INCIDENT_SQL = """
 INSERT INTO liquid_abt.circuit_breakers (exchange, state, manual_hold, failure_count,
                                          state_changed_at)
-VALUES ('kraken', 'open', true, 4, now() - interval '20 minutes');
+VALUES ('kraken', 'open', true, 4, now() - interval '20 minutes')
+ON CONFLICT (exchange) DO UPDATE SET state = excluded.state, manual_hold = excluded.manual_hold,
+    failure_count = excluded.failure_count, state_changed_at = excluded.state_changed_at;
 INSERT INTO liquid_abt.exchange_controls (exchange, purchases_paused, pause_reason, paused_at,
                                           manual_hold)
 VALUES ('kraken', true, 'secret-looking reason: KRAKEN-KEY-1234', now() - interval '12 minutes',
-        true);
+        true)
+ON CONFLICT (exchange) DO UPDATE SET purchases_paused = excluded.purchases_paused,
+    pause_reason = excluded.pause_reason, paused_at = excluded.paused_at,
+    manual_hold = excluded.manual_hold;
+INSERT INTO liquid_abt.incidents (exchange, phase, cause, started_at)
+VALUES ('kraken', 'down', 'maintenance', now() - interval '20 minutes')
+ON CONFLICT (exchange) DO UPDATE SET phase = excluded.phase, cause = excluded.cause,
+    started_at = excluded.started_at;
 INSERT INTO liquid_abt.retry_queue (purchase_id, exchange, amount_aud, next_attempt_at,
                                     enqueued_at)
 SELECT 'p' || n, 'kraken', 20, now() + interval '1 hour', now() - interval '10 minutes'
@@ -114,15 +123,17 @@ def test_the_landing_page_shows_each_exchange_s_state(
     assert browser.find_element(By.CSS_SELECTOR, "[role=alert]").text == (
         "Purchases paused on kraken."
     )
-    purchases, breaker, rate, queue = cells(browser, "kraken")
+    purchases, incident, breaker, rate, queue = cells(browser, "kraken")
     # Ages are floored to the minute: a slow machine may read a minute more.
     assert re.fullmatch(
         r"paused\npaused 1[23] min ago\nmanual hold: an admin resumes them", purchases
     )
+    assert incident.splitlines() == ["down", "cause: maintenance",
+                                     "purchases stopped until recovery is verified"]  # fmt: skip
     assert breaker.splitlines() == ["OPEN", "4 failures in the window", "held open by an admin"]
     assert rate == "100 %" and re.fullmatch(r"3 waiting\noldest 1[01] min ago", queue)
     assert cells(browser, "independent_reserve") == [
-        "flowing", "CLOSED\n0 failures in the window", "100 %", "empty",
+        "flowing", "normal", "CLOSED\n0 failures in the window", "100 %", "empty",
     ]  # fmt: skip
 
 

@@ -75,16 +75,16 @@ def test_status_shows_every_exchange_in_a_table(exporter: RunningExporter) -> No
     out = ok(admin(exporter, "status"))
     assert out.startswith("liquid-abt-exporter ") and "dry run off" in out.splitlines()[0]
     header = out.splitlines()[2]
-    assert header.split() == ["EXCHANGE", "BREAKER", "FAILURES", "PURCHASES", "API", "RATE",
-                              "RETRY", "QUEUE", "LAST", "VERIFICATION"]  # fmt: skip
+    assert header.split() == ["EXCHANGE", "INCIDENT", "BREAKER", "FAILURES", "PURCHASES", "API",
+                              "RATE", "RETRY", "QUEUE", "LAST", "VERIFICATION"]  # fmt: skip
     [row] = [line for line in out.splitlines()[3:5] if line.startswith("independent_reserve")]
-    assert row.split()[:5] == ["independent_reserve", "CLOSED", "0/5", "flowing", "100%"]
+    assert row.split()[:6] == ["independent_reserve", "normal", "CLOSED", "0/2", "flowing", "100%"]
 
 
 def test_status_json_is_the_admin_api_answer(exporter: RunningExporter) -> None:
     status = as_json(admin(exporter, "status", "--json"))
     assert [e["exchange"] for e in status["exchanges"]] == ["kraken", "independent_reserve"]
-    assert set(status["exchanges"][0]) >= {"breaker", "purchases", "apiRateMultiplier",
+    assert set(status["exchanges"][0]) >= {"incident", "breaker", "purchases", "apiRateMultiplier",
                                           "retryQueue", "lastVerification", "recentActions"}  # fmt: skip
 
 

@@ -60,8 +60,8 @@ def status(answer: dict[str, Any], at: datetime) -> str:
     dry = "on: actions are only recorded" if answer["dryRun"] else "off"
     head = f"liquid-abt-exporter {answer['version']}, dry run {dry}"
     rows = [_status_row(exchange, at) for exchange in answer["exchanges"]]
-    headers = ["EXCHANGE", "BREAKER", "FAILURES", "PURCHASES", "API RATE", "RETRY QUEUE",
-               "LAST VERIFICATION"]  # fmt: skip
+    headers = ["EXCHANGE", "INCIDENT", "BREAKER", "FAILURES", "PURCHASES", "API RATE",
+               "RETRY QUEUE", "LAST VERIFICATION"]  # fmt: skip
     parts = [head, "", table(headers, rows)]
     for exchange in answer["exchanges"]:
         parts += ["", *_exchange_detail(exchange, at)]
@@ -78,9 +78,9 @@ def _status_row(exchange: dict[str, Any], at: datetime) -> list[str]:
             f"PAUSED{' (held)' if purchases['manualHold'] else ''} {ago(purchases['since'], at)}"
         )
     verified = exchange["lastVerification"]
-    verification = f"{verified['result']} {ago(verified['at'], at)}" if verified else "never"
+    verification = f"{_verdict(verified)} {ago(verified['at'], at)}" if verified else "never"
     return [
-        exchange["exchange"], f"{breaker['state']}{held}",
+        exchange["exchange"], exchange["incident"]["phase"], f"{breaker['state']}{held}",
         f"{breaker['failureCount']}/{config['failureThreshold']}", paused,
         f"{exchange['apiRateMultiplier'] * 100:g}%", _queue(queue, at), verification,
     ]  # fmt: skip
@@ -94,21 +94,35 @@ def _queue(queue: dict[str, Any], at: datetime) -> str:
     return text + (f", {queue['failed']} gave up" if queue["failed"] else "")
 
 
+def _verdict(verification: dict[str, Any]) -> str:
+    return "passed" if verification["passed"] else "failed"
+
+
 def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
-    name, purchases = exchange["exchange"], exchange["purchases"]
+    name, purchases, incident = exchange["exchange"], exchange["purchases"], exchange["incident"]
     lines = [f"{name}:"]
+    if incident["phase"] != "normal":
+        lines.append(f"  incident {incident['phase']} since {when(incident['since'], at)}: "
+                     f"{incident['cause']}, {incident['relapses']} relapse(s)")  # fmt: skip
+    if incident["probationUntil"]:
+        lines.append(f"  on probation until {when(incident['probationUntil'], at)}")
     if purchases["paused"]:
         estimate = f", expected to last {purchases['estimatedDuration']}" if purchases[
             "estimatedDuration"] else ""  # fmt: skip
         lines.append(
             f"  paused since {when(purchases['since'], at)}: {purchases['reason']}{estimate}"
         )
-    breaker = exchange["breaker"]
-    if breaker["nextAttemptTime"]:
-        lines.append(f"  breaker half-opens for a trial at {when(breaker['nextAttemptTime'], at)}")
+    if incident["nextVerificationAt"]:
+        lines.append(f"  next recovery verification at {when(incident['nextVerificationAt'], at)}")
     verified = exchange["lastVerification"]
     if verified:
-        lines.append(f"  last verification {verified['result']}: {cut(verified['cause'], 100)}")
+        failed = [
+            f"{c['name']}: {c['detail']}" for c in verified.get("checks") or [] if not c["ok"]
+        ]
+        why = f": {cut('; '.join(failed), 100)}" if failed else ""
+        lines.append(
+            f"  last recovery verification {_verdict(verified)} {ago(verified['at'], at)}{why}"
+        )
     if not exchange["recentActions"]:
         return [*lines, "  no actions recorded"]
     return [*lines, _indent(actions(exchange["recentActions"], at, with_exchange=False))]

@@ -125,7 +125,8 @@ def _exchanges(view: dict[str, Any] | None, now: datetime) -> str:
     rows = "".join(_row(exchange, now) for exchange in view["exchanges"])
     return (
         '<div class="table"><table><thead><tr><th scope="col">Exchange</th>'
-        '<th scope="col">Purchases</th><th scope="col">Circuit breaker</th>'
+        '<th scope="col">Purchases</th><th scope="col">Incident</th>'
+        '<th scope="col">Circuit breaker</th>'
         '<th scope="col">API call rate</th><th scope="col">Retry queue</th></tr></thead>'
         f"<tbody>{rows}</tbody></table></div>"
     )
@@ -134,6 +135,7 @@ def _exchanges(view: dict[str, Any] | None, now: datetime) -> str:
 def _row(exchange: dict[str, Any], now: datetime) -> str:
     cells = (
         _purchases(exchange["purchases"], now),
+        _incident(exchange["incident"]),
         _breaker(exchange["breaker"]),
         _rate(exchange["apiRateMultiplier"]),
         _queue(exchange["retryQueue"], now),
@@ -157,6 +159,23 @@ def _purchases(purchases: dict[str, Any], now: datetime) -> str:
     when = f"paused {_ago(since, now)}" if since else "paused"
     held = _detail("manual hold: an admin resumes them") if purchases["manualHold"] else ""
     return _badge("paused", "bad") + _detail(when) + held
+
+
+INCIDENT: Final = {
+    "normal": ("normal", "ok", ""),
+    "down": ("down", "bad", "purchases stopped until recovery is verified"),
+    "probation": (
+        "probation",
+        "warn",
+        "recovery verified; purchases resume after a period of health",
+    ),
+}
+
+
+def _incident(incident: dict[str, Any]) -> str:
+    text, tone, meaning = INCIDENT.get(incident["phase"], (incident["phase"], "warn", ""))
+    cause = _detail(f"cause: {incident['cause']}") if incident["cause"] else ""
+    return _badge(text, tone) + cause + (_detail(meaning) if meaning else "")
 
 
 def _breaker(breaker: dict[str, Any]) -> str:

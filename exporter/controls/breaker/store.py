@@ -56,9 +56,11 @@ UPDATE liquid_abt.circuit_breakers
        IS DISTINCT FROM ($2, $3, $4, $5, $6)"""
 _LOCK_SQL: Final = _SELECT_SQL + " WHERE exchange = $1 FOR UPDATE"
 _PEEK_SQL: Final = f"""
-SELECT x.name, {", ".join(f"b.{c}" for c in COLUMNS)}, clock_timestamp() AS now
+SELECT x.name, {", ".join(f"b.{c}" for c in COLUMNS)}, clock_timestamp() AS now,
+       i.next_attempt_at
   FROM unnest($1::text[]) WITH ORDINALITY AS x(name, position)
   LEFT JOIN liquid_abt.circuit_breakers b ON b.exchange = x.name
+  LEFT JOIN liquid_abt.incidents i ON i.exchange = x.name AND i.phase = 'down'
  ORDER BY x.position"""
 _WRITE_SQL: Final = """
 UPDATE liquid_abt.circuit_breakers
@@ -163,11 +165,10 @@ class BreakerStore:
         return [await self.status(exchange) for exchange in self._exchanges]
 
     async def peek_all(self) -> list[dict[str, Any]]:
-        """Every configured breaker as status() prints it, read without writing anything: a
-        status page moves no breaker (an overdue OPEN shows as OPEN until the checker's next
-        round) and creates no row (an exchange never used shows its configured defaults)."""
+        """Every configured breaker as status() prints it, in one read that writes nothing: an
+        exchange never used shows its configured defaults rather than getting its row."""
         rows = await self._pool.fetch(_PEEK_SQL, self._exchanges)
-        return [describe(self._peeked(row), row["now"]) for row in rows]
+        return [describe(self._peeked(row), row["now"], row["next_attempt_at"]) for row in rows]
 
     def _peeked(self, row: asyncpg.Record) -> Snapshot:
         if row["state"] is not None:

@@ -1,5 +1,5 @@
-"""The state of every exchange in one call: breaker, pause and manual hold, API rate, retry queue,
-last recovery verification and recent actions.
+"""The state of every exchange in one call: incident phase, breaker, pause and manual hold, API
+rate, retry queue, last recovery verification and recent actions.
 
 `GET /api/admin/status` serves it whole (the operator CLI's `admin status` reads it); the landing
 page shows `public_view()` of it, which keeps only what /metrics already exposes to anyone. It is a
@@ -20,6 +20,7 @@ from exporter.config import Config
 from exporter.controls import audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.controls.breaker import BreakerStore
+from exporter.runbook.incident import Incident, read_incidents
 from exporter.web.admin import inputs
 from exporter.web.admin.inputs import NoQuery
 from exporter.web.keys import BREAKERS, CONFIG, POOL
@@ -27,26 +28,25 @@ from exporter.web.keys import BREAKERS, CONFIG, POOL
 routes = web.RouteTableDef()
 
 RECENT_ACTIONS: Final = 5
-VERIFY_ACTION: Final = "verify_recovery"  # the recovery verifier's audit action
 
 
 async def exchange_status(
     pool: asyncpg.Pool, config: Config, breakers: BreakerStore
 ) -> dict[str, Any]:
     exchanges = list(config.exchanges)
-    breaker, pause, queue, recent, verified = await asyncio.gather(
+    breaker, pause, queue, recent, incidents = await asyncio.gather(
         breakers.peek_all(),
         controls.statuses(pool, exchanges),
         retry_queue.summaries(pool, exchanges),
         audit.latest_by_exchange(pool, exchanges, limit=RECENT_ACTIONS),
-        audit.latest_by_exchange(pool, exchanges, limit=1, action=VERIFY_ACTION),
+        read_incidents(pool, exchanges),
     )
     return {
         "version": __version__,
         "at": datetime.now(UTC).isoformat(),
         "dryRun": config.receiver.dry_run,
         "exchanges": [
-            _one(name, b, p, q, verified[name], recent[name])
+            _one(name, b, p, q, incidents[name], recent[name])
             for name, b, p, q in zip(exchanges, breaker, pause, queue, strict=True)
         ],
     }
@@ -57,27 +57,47 @@ def _one(
     breaker: dict[str, Any],
     pause: controls.ControlStatus,
     queue: retry_queue.QueueSummary,
-    verified: list[dict[str, Any]],
+    incident: tuple[Incident, dict[str, Any] | None],
     recent: list[dict[str, Any]],
 ) -> dict[str, Any]:
     purchases = pause.as_json()
     del purchases["exchange"]
     rate = purchases.pop("apiRateMultiplier")
-    last = verified[0] if verified else None
+    model, last = incident
     return {
         "exchange": name,
+        "incident": _incident(model),
         "breaker": breaker,
         "purchases": purchases,
         "apiRateMultiplier": rate,
         "retryQueue": queue.as_json(),
-        "lastVerification": last and {k: last[k] for k in ("at", "result", "cause")},
+        "lastVerification": last and {k: last.get(k) for k in ("at", "passed", "checks")},
         "recentActions": recent,
     }
+
+
+def _incident(model: Incident) -> dict[str, Any]:
+    """The incident model's view: phase normal, down (purchases stopped) or probation (verified,
+    purchases resume after a period of health)."""
+    return {
+        "phase": model.phase,
+        "cause": model.cause,
+        "since": _iso(model.started_at),
+        "relapses": model.relapses,
+        "nextVerificationAt": _iso(model.next_attempt_at),
+        "probationUntil": _iso(model.probation_until),
+    }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 # What the landing page may show: each value is also in /metrics (named beside it), so a page
 # anyone can open tells nothing that a scrape does not.
 PUBLIC_FIELDS: Final = {
+    ("incident", "phase"): "liquid_abt_incident_phase",
+    ("incident", "cause"): "liquid_abt_incident_cause",
     ("breaker", "state"): "liquid_abt_circuit_breaker_state",
     ("breaker", "failureCount"): "liquid_abt_circuit_breaker_failures",
     ("breaker", "manualHold"): 'liquid_abt_manual_hold{control="circuit_breaker"}',
@@ -99,6 +119,8 @@ def public_view(status: dict[str, Any]) -> dict[str, Any]:
         view: dict[str, Any] = {"exchange": full["exchange"]}
         for path in PUBLIC_FIELDS:
             _copy(source, view, path)
+        cause = view["incident"]["cause"]  # the metric's label is its class: `alert`, not the name
+        view["incident"]["cause"] = cause.partition(":")[0] if cause else None
         exchanges.append(view)
     return {"version": status["version"], "exchanges": exchanges}
 
