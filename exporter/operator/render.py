@@ -31,14 +31,19 @@ def cut(text: str | None, width: int = CAUSE_WIDTH) -> str:
 
 
 def ago(iso: str | None, now: datetime) -> str:
-    """`12m ago`, `3h ago`; `-` for no time."""
+    """`12m ago`, `3h ago`, `in 90s` for a time still to come; `-` for no time."""
     if not iso:
         return "-"
-    seconds = max(0, int((now - datetime.fromisoformat(iso)).total_seconds()))
+    seconds = int((now - datetime.fromisoformat(iso)).total_seconds())
+    span = _span(abs(seconds))
+    return f"{span} ago" if seconds >= 0 else f"in {span}"
+
+
+def _span(seconds: int) -> str:
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
         if seconds >= 2 * size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def when(iso: str | None, now: datetime) -> str:
