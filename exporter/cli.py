@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
+        "admin",
+        help="the operator's commands against a running exporter's admin API: status, breaker, "
+        "pause, resume, retry-queue, impact-report, audit-log (see `admin --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
         "demo",
         help="run the whole loop locally (database, Kraken-compatible server, exporter, simulator, "
         "Prometheus and Alertmanager when installed); --drill runs a scripted outage",
@@ -202,6 +208,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         from exporter.drill.incidents import main as drill
 
         return drill(argv[1:])
+    if argv[:1] == ["admin"]:
+        from exporter.operator import main as admin
+
+        return admin(argv[1:])
     if argv[:1] == ["demo"]:
         from exporter.drill.demo import main as demo
 

@@ -353,6 +353,25 @@ class ReceiverConfig(_Model):
         return path
 
 
+class AdminConfig(_Model):
+    # Longest start-to-end range of one impact report: it bounds the query over
+    # bitcoin_purchases; a longer review is several reports.
+    impact_report_max_range: Duration = 31 * 86400.0
+
+
+class WebConfig(_Model):
+    # Where the landing page's "Documentation" link points (the README and docs/ of this
+    # exporter, as your team publishes them); without one the page names the files instead.
+    docs_url: str | None = None
+
+    @field_validator("docs_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"invalid docs_url {url!r}: expected http(s)://host/path")
+        return url
+
+
 _LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -367,6 +386,8 @@ class Config(_Model):
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="after")
     def _probed_exchange_is_known(self) -> Config:

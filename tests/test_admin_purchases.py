@@ -82,9 +82,9 @@ async def test_every_route_wants_the_bearer_token(
 async def test_pause_sets_a_manual_hold_once(client: TestClient, db: asyncpg.Connection) -> None:
     status, body = await post(client, "purchases/pause", PAUSE)
     assert status == 200 and body["changed"] is True
-    assert body["status"]["paused"] and body["status"]["manual_hold"]
+    assert body["status"]["paused"] and body["status"]["manualHold"]
     assert body["status"]["reason"] == "Exchange API maintenance"
-    assert body["status"]["estimated_duration"] == "30 minutes"
+    assert body["status"]["estimatedDuration"] == "30 minutes"
     assert body["status"]["since"] is not None
     status, body = await post(client, "purchases/pause", PAUSE)
     assert status == 200 and body["changed"] is False
@@ -108,7 +108,7 @@ async def test_resume_lifts_the_hold(client: TestClient, db: asyncpg.Connection)
     await post(client, "purchases/pause", PAUSE)
     status, body = await post(client, "purchases/resume", {"exchange": "kraken"})
     assert status == 200 and body["changed"] is True and body["message"] == "purchases resumed"
-    assert body["status"]["paused"] is False and body["status"]["manual_hold"] is False
+    assert body["status"]["paused"] is False and body["status"]["manualHold"] is False
     status, body = await post(client, "purchases/resume", {"exchange": "kraken"})
     assert status == 200 and body["changed"] is False
     assert body["message"] == "purchases are not paused"
@@ -137,19 +137,21 @@ async def test_resume_lifts_an_automatic_pause_too(
     ("body", "message"),
     [
         ([], "body must be a JSON object, got list"),
-        ({"reason": "x"}, "exchange: required"),
-        ({**PAUSE, "exchange": 7}, "exchange: expected an exchange name, got 7"),
-        ({**PAUSE, "reason": ""}, "reason: expected a non-empty string, got ''"),
-        ({"exchange": "kraken"}, "reason: expected a non-empty string, got None"),
+        ({"reason": "x"}, "exchange: required (or the runbook's affectedExchange)"),
+        ({**PAUSE, "exchange": 7}, "exchange: expected a string, got 7"),
+        ({**PAUSE, "reason": ""}, "reason: expected a non-empty string"),
+        ({"exchange": "kraken"}, "reason: required, why, for the audit log and the status"),
+        ({**PAUSE, "estimatedDuration": 30}, "estimatedDuration: expected a string, got 30"),
+        ({**PAUSE, "reason": "x" * 501}, "reason: expected at most 500 characters, got 501"),
         (
-            {**PAUSE, "estimatedDuration": 30},
-            "estimatedDuration: expected a non-empty string, got 30",
+            {**PAUSE, "paused": True},
+            "unknown field(s) paused: allowed are affectedExchange, estimatedDuration, exchange, "
+            "reason",
         ),
-        ({**PAUSE, "reason": "x" * 501}, "reason: at most 500 characters, got 501"),
-        ({**PAUSE, "paused": True}, "unknown field(s) paused: allowed are affectedExchange, "),
+        ({**PAUSE, "estimated_duration": "1h"}, "unknown field(s) estimated_duration: "),
         (
             {**PAUSE, "affectedExchange": "independent_reserve"},
-            "exchange ('kraken') and affectedExchange",
+            "exchange ('kraken') and affectedExchange ('independent_reserve') differ: give one",
         ),
     ],
 )
@@ -193,12 +195,12 @@ async def test_status_lists_every_configured_exchange(
     status, body = await get(client, "purchases/status")
     assert status == 200
     kraken, reserve = body["exchanges"]
-    assert (kraken["exchange"], kraken["paused"], kraken["manual_hold"]) == ("kraken", True, True)
-    assert kraken["api_rate_multiplier"] == 1.0
+    assert (kraken["exchange"], kraken["paused"], kraken["manualHold"]) == ("kraken", True, True)
+    assert kraken["apiRateMultiplier"] == 1.0
     assert reserve == {
         "exchange": "independent_reserve", "paused": False, "reason": None,
-        "estimated_duration": None, "since": None, "manual_hold": False,
-        "paused_by_fingerprint": None, "api_rate_multiplier": 0.5,
+        "estimatedDuration": None, "since": None, "manualHold": False,
+        "pausedByFingerprint": None, "apiRateMultiplier": 0.5,
     }  # fmt: skip
 
 
@@ -218,15 +220,17 @@ async def queue_rows(db: asyncpg.Connection) -> None:
 async def test_retry_queue_lists_and_filters(client: TestClient, db: asyncpg.Connection) -> None:
     await queue_rows(db)
     status, body = await get(client, "retry-queue")
-    assert status == 200 and body["count"] == 3
-    assert [e["purchase_id"] for e in body["entries"]] == ["3", "1", "2"]  # next due first
+    assert status == 200 and body["total"] == 3 and body["nextOffset"] is None
+    assert [e["purchaseId"] for e in body["entries"]] == ["3", "1", "2"]  # next due first
     first = body["entries"][1]
-    assert first["amount_aud"] == "100.10" and first["tenant_id"] == "a"
-    datetime.fromisoformat(first["next_attempt_at"])
+    assert first["amountAud"] == "100.10" and first["tenantId"] == "a"
+    datetime.fromisoformat(first["nextAttemptAt"])
     _, body = await get(client, "retry-queue", exchange="kraken", status="queued")
-    assert [e["purchase_id"] for e in body["entries"]] == ["1"]
+    assert [e["purchaseId"] for e in body["entries"]] == ["1"]
     _, body = await get(client, "retry-queue", limit="1")
-    assert body["count"] == 1
+    assert (len(body["entries"]), body["total"], body["nextOffset"]) == (1, 3, 1)
+    _, body = await get(client, "retry-queue", limit="2", offset="1")
+    assert [e["purchaseId"] for e in body["entries"]] == ["1", "2"] and body["nextOffset"] is None
 
 
 @pytest.mark.parametrize(
@@ -234,10 +238,14 @@ async def test_retry_queue_lists_and_filters(client: TestClient, db: asyncpg.Con
     [
         ({"status": "done"}, 400, "status: expected one of queued, in_progress, succeeded, failed, "
                                   "cancelled, got 'done'"),
-        ({"limit": "ten"}, 400, "limit: expected an integer, got 'ten'"),
-        ({"limit": "0"}, 400, "limit: must be between 1 and 1000, got 0"),
-        ({"limit": "1001"}, 400, "limit: must be between 1 and 1000, got 1001"),
+        ({"limit": "ten"}, 400, "limit: expected a whole number from 1 to 1000, got 'ten'"),
+        ({"limit": "0"}, 400, "limit: expected a whole number from 1 to 1000, got 0"),
+        ({"limit": "1001"}, 400, "limit: expected a whole number from 1 to 1000, got 1001"),
+        ({"offset": "x"}, 400, "offset: expected a whole number from 0 to "),
         ({"exchange": "binance"}, 404, "unknown exchange 'binance'"),
+        ({"exchange": "a\x00"}, 400, "exchange: must not contain a NUL character"),
+        ({"sort": "id"}, 400, "unknown parameter(s) sort: allowed are exchange, limit, offset, "
+                              "status"),
     ],
 )  # fmt: skip
 async def test_retry_queue_rejects_bad_parameters(
@@ -285,11 +293,11 @@ def totals(
     purchases: int, amount: str, tenants: int, refunded: int = 0, refund: str = "0.00"
 ) -> dict:
     return {
-        "affected_purchases": purchases,
-        "total_amount_aud": amount,
-        "affected_tenants": tenants,
-        "refunded_purchases": refunded,
-        "refunded_amount_aud": refund,
+        "affectedPurchases": purchases,
+        "totalAmountAud": amount,
+        "affectedTenants": tenants,
+        "refundedPurchases": refunded,
+        "refundedAmountAud": refund,
     }
 
 
@@ -303,11 +311,11 @@ async def test_impact_report_numbers(client: TestClient, db: asyncpg.Connection)
         "reason": None,
     }
     assert {k: body[k] for k in totals(0, "", 0)} == totals(5, "435.50", 4, 1, "75.00")
-    assert body["by_exchange"] == {
+    assert body["byExchange"] == {
         "binance": totals(1, "10.00", 1),
         "kraken": totals(4, "425.50", 3, 1, "75.00"),
     }
-    assert body["by_reason"] == {
+    assert body["byReason"] == {
         "exchange_unavailable": totals(3, "225.00", 2, 1, "75.00"),
         "network_timeout": totals(1, "10.00", 1),
         "rate_limited": totals(1, "200.50", 1),
@@ -318,26 +326,53 @@ async def test_impact_report_filters(client: TestClient, db: asyncpg.Connection)
     await seed_incident(db)
     span = {"start": "2025-01-10T10:00:00Z", "end": "2025-01-10T11:00:00Z"}
     _, body = await get(client, "impact-report", **span, exchange="kraken")
-    assert (body["affected_purchases"], body["total_amount_aud"]) == (4, "425.50")
+    assert (body["affectedPurchases"], body["totalAmountAud"]) == (4, "425.50")
     _, body = await get(client, "impact-report", **span, reason="rate_limited")
-    assert (body["affected_purchases"], body["total_amount_aud"], body["affected_tenants"]) == (
+    assert (body["affectedPurchases"], body["totalAmountAud"], body["affectedTenants"]) == (
         1, "200.50", 1,
     )  # fmt: skip
-    assert list(body["by_reason"]) == ["rate_limited"]
+    assert list(body["byReason"]) == ["rate_limited"]
 
 
 async def test_impact_report_of_a_quiet_range_is_zero(db: asyncpg.Connection) -> None:
     classifier = ReasonClassifier(CONFIG.purchases.failure_reasons)
     report = await impact_report(db, start=START, end=END, classifier=classifier)
-    assert report.as_json()["total_amount_aud"] == "0.00"
-    assert report.as_json()["by_exchange"] == {} and report.totals.affected_purchases == 0
+    assert report.as_json()["totalAmountAud"] == "0.00"
+    assert report.as_json()["byExchange"] == {} and report.totals.affected_purchases == 0
+
+
+async def test_impact_report_takes_the_longest_range_allowed(client: TestClient) -> None:
+    got, body = await get(client, "impact-report", start="2025-01-01T00:00:00Z",
+                          end="2025-02-01T00:00:00Z")  # fmt: skip
+    assert got == 200 and body["affectedPurchases"] == 0, body
+
+
+async def test_the_impact_range_limit_is_configurable(aiohttp_client, database: Connection) -> None:
+    config = CONFIG.model_copy(update={"admin": parse_config({"admin": {
+        "impact_report_max_range": "1h"}}).admin})  # fmt: skip
+    client = await aiohttp_client(create_app(config, database, Secrets(admin_token=TOKEN)))
+    got, body = await get(client, "impact-report", start="2025-01-10T10:00:00Z",
+                          end="2025-01-10T11:00:01Z")  # fmt: skip
+    assert got == 400 and body["error"].startswith("range too long: 1:00:01 from start to end, at "
+                                                   "most 1h"), body  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("params", "status", "message"),
     [
-        ({"end": "2025-01-10T11:00:00Z"}, 400, "start: required"),
+        ({"end": "2025-01-10T11:00:00Z"}, 400,
+         "start: required, an ISO 8601 time such as 2025-01-15T09:30:00Z"),
         ({"start": "2025-01-10T10:00:00Z"}, 400, "end: required"),
+        ({"start": "0001-01-01T00:00:00+14:00", "end": "2025-01-10T11:00:00Z"}, 400,
+         "start: out of range: '0001-01-01T00:00:00+14:00' is not between years 1 and 9999 in "
+         "UTC"),
+        ({"start": "2025-01-10T10:00:00Z", "end": "9999-12-31T23:59:59-14:00"}, 400,
+         "end: out of range: '9999-12-31T23:59:59-14:00'"),
+        ({"start": "0001-01-01T00:00:00Z", "end": "9999-12-31T23:59:59Z"}, 400,
+         "range too long: 3652058 days, 23:59:59 from start to end, at most 31d "
+         "(admin.impact_report_max_range): split the report"),
+        ({"start": "2025-01-01T00:00:00Z", "end": "2025-02-01T00:00:01Z"}, 400,
+         "range too long: 31 days, 0:00:01 from start to end, at most 31d"),
         ({"start": "yesterday", "end": "2025-01-10T11:00:00Z"}, 400,
          "start: not an ISO 8601 time: 'yesterday'"),
         ({"start": "2025-01-10T10:00:00", "end": "2025-01-10T11:00:00Z"}, 400,

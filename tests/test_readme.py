@@ -241,8 +241,8 @@ def test_the_walkthrough_runs_as_written(demo: Demo) -> None:
     out = demo.run("story")
     for action in ("verify_recovery", "resume_purchases"):
         assert f'"action": "{action}"' in out, out
-    assert '"start": "2026-01-01T00:00:00+10:00"' in out, out
-    assert re.search(r'"affected_purchases": [1-9]', out), out
+    assert re.search(r'"start": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"', out), out
+    assert re.search(r'"affectedPurchases": [1-9]', out), out
 
 
 SCENARIOS = [

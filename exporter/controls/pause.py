@@ -46,15 +46,16 @@ class ControlStatus:
         )
 
     def as_json(self) -> dict[str, Any]:
+        """As the admin API shows it (camelCase, the runbook's estimatedDuration)."""
         return {
             "exchange": self.exchange,
             "paused": self.purchases_paused,
             "reason": self.pause_reason,
-            "estimated_duration": self.pause_estimated_duration,
+            "estimatedDuration": self.pause_estimated_duration,
             "since": self.paused_at.isoformat() if self.paused_at else None,
-            "manual_hold": self.manual_hold,
-            "paused_by_fingerprint": self.paused_by_fingerprint,
-            "api_rate_multiplier": self.api_rate_multiplier,
+            "manualHold": self.manual_hold,
+            "pausedByFingerprint": self.paused_by_fingerprint,
+            "apiRateMultiplier": self.api_rate_multiplier,
         }
 
 

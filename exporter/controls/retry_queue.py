@@ -49,13 +49,23 @@ class QueueEntry:
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     def as_json(self) -> dict[str, Any]:
-        # Money stays a decimal string: a float would round cents.
+        """As the admin API shows it: camelCase names; money a decimal string (a float would
+        round cents)."""
         return {
-            **self.__dict__,
-            "amount_aud": None if self.amount_aud is None else str(self.amount_aud),
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "enqueued_at": self.enqueued_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
+            "id": self.id,
+            "purchaseId": self.purchase_id,
+            "exchange": self.exchange,
+            "tenantId": self.tenant_id,
+            "amountAud": None if self.amount_aud is None else str(self.amount_aud),
+            "failureReason": self.failure_reason,
+            "attempts": self.attempts,
+            "maxAttempts": self.max_attempts,
+            "nextAttemptAt": self.next_attempt_at.isoformat(),
+            "status": self.status,
+            "lastError": self.last_error,
+            "cause": self.cause,
+            "enqueuedAt": self.enqueued_at.isoformat(),
+            "updatedAt": self.updated_at.isoformat(),
         }
 
 
@@ -115,7 +125,7 @@ async def enqueue_retry_eligible(
     cause: str | None,
     fingerprint: str | None = None,
     now: datetime | None = None,
-    actor: str = "automation",
+    actor: str = audit.ACTOR_AUTOMATION,
     rng: random.Random | None = None,
 ) -> int:
     """Queue every retry-eligible failed purchase (of one exchange, or all); returns how many new.
@@ -184,16 +194,72 @@ async def make_due(db: Executor, exchange: str, *, actor: str, cause: str | None
 
 
 async def list_queue(
-    db: Executor, exchange: str | None = None, status: str | None = None, limit: int = 100
-) -> list[QueueEntry]:
+    db: Executor, exchange: str | None = None, status: str | None = None, limit: int = 100,
+    *, offset: int = 0,
+) -> list[QueueEntry]:  # fmt: skip
     """Queue entries, next due first, optionally of one exchange and one status."""
     rows = await db.fetch(
         f"""SELECT {_COLUMNS} FROM liquid_abt.retry_queue
             WHERE ($1::text IS NULL OR exchange = $1) AND ($2::text IS NULL OR status = $2)
-            ORDER BY next_attempt_at, id LIMIT $3""",
-        exchange, status, limit,
+            ORDER BY next_attempt_at, id LIMIT $3 OFFSET $4""",
+        exchange, status, limit, offset,
     )  # fmt: skip
     return [QueueEntry.from_row(r) for r in rows]
+
+
+async def count_queue(db: Executor, exchange: str | None = None, status: str | None = None) -> int:
+    """How many entries list_queue would page through."""
+    return int(
+        await db.fetchval(
+            """SELECT count(*) FROM liquid_abt.retry_queue
+               WHERE ($1::text IS NULL OR exchange = $1) AND ($2::text IS NULL OR status = $2)""",
+            exchange,
+            status,
+        )  # fmt: skip
+    )
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """One exchange's queue at a glance, as the metrics count it: waiting = queued + in progress."""
+
+    exchange: str
+    queued: int
+    in_progress: int
+    failed: int
+    oldest_waiting_since: datetime | None
+    next_attempt_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "queued": self.queued,
+            "inProgress": self.in_progress,
+            "failed": self.failed,
+            "oldestWaitingSince": _iso(self.oldest_waiting_since),
+            "nextAttemptAt": _iso(self.next_attempt_at),
+        }
+
+
+async def summaries(db: Executor, exchanges: list[str]) -> list[QueueSummary]:
+    """The queue of each exchange, in the given order, in one query (a read, nothing locked)."""
+    rows = await db.fetch(
+        """SELECT x.exchange,
+                  count(q.id) FILTER (WHERE q.status = 'queued') AS queued,
+                  count(q.id) FILTER (WHERE q.status = 'in_progress') AS in_progress,
+                  count(q.id) FILTER (WHERE q.status = 'failed') AS failed,
+                  min(q.enqueued_at) FILTER (WHERE q.status IN ('queued', 'in_progress'))
+                      AS oldest_waiting_since,
+                  min(q.next_attempt_at) FILTER (WHERE q.status = 'queued') AS next_attempt_at
+           FROM unnest($1::text[]) WITH ORDINALITY AS x(exchange, position)
+           LEFT JOIN liquid_abt.retry_queue q ON q.exchange = x.exchange
+           GROUP BY x.exchange, x.position ORDER BY x.position""",
+        exchanges,
+    )
+    return [QueueSummary(**dict(r)) for r in rows]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 # ---- The platform's side: each call is one statement, copied verbatim in

@@ -35,7 +35,7 @@ from exporter.controls import api_rate, audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore, Snapshot, State
 from exporter.controls.breaker.store import Evidence
-from exporter.database.transactions import after_commit, transaction
+from exporter.database.transactions import Executor, after_commit, transaction
 from exporter.runbook.alert_states import AlertState, lock_exchange, outage_alertnames, still_firing
 from exporter.runbook.evidence import (
     REPLICA,
@@ -540,3 +540,23 @@ def _breaker_evidence(verdict: Verdict) -> Evidence:
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+async def read_incidents(
+    db: Executor, exchanges: list[str]
+) -> dict[str, tuple[Incident, dict[str, Any] | None]]:
+    """Each exchange's incident and its last recovery verification, for the admin status: a
+    plain read, no lock, no row created (an exchange never in an incident reads as normal)."""
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS}, last_verification FROM liquid_abt.incidents
+            WHERE exchange = ANY($1::text[])""",
+        exchanges,
+    )
+    found = {
+        row["exchange"]: (
+            Incident(**{k: v for k, v in dict(row).items() if k != "last_verification"}),
+            json.loads(row["last_verification"]) if row["last_verification"] else None,
+        )
+        for row in rows
+    }
+    return {exchange: found.get(exchange, (Incident(exchange), None)) for exchange in exchanges}

@@ -349,7 +349,7 @@ async def record(pool: asyncpg.Pool, parsed: Parsed) -> Recorded:
         if notification.truncatedAlerts and new:
             # Alerts beyond max_alerts were dropped from the payload: say so where people look.
             await audit.record(
-                connection, actor="alertmanager", action="notification_truncated",
+                connection, actor=audit.ACTOR_ALERTMANAGER, action="notification_truncated",
                 result="recorded", cause=notification.groupKey,
                 detail={"truncated_alerts": notification.truncatedAlerts},
             )  # fmt: skip

@@ -58,13 +58,14 @@ class ImpactTotals:
         return len(self.tenants)
 
     def as_json(self) -> dict[str, Any]:
-        # Money as decimal strings: a float would round cents.
+        # The admin API's names (camelCase, as the runbook's calls); money as decimal strings,
+        # since a float would round cents.
         return {
-            "affected_purchases": self.affected_purchases,
-            "total_amount_aud": str(self.total_amount_aud),
-            "affected_tenants": self.affected_tenants,
-            "refunded_purchases": self.refunded_purchases,
-            "refunded_amount_aud": str(self.refunded_amount_aud),
+            "affectedPurchases": self.affected_purchases,
+            "totalAmountAud": str(self.total_amount_aud),
+            "affectedTenants": self.affected_tenants,
+            "refundedPurchases": self.refunded_purchases,
+            "refundedAmountAud": str(self.refunded_amount_aud),
         }
 
 
@@ -84,8 +85,8 @@ class ImpactReport:
             "end": self.end.isoformat(),
             "filters": {"exchange": self.exchange, "reason": self.reason},
             **self.totals.as_json(),
-            "by_exchange": {k: v.as_json() for k, v in sorted(self.by_exchange.items())},
-            "by_reason": {k: v.as_json() for k, v in sorted(self.by_reason.items())},
+            "byExchange": {k: v.as_json() for k, v in sorted(self.by_exchange.items())},
+            "byReason": {k: v.as_json() for k, v in sorted(self.by_reason.items())},
         }
 
 

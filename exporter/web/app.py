@@ -41,6 +41,7 @@ from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import build_admin_app
 from exporter.web.admin.purchases import routes as purchases_routes
+from exporter.web.admin.status import routes as status_routes
 from exporter.web.keys import (
     ACTION_METRICS,
     ACTION_WORKER,
@@ -245,7 +246,7 @@ def _build_info(registry: CollectorRegistry) -> None:
 
 def admin_route_tables() -> list[web.RouteTableDef]:
     """Every concern's admin routes; each module owns its table."""
-    return [purchases_routes, breaker_routes, audit_routes]
+    return [status_routes, purchases_routes, breaker_routes, audit_routes]
 
 
 def create_app(

@@ -10,9 +10,11 @@ from typing import Any, Final
 
 import asyncpg
 
-ACTOR_PROBE: Final = "probe"
-ACTOR_AUTOMATION: Final = "automation"
-ACTOR_ADMIN: Final = "admin"
+# The actors are the audit log's; re-exported here, where the breaker's callers look for them.
+from exporter.controls.audit import ACTOR_ADMIN as ACTOR_ADMIN
+from exporter.controls.audit import ACTOR_AUTOMATION as ACTOR_AUTOMATION
+from exporter.controls.audit import ACTOR_PROBE as ACTOR_PROBE
+
 _MAX_INT4: Final = 2**31 - 1  # the columns are `integer`
 
 

@@ -55,6 +55,13 @@ UPDATE liquid_abt.circuit_breakers
    AND (failure_count, call_count, window_started_at, last_failure_at, last_success_at)
        IS DISTINCT FROM ($2, $3, $4, $5, $6)"""
 _LOCK_SQL: Final = _SELECT_SQL + " WHERE exchange = $1 FOR UPDATE"
+_PEEK_SQL: Final = f"""
+SELECT x.name, {", ".join(f"b.{c}" for c in COLUMNS)}, clock_timestamp() AS now,
+       i.next_attempt_at
+  FROM unnest($1::text[]) WITH ORDINALITY AS x(name, position)
+  LEFT JOIN liquid_abt.circuit_breakers b ON b.exchange = x.name
+  LEFT JOIN liquid_abt.incidents i ON i.exchange = x.name AND i.phase = 'down'
+ ORDER BY x.position"""
 _WRITE_SQL: Final = """
 UPDATE liquid_abt.circuit_breakers
    SET state = $3, failure_count = $4, call_count = $5, window_started_at = $6,
@@ -156,6 +163,21 @@ class BreakerStore:
 
     async def status_all(self) -> list[dict[str, Any]]:
         return [await self.status(exchange) for exchange in self._exchanges]
+
+    async def peek_all(self) -> list[dict[str, Any]]:
+        """Every configured breaker as status() prints it, in one read that writes nothing: an
+        exchange never used shows its configured defaults rather than getting its row."""
+        rows = await self._pool.fetch(_PEEK_SQL, self._exchanges)
+        return [describe(self._peeked(row), row["now"], row["next_attempt_at"]) for row in rows]
+
+    def _peeked(self, row: asyncpg.Record) -> Snapshot:
+        if row["state"] is not None:
+            return Snapshot.from_row(row)
+        threshold, recovery_ms, window_ms = self._defaults
+        return Snapshot(
+            row["name"], State.CLOSED, 0, 0, None, None, None, row["now"], threshold,
+            recovery_ms, window_ms, manual_hold=False, version=0,
+        )  # fmt: skip
 
     # -- the compare-and-set --
 

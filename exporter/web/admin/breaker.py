@@ -7,12 +7,13 @@ an admin's OPEN is a manual hold that automation never lifts.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field, PlainValidator, ValidationInfo, model_validator
 
+from exporter.controls.audit import ACTOR_ADMIN
 from exporter.controls.breaker import (
-    ACTOR_ADMIN,
     BreakerStore,
     InvalidBreakerConfig,
     InvalidState,
@@ -20,19 +21,65 @@ from exporter.controls.breaker import (
     Transition,
     UnknownExchange,
 )
-from exporter.web.admin.common import Handler, bad_request, json_body, not_found
+from exporter.web.admin import inputs
+from exporter.web.admin.common import Handler, bad_request, not_found
+from exporter.web.admin.inputs import INT4_MAX, Model, NoQuery, OptionalText
 from exporter.web.keys import BREAKERS
 
 routes = web.RouteTableDef()
 
-MAX_TEXT = 500
-# The runbook's updateConfig names (milliseconds) and the store's.
-CONFIG_FIELDS = {
-    "failureThreshold": "failure_threshold",
-    "recoveryTimeout": "recovery_timeout_ms",
-    "monitoringWindow": "monitoring_window_ms",
-}
-_MAX_INT4 = 2**31 - 1
+STATES = ", ".join(s.api for s in State)
+
+
+def _state_rule(value: object, info: ValidationInfo) -> State:
+    if not isinstance(value, str):
+        raise inputs.invalid(f"expected one of {STATES}, got {inputs.shown(value)}")
+    try:
+        return State.parse(value)
+    except InvalidState as exc:
+        raise inputs.invalid(str(exc)) from None
+
+
+Setting = Annotated[int | None, PlainValidator(inputs.optional(inputs.whole_rule(1, INT4_MAX)))]
+Milliseconds = Annotated[
+    int | None,
+    PlainValidator(inputs.optional(inputs.whole_rule(1, INT4_MAX, " (milliseconds)"))),
+]
+
+
+class ForceStateBody(Model):
+    state: Annotated[State, PlainValidator(_state_rule)] = Field(description=f"one of {STATES}")
+    reason: OptionalText = None
+
+
+class ResetBody(Model):
+    reason: OptionalText = None
+
+
+class ConfigBody(Model):
+    """The runbook's updateConfig: its names, its units (milliseconds)."""
+
+    failure_threshold: Setting = None
+    recovery_timeout: Milliseconds = None
+    monitoring_window: Milliseconds = None
+    reason: OptionalText = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ConfigBody:
+        if not self.changes():
+            raise inputs.invalid(
+                "nothing to change: give any of failureThreshold, recoveryTimeout, monitoringWindow"
+            )
+        return self
+
+    def changes(self) -> dict[str, int]:
+        """The given settings, named as BreakerStore.update_config names them."""
+        given = {
+            "failure_threshold": self.failure_threshold,
+            "recovery_timeout_ms": self.recovery_timeout,
+            "monitoring_window_ms": self.monitoring_window,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 def _store(request: web.Request) -> BreakerStore:
@@ -56,70 +103,20 @@ def _handled(handler: Handler) -> Handler:
 
 
 def _exchange(request: web.Request) -> str:
-    name = request.match_info["exchange"]
-    configured = _store(request).exchanges
-    if name not in configured:
-        raise not_found(f"unknown exchange {name!r}: configured are {', '.join(configured)}")
-    return name
-
-
-async def _optional_body(request: web.Request) -> dict[str, Any]:
-    """Reset takes an optional body: none at all is the same as `{}`."""
-    return await json_body(request) if request.body_exists else {}
-
-
-def _check_fields(body: dict[str, Any], allowed: set[str] | dict[str, str]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        allowed_list = ", ".join(sorted(allowed))
-        raise bad_request(f"unknown field(s) {', '.join(unknown)}: allowed are {allowed_list}")
-
-
-def _reason(body: dict[str, Any], default: str) -> str:
-    reason = body.get("reason")
-    if reason is None:
-        return default
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_TEXT:
-        raise bad_request(f"reason: expected a non-empty string of at most {MAX_TEXT} characters")
-    return reason.strip()
-
-
-def _state(body: dict[str, Any]) -> State:
-    if "state" not in body:
-        raise bad_request("state: required, one of CLOSED, OPEN, HALF_OPEN")
-    try:
-        return State.parse(body["state"])
-    except InvalidState as exc:
-        raise bad_request(f"state: {exc}") from None
-
-
-def _config_changes(body: dict[str, Any]) -> dict[str, int]:
-    _check_fields(body, {*CONFIG_FIELDS, "reason"})
-    changes = {}
-    for name, column in CONFIG_FIELDS.items():
-        if name not in body:
-            continue
-        value = body[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INT4:
-            unit = "" if name == "failureThreshold" else " (milliseconds)"
-            raise bad_request(
-                f"{name}: expected an integer from 1 to {_MAX_INT4}{unit}, got {value!r}"
-            )
-        changes[column] = value
-    if not changes:
-        raise bad_request(f"nothing to change: give any of {', '.join(CONFIG_FIELDS)}")
-    return changes
+    return inputs.known_exchange(request, request.match_info["exchange"])
 
 
 @routes.get("/circuit-breaker/status")
 @_handled
 async def all_status(request: web.Request) -> web.Response:
+    inputs.query(request, NoQuery)
     return web.json_response({"breakers": await _store(request).status_all()})
 
 
 @routes.get("/circuit-breaker/{exchange}")
 @_handled
 async def one_status(request: web.Request) -> web.Response:
+    inputs.query(request, NoQuery)
     return web.json_response(await _store(request).status(_exchange(request)))
 
 
@@ -127,11 +124,9 @@ async def one_status(request: web.Request) -> web.Response:
 @_handled
 async def force_state(request: web.Request) -> web.Response:
     exchange, store = _exchange(request), _store(request)
-    body = await json_body(request)
-    _check_fields(body, {"state", "reason"})
-    state = _state(body)
-    cause = _reason(body, f"forced {state.api} through the admin API")
-    transition = await store.force_state(exchange, state, ACTOR_ADMIN, cause)
+    body = await inputs.body(request, ForceStateBody)
+    cause = body.reason or f"forced {body.state.api} through the admin API"
+    transition = await store.force_state(exchange, body.state, ACTOR_ADMIN, cause)
     return _result(transition, await store.status(exchange))
 
 
@@ -139,11 +134,9 @@ async def force_state(request: web.Request) -> web.Response:
 @_handled
 async def reset(request: web.Request) -> web.Response:
     exchange, store = _exchange(request), _store(request)
-    body = await _optional_body(request)
-    _check_fields(body, {"reason"})
-    transition = await store.reset(
-        exchange, ACTOR_ADMIN, _reason(body, "reset through the admin API")
-    )
+    body = await inputs.body(request, ResetBody)
+    cause = body.reason or "reset through the admin API"
+    transition = await store.reset(exchange, ACTOR_ADMIN, cause)
     return _result(transition, await store.status(exchange))
 
 
@@ -151,10 +144,9 @@ async def reset(request: web.Request) -> web.Response:
 @_handled
 async def update_config(request: web.Request) -> web.Response:
     exchange, store = _exchange(request), _store(request)
-    body = await json_body(request)
-    changes = _config_changes(body)
-    cause = _reason(body, "settings changed through the admin API")
-    status = await store.update_config(exchange, **changes, actor=ACTOR_ADMIN, cause=cause)
+    body = await inputs.body(request, ConfigBody)
+    cause = body.reason or "settings changed through the admin API"
+    status = await store.update_config(exchange, **body.changes(), actor=ACTOR_ADMIN, cause=cause)
     return web.json_response(status)
 
 

@@ -6,28 +6,76 @@ exporter.controls.pause; a manual pause is a hold that automation never lifts.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Annotated
 
 import asyncpg
 from aiohttp import web
+from pydantic import Field, PlainValidator, model_validator
 
-from exporter.config import Config
+from exporter.config import Config, format_duration
 from exporter.controls import pause as controls
 from exporter.controls import retry_queue
+from exporter.controls.audit import ACTOR_ADMIN
 from exporter.labels import REASON_CLASSES
 from exporter.signals import impact
 from exporter.signals.classify import ReasonClassifier
-from exporter.web.admin.common import bad_request, json_body, not_found
+from exporter.web.admin import inputs
+from exporter.web.admin.common import bad_request
+from exporter.web.admin.inputs import Model, NoQuery, OptionalText, Paging, Text, Time
 from exporter.web.keys import CONFIG, POOL
 
 routes = web.RouteTableDef()
 
-ACTOR = "admin"
-MAX_LIMIT = 1000
-MAX_TEXT = 500
-_PAUSE_FIELDS = {"exchange", "affectedExchange", "reason", "estimatedDuration"}
-_RESUME_FIELDS = {"exchange", "affectedExchange", "reason"}
+QueueStatus = Annotated[
+    str | None, PlainValidator(inputs.optional(inputs.choice_rule(retry_queue.QUEUE_STATUSES)))
+]
+ReasonClass = Annotated[
+    str | None, PlainValidator(inputs.optional(inputs.choice_rule(REASON_CLASSES)))
+]
+
+
+class _ExchangeBody(Model):
+    """`affectedExchange` is the runbook's name (pauseAutomaticPurchases); `exchange` the name
+    every other admin call uses. Either names the exchange; both must agree."""
+
+    exchange: OptionalText = None
+    affected_exchange: OptionalText = None
+
+    @model_validator(mode="after")
+    def _one_exchange(self) -> _ExchangeBody:
+        both = self.exchange, self.affected_exchange
+        if None not in both and both[0] != both[1]:
+            raise inputs.invalid(
+                f"exchange ({both[0]!r}) and affectedExchange ({both[1]!r}) differ: give one"
+            )
+        if both == (None, None):
+            raise inputs.invalid("exchange: required (or the runbook's affectedExchange)")
+        return self
+
+    @property
+    def named(self) -> str:
+        return str(self.exchange or self.affected_exchange)
+
+
+class PauseBody(_ExchangeBody):
+    reason: Text = Field(description="why, for the audit log and the status")
+    estimated_duration: OptionalText = None
+
+
+class ResumeBody(_ExchangeBody):
+    reason: OptionalText = None
+
+
+class QueueQuery(Paging):
+    exchange: OptionalText = None
+    status: QueueStatus = None
+
+
+class ImpactQuery(Model):
+    start: Time = Field(description="an ISO 8601 time such as 2025-01-15T09:30:00Z")
+    end: Time = Field(description="an ISO 8601 time such as 2025-01-15T11:30:00+10:00")
+    exchange: OptionalText = None
+    reason: ReasonClass = None
 
 
 def _config(request: web.Request) -> Config:
@@ -38,56 +86,13 @@ def _pool(request: web.Request) -> asyncpg.Pool:
     return request.config_dict[POOL]
 
 
-def _known_exchange(request: web.Request, name: Any, where: str) -> str:
-    """The exchange named by a field or parameter: 400 if not a string, 404 if not configured."""
-    if not isinstance(name, str) or not name:
-        raise bad_request(f"{where}: expected an exchange name, got {name!r}")
-    configured = _config(request).exchanges
-    if name not in configured:
-        raise not_found(f"unknown exchange {name!r}: configured are {', '.join(configured)}")
-    return name
-
-
-def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        allowed_list = ", ".join(sorted(allowed))
-        raise bad_request(f"unknown field(s) {', '.join(unknown)}: allowed are {allowed_list}")
-
-
-def _body_exchange(request: web.Request, body: dict[str, Any]) -> str:
-    # `affectedExchange` is the runbook's spelling (pauseAutomaticPurchases); both are accepted.
-    both = body.get("exchange"), body.get("affectedExchange")
-    if "exchange" in body and "affectedExchange" in body and both[0] != both[1]:
-        raise bad_request(f"exchange ({both[0]!r}) and affectedExchange ({both[1]!r}) differ")
-    field = "exchange" if "exchange" in body else "affectedExchange"
-    if field not in body:
-        raise bad_request("exchange: required")
-    return _known_exchange(request, body[field], field)
-
-
-def _text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise bad_request(f"{name}: expected a non-empty string, got {value!r}")
-    if len(value) > MAX_TEXT:
-        raise bad_request(f"{name}: at most {MAX_TEXT} characters, got {len(value)}")
-    return value.strip()
-
-
 @routes.post("/purchases/pause")
 async def pause_purchases(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    _check_fields(body, _PAUSE_FIELDS)
-    exchange = _body_exchange(request, body)
-    reason = _text(body, "reason", required=True)
-    assert reason is not None
+    body = await inputs.body(request, PauseBody)
+    exchange = inputs.known_exchange(request, body.named)
     changed = await controls.pause(
-        _pool(request), exchange, reason=reason,
-        estimated_duration=_text(body, "estimatedDuration", required=False),
-        actor=ACTOR, cause=reason, manual=True,
+        _pool(request), exchange, reason=body.reason, estimated_duration=body.estimated_duration,
+        actor=ACTOR_ADMIN, cause=body.reason, manual=True,
     )  # fmt: skip
     status = await controls.status(_pool(request), exchange)
     return web.json_response({"changed": changed, "status": status.as_json()})
@@ -95,11 +100,12 @@ async def pause_purchases(request: web.Request) -> web.Response:
 
 @routes.post("/purchases/resume")
 async def resume_purchases(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    _check_fields(body, _RESUME_FIELDS)
-    exchange = _body_exchange(request, body)
-    cause = _text(body, "reason", required=False) or "manual resume through the admin API"
-    result = await controls.resume(_pool(request), exchange, actor=ACTOR, cause=cause, manual=True)
+    body = await inputs.body(request, ResumeBody)
+    exchange = inputs.known_exchange(request, body.named)
+    cause = body.reason or "manual resume through the admin API"
+    result = await controls.resume(
+        _pool(request), exchange, actor=ACTOR_ADMIN, cause=cause, manual=True
+    )
     return web.json_response(
         {"changed": result.changed, "message": result.message, "status": result.status.as_json()}
     )
@@ -107,68 +113,43 @@ async def resume_purchases(request: web.Request) -> web.Response:
 
 @routes.get("/purchases/status")
 async def purchases_status(request: web.Request) -> web.Response:
+    inputs.query(request, NoQuery)
     found = await controls.statuses(_pool(request), list(_config(request).exchanges))
     return web.json_response({"exchanges": [s.as_json() for s in found]})
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 100
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise bad_request(f"limit: expected an integer, got {raw!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise bad_request(f"limit: must be between 1 and {MAX_LIMIT}, got {limit}")
-    return limit
-
-
-def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if raw not in allowed:
-        raise bad_request(f"{name}: expected one of {', '.join(allowed)}, got {raw!r}")
-    return raw
-
-
-def _optional_exchange(request: web.Request) -> str | None:
-    raw = request.query.get("exchange")
-    return None if raw in (None, "") else _known_exchange(request, raw, "exchange")
-
-
 @routes.get("/retry-queue")
 async def get_retry_queue(request: web.Request) -> web.Response:
-    exchange = _optional_exchange(request)
-    status = _choice(request.query.get("status"), "status", retry_queue.QUEUE_STATUSES)
-    limit = _limit(request.query.get("limit"))
-    entries = await retry_queue.list_queue(_pool(request), exchange, status, limit)
-    return web.json_response({"count": len(entries), "entries": [e.as_json() for e in entries]})
-
-
-def _timestamp(request: web.Request, name: str) -> datetime:
-    raw = request.query.get(name)
-    if not raw:
-        raise bad_request(f"{name}: required, an ISO 8601 time such as 2025-01-15T09:30:00Z")
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise bad_request(f"{name}: not an ISO 8601 time: {raw!r}") from None
-    if value.tzinfo is None:
-        # A time without an offset is ambiguous across the team's time zones: refuse to guess.
-        raise bad_request(f"{name}: add a time zone offset (Z or +10:00) to {raw!r}")
-    return value
+    params = inputs.query(request, QueueQuery)
+    exchange = params.exchange and inputs.known_exchange(request, params.exchange)
+    pool = _pool(request)
+    entries = await retry_queue.list_queue(
+        pool, exchange, params.status, params.limit, offset=params.offset
+    )
+    total = await retry_queue.count_queue(pool, exchange, params.status)
+    return web.json_response(inputs.page([e.as_json() for e in entries], total, params))
 
 
 @routes.get("/impact-report")
 async def get_impact_report(request: web.Request) -> web.Response:
-    start, end = _timestamp(request, "start"), _timestamp(request, "end")
-    if start >= end:
-        raise bad_request(f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
+    params = inputs.query(request, ImpactQuery)
+    _check_range(params, _config(request).admin.impact_report_max_range)
     config = _config(request)
     report = await impact.impact_report(
-        _pool(request), start=start, end=end,
+        _pool(request), start=params.start, end=params.end,
         classifier=ReasonClassifier(config.purchases.failure_reasons),
-        exchange=_optional_exchange(request),
-        reason=_choice(request.query.get("reason"), "reason", REASON_CLASSES),
+        exchange=params.exchange and inputs.known_exchange(request, params.exchange),
+        reason=params.reason,
     )  # fmt: skip
     return web.json_response(report.as_json())
+
+
+def _check_range(params: ImpactQuery, max_range: float) -> None:
+    start, end = params.start, params.end
+    if start >= end:
+        raise bad_request(f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
+    if (end - start).total_seconds() > max_range:
+        raise bad_request(
+            f"range too long: {end - start} from start to end, at most "
+            f"{format_duration(max_range)} (admin.impact_report_max_range): split the report"
+        )
