@@ -64,14 +64,16 @@ CONTROL_METRICS = (
     "liquid_abt_api_rate_multiplier",
     "liquid_abt_actions_total",
 )
-# Alerts that name a cause on an exchange, and those they explain (alertmanager.yml).
+# Alerts that name a cause on an exchange (with the labels that make them one), and those they
+# explain (alertmanager.yml).
 CAUSE_ALERTS = (
-    ("ExchangeApiDown", "critical"),
-    ("ExchangeMaintenance", "critical"),
-    ("ExchangeTradingRestricted", "critical"),
-    ("ExchangeApiAuthFailures", "critical"),
-    ("ExchangeApiRateLimited", "warning"),
-    ("ExchangeApiRateLimitedSustained", "critical"),
+    ("ExchangeApiDown", "critical", {"source": "probe"}),
+    ("ExchangeMaintenance", "critical", {"status": "maintenance"}),
+    ("ExchangeTradingRestricted", "critical", {"status": "cancel_only"}),
+    ("ExchangeApiAuthFailures", "critical", {}),
+    # Rate-limited purchases explain failed purchases; rate-limited probe calls do not.
+    ("ExchangeApiRateLimited", "warning", {"source": "purchases"}),
+    ("ExchangeApiRateLimitedSustained", "critical", {}),
 )
 EFFECT_ALERTS = (
     ("BitcoinPurchaseFailureRateHigh", "critical"),
@@ -354,9 +356,11 @@ def _alert(name: str, severity: str, **labels: str) -> dict[str, str]:
     return {"alertname": name, "severity": severity, **labels}
 
 
-@pytest.mark.parametrize(("cause", "severity"), CAUSE_ALERTS, ids=[c for c, _ in CAUSE_ALERTS])
+@pytest.mark.parametrize(
+    ("cause", "severity", "labels"), CAUSE_ALERTS, ids=[c for c, _, _ in CAUSE_ALERTS]
+)
 def test_each_cause_inhibits_the_failures_it_explains_on_that_exchange(
-    alertmanager: AlertmanagerProcess, cause: str, severity: str
+    alertmanager: AlertmanagerProcess, cause: str, severity: str, labels: dict[str, str]
 ) -> None:
     # One exchange per cause: the alerts of one test must not inhibit those of another.
     exchange = f"exchange-{cause.lower()}"
@@ -364,9 +368,25 @@ def test_each_cause_inhibits_the_failures_it_explains_on_that_exchange(
         alertmanager,
         inhibited=[_alert(name, sev, exchange=exchange) for name, sev in EFFECT_ALERTS],
         kept=[
-            _alert(cause, severity, exchange=exchange, source="probe"),
+            _alert(cause, severity, exchange=exchange, **labels),
             # Another exchange's failures are not explained by this one's cause.
             _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange=f"other-{exchange}"),
+        ],
+    )
+
+
+def test_rate_limited_probe_calls_alone_leave_the_failure_rate_page_alone(
+    alertmanager: AlertmanagerProcess,
+) -> None:
+    """The exporter's own probe being rate limited explains no failed purchase: whatever fails
+    them still pages."""
+    exchange = "probe-rate-limited"
+    _assert_inhibition(
+        alertmanager,
+        inhibited=[],
+        kept=[
+            _alert("ExchangeApiRateLimited", "warning", exchange=exchange, source="probe"),
+            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange=exchange),
         ],
     )
 
@@ -378,8 +398,8 @@ def test_exchange_api_down_is_never_inhibited_by_its_effects(
     Auth and rate limiting stay visible beside it too: each cause pages as itself."""
     exchange = "everything-at-once"
     others = [
-        _alert(name, severity, exchange=exchange)
-        for name, severity in CAUSE_ALERTS
+        _alert(name, severity, exchange=exchange, **labels)
+        for name, severity, labels in CAUSE_ALERTS
         if name not in ("ExchangeApiDown", "ExchangeApiRateLimited")
     ]
     _assert_inhibition(
@@ -387,7 +407,7 @@ def test_exchange_api_down_is_never_inhibited_by_its_effects(
         inhibited=[
             *(_alert(name, sev, exchange=exchange) for name, sev in EFFECT_ALERTS),
             # The sustained page says it; the warning beside it says nothing new.
-            _alert("ExchangeApiRateLimited", "warning", exchange=exchange),
+            _alert("ExchangeApiRateLimited", "warning", exchange=exchange, source="purchases"),
         ],
         kept=[
             _alert("ExchangeApiDown", "critical", exchange=exchange, escalation="2m"),
@@ -406,7 +426,7 @@ def test_no_inhibit_rule_can_silence_a_cause_alert() -> None:
             match = re.fullmatch(r'alertname(=~|=)"(.*)"', matcher)
             assert match, f"inhibit targets must name alerts: {matcher}"
             pattern = match.group(2) if match.group(1) == "=~" else re.escape(match.group(2))
-            for cause, _ in CAUSE_ALERTS:
+            for cause, _, _ in CAUSE_ALERTS:
                 if re.fullmatch(pattern, cause):
                     assert (cause, rule["source_matchers"]) == (
                         "ExchangeApiRateLimited",
