@@ -6,9 +6,14 @@ test (Debian packages `prometheus` and `prometheus-alertmanager`) instead of ski
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +24,13 @@ from tests.harness import (
     EXPORTER_JOB,
     REPO,
     AlertmanagerProcess,
+    Stack,
     require_binary,
     start_alertmanager,
     wait_until,
 )
 from tests.rules.shipped import (
     ALERTMANAGER_CONFIG,
-    ALERTS,
     METRICS_DOC,
     RULE_FILES,
     TEST_FILES,
@@ -48,13 +53,37 @@ RUNBOOK_ALERT_IDS = {
     "exchange_api_down": ("ExchangeApiDown", "critical", "2m"),
     "exchange_api_slow": ("ExchangeApiSlow", "warning", "none"),
 }
-RUNBOOK_BASE_DEFAULT = "https://runbooks.liquidtreasury.business"
-RUNBOOK_URL_PREFIX = (
-    '{{ with $externalLabels.runbook_base_url }}{{ reReplaceAll "/+$" "" . }}'
-    "{{ else }}" + RUNBOOK_BASE_DEFAULT + "{{ end }}/"
+# The exporter's own state: what the automation did. Evidence for an info alert, never a page.
+CONTROL_METRICS = (
+    "liquid_abt_circuit_breaker_state",
+    "liquid_abt_circuit_breaker_failures",
+    "liquid_abt_incident_phase",
+    "liquid_abt_incident_cause",
+    "liquid_abt_purchases_paused",
+    "liquid_abt_manual_hold",
+    "liquid_abt_api_rate_multiplier",
+    "liquid_abt_actions_total",
 )
-PLATFORM_RUNBOOKS = ("bitcoin-purchase-failures.md", "exchange-api-failures.md")
-EXPORTER_RUNBOOK = ALERTS / "runbooks" / "liquid-abt-exporter.md"
+# Alerts that name a cause on an exchange (with the labels that make them one), and those they
+# explain (alertmanager.yml).
+CAUSE_ALERTS = (
+    ("ExchangeApiDown", "critical", {"source": "probe"}),
+    ("ExchangeMaintenance", "critical", {"status": "maintenance"}),
+    ("ExchangeTradingRestricted", "critical", {"status": "cancel_only"}),
+    ("ExchangeApiAuthFailures", "critical", {}),
+    # Rate-limited purchases explain failed purchases; rate-limited probe calls do not.
+    ("ExchangeApiRateLimited", "warning", {"source": "purchases"}),
+    ("ExchangeApiRateLimitedSustained", "critical", {}),
+)
+EFFECT_ALERTS = (
+    ("BitcoinPurchaseFailureRateHigh", "critical"),
+    ("BitcoinPurchaseFailureRateWarning", "warning"),
+    ("BitcoinPurchaseFailuresLowVolume", "warning"),
+    ("ExchangeApiSlow", "warning"),
+    ("ExchangeApiSlowResponses", "warning"),
+)
+# A restart of every exporter for under 2 minutes resolves no page (exchange.rules.yml).
+KEEP_FIRING_FOR_SECONDS = 180
 WEBHOOK_URL = "http://127.0.0.1:9898/webhook/alertmanager"
 
 
@@ -140,6 +169,27 @@ def test_alertmanager_config_passes_amtool_check() -> None:
             "team-chat",
             id="warning-to-chat",
         ),
+        pytest.param(
+            {
+                "alertname": "ExchangeMaintenance",
+                "severity": "critical",
+                "escalation": "5m",
+                "exchange": "kraken",
+                "status": "maintenance",
+            },
+            "liquid-abt-exporter,oncall-pager,technical-lead,engineering-manager,cto",
+            id="exchange-maintenance-pages",
+        ),
+        pytest.param(
+            {
+                "alertname": "LiquidAbtPurchasesStopped",
+                "severity": "info",
+                "escalation": "none",
+                "exchange": "kraken",
+            },
+            "team-chat",
+            id="info-to-chat-never-pager-nor-webhook",
+        ),
         pytest.param({"alertname": "Unknown"}, "ops-email", id="default-to-mailbox"),
     ],
 )
@@ -190,15 +240,95 @@ def test_webhook_receiver_uses_bearer_credentials_file_and_sends_resolved() -> N
     assert config["route"]["group_by"] == ["alertname", "exchange"]
 
 
+def _silent_receivers(config: dict[str, Any]) -> dict[str, Any]:
+    # Same receiver names, no integrations: a test must never notify a real pager or exporter.
+    return {**config, "receivers": [{"name": r["name"]} for r in config["receivers"]]}
+
+
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerProcess]:
     """A real Alertmanager with the example's routes and inhibit rules, and silent receivers."""
     require_binary("prometheus-alertmanager", "alertmanager")
-    config = load(ALERTMANAGER_CONFIG)
-    # Same receiver names, no integrations: the test must never notify a real pager or exporter.
-    config["receivers"] = [{"name": r["name"]} for r in config["receivers"]]
+    config = _silent_receivers(load(ALERTMANAGER_CONFIG))
     with start_alertmanager(tmp_path_factory.mktemp("alertmanager"), yaml.safe_dump(config)) as am:
         yield am
+
+
+class _WebhookSink:
+    """A local HTTP endpoint that records when each Alertmanager notification arrived."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                sink.received.append((time.monotonic(), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook/alertmanager"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def arrived(self, status: str, starts_at: str, since: float) -> float | None:
+        """Seconds from `since` to the notification carrying the alert with this status."""
+        for at, body in list(self.received):
+            alerts = body["alerts"]
+            if at >= since and any(
+                a["status"] == status and a["startsAt"][:19] == starts_at[:19] for a in alerts
+            ):
+                return at - since
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def test_automation_route_delivers_every_firing_and_resolved_within_15_seconds(
+    stack: Stack,
+) -> None:
+    """Issue 10, point 9, with the shipped route: a new alert, its resolution, and the same
+    alert firing again into its existing group each reach the webhook within 15 s of the change
+    reaching Alertmanager (Prometheus sends a change at once)."""
+    require_binary("prometheus-alertmanager", "alertmanager")
+    sink = _WebhookSink()
+    try:
+        config = _silent_receivers(load(ALERTMANAGER_CONFIG))
+        webhook = {"url": sink.url, "send_resolved": True}
+        config["receivers"] = [
+            {**r, "webhook_configs": [webhook]} if r["name"] == "liquid-abt-exporter" else r
+            for r in config["receivers"]
+        ]
+        am = stack.alertmanager(yaml.safe_dump(config))
+        labels = _alert("ExchangeApiDown", "critical", exchange="kraken", escalation="2m")
+
+        def change(status: str, starts_at: str, **times: str) -> float:
+            since = time.monotonic()
+            am.post_alerts([{"labels": labels, "startsAt": starts_at, **times}])
+            return wait_until(
+                lambda: sink.arrived(status, starts_at, since),
+                timeout=30,
+                what=f"a {status} notification (received: {sink.received})",
+            )
+
+        started = _utc_now()
+        delays = {"firing": change("firing", started)}
+        delays["resolved"] = change("resolved", started, endsAt=_utc_now())
+        delays["firing again"] = change("firing", _utc_now())
+        print(f"webhook delivery delays (s): {delays}")
+        assert all(delay < 15 for delay in delays.values()), delays
+    finally:
+        sink.close()
 
 
 def _key(labels: dict[str, str]) -> str:
@@ -226,26 +356,82 @@ def _alert(name: str, severity: str, **labels: str) -> dict[str, str]:
     return {"alertname": name, "severity": severity, **labels}
 
 
-def test_exchange_down_inhibits_the_failures_it_causes_on_that_exchange(
+@pytest.mark.parametrize(
+    ("cause", "severity", "labels"), CAUSE_ALERTS, ids=[c for c, _, _ in CAUSE_ALERTS]
+)
+def test_each_cause_inhibits_the_failures_it_explains_on_that_exchange(
+    alertmanager: AlertmanagerProcess, cause: str, severity: str, labels: dict[str, str]
+) -> None:
+    # One exchange per cause: the alerts of one test must not inhibit those of another.
+    exchange = f"exchange-{cause.lower()}"
+    _assert_inhibition(
+        alertmanager,
+        inhibited=[_alert(name, sev, exchange=exchange) for name, sev in EFFECT_ALERTS],
+        kept=[
+            _alert(cause, severity, exchange=exchange, **labels),
+            # Another exchange's failures are not explained by this one's cause.
+            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange=f"other-{exchange}"),
+        ],
+    )
+
+
+def test_rate_limited_probe_calls_alone_leave_the_failure_rate_page_alone(
     alertmanager: AlertmanagerProcess,
 ) -> None:
+    """The exporter's own probe being rate limited explains no failed purchase: whatever fails
+    them still pages."""
+    exchange = "probe-rate-limited"
+    _assert_inhibition(
+        alertmanager,
+        inhibited=[],
+        kept=[
+            _alert("ExchangeApiRateLimited", "warning", exchange=exchange, source="probe"),
+            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange=exchange),
+        ],
+    )
+
+
+def test_exchange_api_down_is_never_inhibited_by_its_effects(
+    alertmanager: AlertmanagerProcess,
+) -> None:
+    """Every other alert of the exchange fires at once; ExchangeApiDown still reaches receivers.
+    Auth and rate limiting stay visible beside it too: each cause pages as itself."""
+    exchange = "everything-at-once"
+    others = [
+        _alert(name, severity, exchange=exchange, **labels)
+        for name, severity, labels in CAUSE_ALERTS
+        if name not in ("ExchangeApiDown", "ExchangeApiRateLimited")
+    ]
     _assert_inhibition(
         alertmanager,
         inhibited=[
-            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange="kraken"),
-            _alert("BitcoinPurchaseFailureRateWarning", "warning", exchange="kraken"),
-            _alert("BitcoinPurchaseFailuresLowVolume", "warning", exchange="kraken"),
-            _alert("ExchangeApiSlow", "warning", exchange="kraken", source="probe"),
-            _alert("ExchangeApiSlowResponses", "warning", exchange="kraken"),
+            *(_alert(name, sev, exchange=exchange) for name, sev in EFFECT_ALERTS),
+            # The sustained page says it; the warning beside it says nothing new.
+            _alert("ExchangeApiRateLimited", "warning", exchange=exchange, source="purchases"),
         ],
         kept=[
-            _alert("ExchangeApiDown", "critical", exchange="kraken", escalation="2m"),
-            # Another exchange, and the alerts that name the cause, stay visible.
-            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange="bitstamp"),
-            _alert("ExchangeApiRateLimited", "warning", exchange="kraken", source="probe"),
-            _alert("ExchangeApiAuthFailures", "warning", exchange="kraken", source="probe"),
+            _alert("ExchangeApiDown", "critical", exchange=exchange, escalation="2m"),
+            _alert("LiquidAbtPurchasesStopped", "info", exchange=exchange),
+            _alert("LiquidAbtExchangeIsolated", "warning", exchange=exchange, instance="a:9898"),
+            *others,
         ],
     )
+
+
+def test_no_inhibit_rule_can_silence_a_cause_alert() -> None:
+    """Statically, for every inhibit rule: its targets never match a cause alert, except the
+    rate-limit warning under its own sustained page."""
+    for rule in load(ALERTMANAGER_CONFIG)["inhibit_rules"]:
+        for matcher in rule["target_matchers"]:
+            match = re.fullmatch(r'alertname(=~|=)"(.*)"', matcher)
+            assert match, f"inhibit targets must name alerts: {matcher}"
+            pattern = match.group(2) if match.group(1) == "=~" else re.escape(match.group(2))
+            for cause, _, _ in CAUSE_ALERTS:
+                if re.fullmatch(pattern, cause):
+                    assert (cause, rule["source_matchers"]) == (
+                        "ExchangeApiRateLimited",
+                        ['alertname="ExchangeApiRateLimitedSustained"'],
+                    ), f"{cause} is inhibited by {rule['source_matchers']}"
 
 
 def test_critical_failure_rate_inhibits_the_warning_for_the_same_exchange(
@@ -297,13 +483,48 @@ def test_meta_alerts_inhibit_their_consequences(alertmanager: AlertmanagerProces
 @pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
 def test_every_alert_has_severity_escalation_and_annotations(rule: dict[str, Any]) -> None:
     labels, annotations = rule.get("labels", {}), rule.get("annotations", {})
-    assert labels.get("severity") in {"critical", "warning"}
-    # Critical alerts page and escalate (runbooks: 2 or 5 minutes); warnings never page.
+    assert labels.get("severity") in {"critical", "warning", "info"}
+    # Critical alerts page and escalate (runbooks: 2 or 5 minutes); warnings and info never page.
     escalations = {"2m", "5m"} if labels["severity"] == "critical" else {"none"}
     assert labels.get("escalation") in escalations
     for name in ("summary", "description", "runbook_url"):
         assert annotations.get(name, "").strip(), f"{rule['alert']} has no {name}"
     assert "for" in rule, f"{rule['alert']} has no `for`"
+
+
+def _seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+
+
+def _pages() -> list[dict[str, Any]]:
+    return [r for r in alerts() if r["labels"]["severity"] == "critical"]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    # LiquidAbtExporterDown fires on the gap itself (absent); nothing to keep firing.
+    [r for r in _pages() if r["alert"] != "LiquidAbtExporterDown"],
+    ids=lambda r: r["alert"],
+)
+def test_every_page_keeps_firing_through_a_restart_of_every_exporter(rule: dict[str, Any]) -> None:
+    assert _seconds(rule.get("keep_firing_for", "0s")) >= KEEP_FIRING_FOR_SECONDS
+
+
+@pytest.mark.parametrize("rule", _pages(), ids=lambda r: r["alert"])
+def test_no_page_reads_the_exporters_own_actions(rule: dict[str, Any]) -> None:
+    """A page that fires because the exporter opened its breaker feeds back into itself and
+    names the wrong cause (issue 10, case 5): pages read evidence about the world."""
+    read = set(re.findall(r"liquid_abt_[a-z0-9_]+", rule["expr"]))
+    assert read & set(CONTROL_METRICS) == set(), rule["alert"]
+
+
+def test_the_state_of_the_automation_has_an_alert_that_never_pages() -> None:
+    (rule,) = [r for r in alerts() if r["alert"] == "LiquidAbtPurchasesStopped"]
+    assert rule["labels"]["severity"] == "info"
+    assert {"liquid_abt_incident_phase", "liquid_abt_circuit_breaker_state"} <= set(
+        re.findall(r"liquid_abt_[a-z0-9_]+", rule["expr"])
+    )
 
 
 def test_every_runbook_alert_id_exists_with_its_severity_and_escalation() -> None:
@@ -350,44 +571,6 @@ def test_every_recording_rule_has_a_unit_test() -> None:
     )
     records = {r["record"] for r in rules() if "record" in r}
     assert {r for r in records if r not in exprs} == set()
-
-
-def test_runbook_urls_point_to_runbook_sections() -> None:
-    headings: dict[str, set[str]] = {EXPORTER_RUNBOOK.name: _anchors(EXPORTER_RUNBOOK)}
-    for name in PLATFORM_RUNBOOKS:
-        found = _find_platform_runbook(name)
-        if found is not None:
-            headings[name] = _anchors(found)
-    for rule in alerts():
-        url = rule["annotations"]["runbook_url"]
-        assert url.startswith(RUNBOOK_URL_PREFIX), f"{rule['alert']}: {url}"
-        page, _, anchor = url.removeprefix(RUNBOOK_URL_PREFIX).partition("#")
-        assert page in (*PLATFORM_RUNBOOKS, EXPORTER_RUNBOOK.name), f"{rule['alert']}: {page}"
-        assert anchor, f"{rule['alert']}: no section"
-        if page in headings:
-            assert anchor in headings[page], f"{rule['alert']}: no section #{anchor} in {page}"
-
-
-def _find_platform_runbook(name: str) -> Path | None:
-    # The platform runbooks live beside the design documents, outside this repository.
-    for directory in (
-        REPO / "docs" / "runbooks",
-        REPO / "runbooks",
-        REPO.parent / "shared" / "runbooks",
-    ):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _anchors(path: Path) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
-    anchors = set()
-    for line in path.read_text().splitlines():
-        if match := re.match(r"^#{1,6}\s+(.*?)\s*$", line):
-            text = re.sub(r"[^\w\- ]", "", match.group(1).lower())
-            anchors.add(text.replace(" ", "-"))
-    return anchors
 
 
 # --- Metric names -----------------------------------------------------------------------------
