@@ -160,9 +160,12 @@ class PurchasesSource:
             # The planner reads the groups of a reason or a bucket as one per distinct text or
             # time and would sort to disk; the real groups are a few hundred, so hash them.
             await connection.execute("SET LOCAL work_mem = '64MB'")
-            counts = await connection.fetch(sql.counts, retry_max, statuses)
+            counts = [dict(row) for row in await connection.fetch(sql.counts, retry_max, statuses)]
             if any(row["reason"] == PYTHON for row in counts):
-                counts += await connection.fetch(sql.python_reasons, retry_max)
+                counts += [
+                    {**row, "status": "failed", "reason": self._classify(row["failure_reason"])}
+                    for row in await connection.fetch(sql.python_reasons, retry_max)
+                ]
             tenants = await connection.fetch(sql.tenants, self._exchanges)
         families = self._families()
         self._add_counts(families, counts)
@@ -171,19 +174,14 @@ class PurchasesSource:
                 families["tenants"].add((window, row["exchange"]), row["tenants"])
         return [f.family() for f in families.values()]
 
-    def _reason(self, row: asyncpg.Record) -> str | None:
-        if "failure_reason" in row.keys():  # a row of `python_reasons`
-            return self._classify(row["failure_reason"])
-        return row["reason"]
-
-    def _add_counts(self, families: dict[str, LabelledValues], rows: list[asyncpg.Record]) -> None:
+    def _add_counts(self, families: dict[str, LabelledValues], rows: list[dict]) -> None:
         settled: dict[tuple[str, str], int] = {}
         failed: dict[tuple[str, str], int] = {}
         for row in rows:
-            reason, exchange = self._reason(row), self._exchange(row["provider"])
+            reason, status = row["reason"], row["status"]
             if reason == PYTHON:
                 continue  # counted by its `python_reasons` rows
-            status = row.get("status", "failed")
+            exchange = self._exchange(row["provider"])
             if status == "failed" and reason not in self._excluded:
                 families["retry"].add((exchange,), row["retry_eligible"])
             for window in self._windows[row["bucket"] :]:
