@@ -80,9 +80,9 @@ GROUP BY 1, 2
         self.untranslatable = reasons.untranslatable
 
 
-def _non_ascii_test(connection: asyncpg.Connection) -> str:
+def non_ascii_test(server_encoding: str) -> str:
     """Texts with a character outside ASCII; cheap in UTF-8, where such characters are longer."""
-    if connection.get_settings().server_encoding.upper() in ("UTF8", "UTF-8"):
+    if server_encoding.upper() in ("UTF8", "UTF-8"):
         return "octet_length(p.failure_reason) <> char_length(p.failure_reason)"
     return "p.failure_reason ~ E'[^\\\\u0001-\\\\u007f]'"
 
@@ -99,7 +99,7 @@ class PurchasesSource:
         self._sql: dict[str, PurchasesSql] = {}  # by the non-ASCII test of the server's encoding
 
     def sql(self, connection: asyncpg.Connection) -> PurchasesSql:
-        non_ascii = _non_ascii_test(connection)
+        non_ascii = non_ascii_test(connection.get_settings().server_encoding)
         if non_ascii not in self._sql:
             sql = self._sql[non_ascii] = PurchasesSql(self._config, non_ascii)
             if sql.untranslatable is not None:

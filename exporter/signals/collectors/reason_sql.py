@@ -276,20 +276,23 @@ def _bracket(chars: frozenset[str]) -> str:
 
 
 def to_are(node: Node) -> str:
-    """PostgreSQL's advanced regular expression for the node, matched with `~`."""
+    """PostgreSQL's advanced regular expression for the node, matched with `~`.
+
+    Groups capture: `~` asks for no submatch, so they cost nothing, and `(?:` would read as a
+    bind parameter to SQL layers such as SQLAlchemy's `text()`."""
     if isinstance(node, Chars):
         return _bracket(node.chars)
     if isinstance(node, Assert):
         return node.are
     if isinstance(node, Seq):
-        return "".join(to_are(item) for item in node.items) or "(?:)"
+        return "".join(to_are(item) for item in node.items) or "()"
     if isinstance(node, Alt):
-        return "(?:" + "|".join(to_are(o) for o in node.options) + ")"
+        return "(" + "|".join(to_are(o) for o in node.options) + ")"
     low, high = node.low, node.high
     count = {(0, None): "*", (1, None): "+", (0, 1): "?"}.get((low, high))
     if count is None:
         count = f"{{{low},}}" if high is None else f"{{{low},{high}}}"
-    return f"(?:{to_are(node.item)}){count}"
+    return f"({to_are(node.item)}){count}"
 
 
 # --- literals ---------------------------------------------------------------------------------
