@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench clean
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: run test demo drill lint typecheck bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +41,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy exporter
 
-## bench: refresh and scrape cost against large tables; webhook answer time
-bench: $(STAMP)
-	$(BIN)/python bench/collector_refresh.py
+# query-exporter, the benchmark's anchor, in its own venv: not a dependency of the exporter.
+$(BENCH_STAMP):
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet 'query-exporter>=5,<6' psycopg2-binary
+	touch $(BENCH_STAMP)
+
+## bench: beside query-exporter: scrapes, RSS, DB transactions, refreshes at 1M / 10M / storm
+## (about 30 minutes on 2 cores); then the webhook's answer time
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/worker_and_idle.py
 
+## bench-quick: the same comparison on 100k / 1M rows with shorter scrapes (a few minutes)
+bench-quick: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter --quick
+
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) $(BENCH_VENV) .data

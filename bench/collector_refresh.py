@@ -25,8 +25,9 @@ from exporter.database.migrate import migrate
 from exporter.database.pool import Connection, create_pool
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.api_calls import ApiCallsSource
-from exporter.signals.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner
+from exporter.signals.collectors.base import SelfMetrics, SnapshotRunner, snapshot_sections
 from exporter.signals.collectors.purchases import PurchasesSource
+from exporter.web.exposition import MetricsExposition, RegistrySection
 
 RECENT_PURCHASES = 20_000  # one busy hour
 RECENT_CALLS = 50_000
@@ -70,11 +71,12 @@ async def time_refreshes(runner: SnapshotRunner, rounds: int) -> list[float]:
     return durations
 
 
-def time_scrapes(registry: CollectorRegistry, rounds: int) -> tuple[list[float], int]:
+def time_scrapes(exposition: MetricsExposition, rounds: int) -> tuple[list[float], int]:
+    """A full render each round (what a scrape cost before bodies were kept between changes)."""
     durations, size = [], 0
     for _ in range(rounds):
         started = time.perf_counter()
-        size = len(generate_latest(registry))
+        size = len(generate_latest(exposition))
         durations.append(time.perf_counter() - started)
     return durations, size
 
@@ -104,7 +106,7 @@ async def run(sizes: list[int], rounds: int) -> None:
             ApiCallsSource(config),
         ]
         runners = [SnapshotRunner(s, pool, metrics, 3600, 60, None) for s in sources]
-        registry.register(SnapshotExposition(runners))
+        exposition = MetricsExposition([RegistrySection(registry), *snapshot_sections(runners)])
         print(f"recent hour: {RECENT_PURCHASES} purchases, {RECENT_CALLS} API calls")
         total = 0
         for size in sizes:
@@ -114,7 +116,7 @@ async def run(sizes: list[int], rounds: int) -> None:
                 await runner.refresh()  # warm the cache before timing
                 print(f"history {total:>9} rows  {runner.name:<10} refresh "
                       f"{ms(await time_refreshes(runner, rounds))}")  # fmt: skip
-            scrapes, size_bytes = time_scrapes(registry, rounds * 10)
+            scrapes, size_bytes = time_scrapes(exposition, rounds * 10)
             print(f"history {total:>9} rows  scrape ({size_bytes} bytes)  {ms(scrapes)}")
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"exporter process peak RSS: {rss_mib:.0f} MiB")

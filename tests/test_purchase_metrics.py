@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from exporter.config import parse_config
 from exporter.database.pool import Connection
 from exporter.labels import REASON_CLASSES
+from exporter.signals.classify import ReasonClassifier
 from exporter.web.app import create_app
 from exporter.web.keys import RUNNERS
 from tests.helpers import scrape, series, value
@@ -213,3 +214,40 @@ async def test_platform_api_calls_mean_and_p95(client: TestClient, db: asyncpg.C
         4.0
     )
     assert value(s, mean, window="1h", exchange="kraken", endpoint="placeOrder") == 0
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        {},  # the defaults: PostgreSQL classifies ASCII texts, Python the others
+        {"purchases": {"failure_reasons": {"maintenance": ["(?=x)wartung"]}}},  # all in Python
+    ],
+)
+async def test_reasons_postgresql_must_not_judge_are_classified_in_python(
+    aiohttp_client, database: Connection, db: asyncpg.Connection, patterns: dict
+) -> None:
+    config = parse_config({**CONFIG.model_dump(mode="json"), **patterns})
+    client = await aiohttp_client(create_app(config, database))
+    await purchase(db, 1, "failed", "EService:Unavailable — Kraken indisponible")  # non-ASCII
+    await purchase(db, 1, "failed", "Wartung \u212aRAKEN", retry_count=5)  # KELVIN SIGN
+    await purchase(db, 1, "failed", "EAPI:Rate limit exceeded")
+    await purchase(db, 1, "completed")
+    await refresh(client)
+    s = await scrape(client)
+    failures = {
+        dict(labels)["reason"]: v
+        for labels, v in series(s, "liquid_abt_purchase_failures").items()
+        if dict(labels)["window"] == "5m" and dict(labels)["exchange"] == "kraken" and v
+    }
+    classify = ReasonClassifier(config.purchases.failure_reasons).classify
+    texts = [
+        "EService:Unavailable — Kraken indisponible",
+        "Wartung \u212aRAKEN",
+        "EAPI:Rate limit exceeded",
+    ]
+    expected: dict[str, float] = {}
+    for text in texts:
+        expected[classify(text)] = expected.get(classify(text), 0) + 1
+    assert failures == expected
+    assert value(s, "liquid_abt_purchases", window="5m", exchange="kraken", status="failed") == 3
+    assert value(s, "liquid_abt_purchase_retry_eligible", exchange="kraken") == 2

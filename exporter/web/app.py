@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
 from exporter.config import Config
@@ -33,7 +33,12 @@ from exporter.runbook.worker import WORK_CHANNEL, ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.api_calls import ApiCallsSource
-from exporter.signals.collectors.base import SelfMetrics, SnapshotExposition, SnapshotRunner, Source
+from exporter.signals.collectors.base import (
+    SelfMetrics,
+    SnapshotRunner,
+    Source,
+    snapshot_sections,
+)
 from exporter.signals.collectors.purchases import PurchasesSource
 from exporter.signals.kraken.client import KrakenClient
 from exporter.signals.kraken.probe import ExchangeProbe
@@ -42,6 +47,7 @@ from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import build_admin_app
 from exporter.web.admin.purchases import routes as purchases_routes
 from exporter.web.admin.status import routes as status_routes
+from exporter.web.exposition import MetricsExposition, RegistrySection
 from exporter.web.keys import (
     ACTION_METRICS,
     ACTION_WORKER,
@@ -49,8 +55,10 @@ from exporter.web.keys import (
     CONFIG,
     CONNECTION,
     DB_MONITOR,
+    EXPOSITION,
     INCIDENT_LOOPS,
     INCIDENTS,
+    LIVE_METRICS,
     POOL,
     PROBE,
     REGISTRY,
@@ -224,11 +232,12 @@ async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
             collectors.interval,
             collectors.timeout,
             collectors.snapshot_expiry,
+            on_refreshed=app[LIVE_METRICS].changed,  # the collectors' own metrics
         )  # fmt: skip
         for source in sources
     ]
     app[RUNNERS] = runners
-    app[REGISTRY].register(SnapshotExposition(runners))
+    app[EXPOSITION].add(*snapshot_sections(runners))
     async with contextlib.AsyncExitStack() as stack:
         for runner in runners:
             await stack.enter_async_context(_task(f"collector-{runner.name}", runner.run()))
@@ -249,6 +258,16 @@ def admin_route_tables() -> list[web.RouteTableDef]:
     return [status_routes, purchases_routes, breaker_routes, audit_routes]
 
 
+@web.middleware
+async def _metrics_follow_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that may change something (webhook, admin) shows at the next scrape."""
+    try:
+        return await handler(request)
+    finally:
+        if request.method not in ("GET", "HEAD"):
+            request.config_dict[LIVE_METRICS].changed()
+
+
 def create_app(
     config: Config, connection: Connection, secrets: Secrets | None = None,
     replica: str | None = None,
@@ -256,20 +275,22 @@ def create_app(
     """The exporter; `replica` names this process among the replicas (default: host and a
     random suffix), so that a restart on the same address keeps its vote."""
     quiet_malformed_requests()  # no client can put a header value (a token) into the log
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_metrics_follow_changes])
     app[CONFIG] = config
     app[CONNECTION] = connection
     app[SECRETS] = secrets or Secrets()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     _build_info(app[REGISTRY])
     app[REPLICA] = replica or DEFAULT_REPLICA
+    app[LIVE_METRICS] = RegistrySection(app[REGISTRY])
+    app[EXPOSITION] = MetricsExposition([app[LIVE_METRICS]])
     # Order matters: each context may use what the previous ones created.
     app.cleanup_ctx.extend(
         [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _incidents_ctx,
          _actions_ctx]
     )  # fmt: skip
     app.router.add_get("/", index)
-    app.router.add_get("/metrics", make_aiohttp_handler(app[REGISTRY]))
+    app.router.add_get("/metrics", app[EXPOSITION].handle)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post(config.receiver.path, _webhook(app).handle)

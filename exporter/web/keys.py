@@ -17,6 +17,7 @@ from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
 from exporter.signals.kraken.probe import ExchangeProbe
+from exporter.web.exposition import MetricsExposition, RegistrySection
 
 CONFIG = web.AppKey("config", Config)
 CONNECTION = web.AppKey("connection", Connection)
@@ -33,3 +34,6 @@ INCIDENTS = web.AppKey("incidents", IncidentModel)
 INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
+# /metrics: the exposition, and its section of live metrics (`changed()` after they change).
+EXPOSITION = web.AppKey("exposition", MetricsExposition)
+LIVE_METRICS = web.AppKey("live_metrics", RegistrySection)

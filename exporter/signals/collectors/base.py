@@ -2,7 +2,7 @@
 
 A scrape never waits on the database: each source refreshes on its own interval with a timeout,
 and `/metrics` serves the families of its last successful refresh, with their age, until they
-expire.
+expire. Each snapshot is an exposition section (web/exposition.py) rendered once per refresh.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from itertools import product
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import count, product
 from typing import Protocol
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from exporter.database.background import run_forever
 from exporter.database.pool import DATABASE_ERRORS
@@ -62,10 +61,14 @@ class LabelledValues:
         return family
 
 
+_serials = count()
+
+
 @dataclass(frozen=True)
 class Snapshot:
     families: list[Metric]
     taken_at: float  # wall clock, for the age and the expiry
+    serial: int = field(default_factory=lambda: next(_serials))  # tells snapshots apart
 
 
 class SelfMetrics:
@@ -107,6 +110,7 @@ class SnapshotRunner:
         interval: float,
         timeout: float,
         expiry: float | None,
+        on_refreshed: Callable[[], None] = lambda: None,
     ) -> None:
         self.source = source
         self._pool = pool
@@ -114,6 +118,8 @@ class SnapshotRunner:
         self._interval = interval
         self._timeout = timeout
         self._expiry = expiry
+        # Told after every refresh, failed or not: the collector's own metrics changed.
+        self._on_refreshed = on_refreshed
         self.snapshot: Snapshot | None = None
         # One refresh at a time: a slower, older refresh must never overwrite a newer snapshot.
         self._lock = asyncio.Lock()
@@ -124,7 +130,10 @@ class SnapshotRunner:
 
     async def refresh(self) -> bool:
         async with self._lock:
-            return await self._refresh()
+            try:
+                return await self._refresh()
+            finally:
+                self._on_refreshed()
 
     async def _refresh(self) -> bool:
         started = time.perf_counter()
@@ -175,27 +184,44 @@ class SnapshotRunner:
         return max(0.0, self._interval - (time.monotonic() - started))
 
 
-class SnapshotExposition(Collector):
-    """Registered in the registry: yields each runner's current families and their age."""
+class SnapshotSection:
+    """One runner's latest snapshot as an exposition section: a new version per refresh."""
+
+    def __init__(self, runner: SnapshotRunner) -> None:
+        self._runner = runner
+
+    def version(self, now: float) -> Hashable:
+        snapshot = self._runner.current(now)
+        return None if snapshot is None else snapshot.serial
+
+    def collect(self, now: float) -> Iterable[Metric]:
+        snapshot = self._runner.current(now)
+        return [] if snapshot is None else snapshot.families
+
+
+class SnapshotAges:
+    """The age of each snapshot served, as an exposition section: recomputed once a second."""
 
     def __init__(self, runners: Sequence[SnapshotRunner]) -> None:
         self._runners = runners
 
-    def collect(self) -> Iterator[Metric]:
-        now = time.time()
+    def version(self, now: float) -> Hashable:
+        serials = tuple(s and s.serial for s in (r.current(now) for r in self._runners))
+        return int(now), serials
+
+    def collect(self, now: float) -> Iterable[Metric]:
         age = GaugeMetricFamily(
             "liquid_abt_collector_snapshot_age_seconds",
-            "Age of the snapshot of a collector served by this scrape.",
+            "Age of the snapshot of a collector served by this scrape (updated once a second).",
             labels=["collector"],
         )
         for runner in self._runners:
             snapshot = runner.current(now)
-            if snapshot is None:
-                continue
-            age.add_metric([runner.name], now - snapshot.taken_at)
-            yield from snapshot.families
-        yield age
+            if snapshot is not None:
+                age.add_metric([runner.name], now - snapshot.taken_at)
+        return [age]
 
-    def describe(self) -> Iterator[Metric]:
-        # Families vary with the snapshot; an empty describe keeps registration cheap.
-        return iter(())
+
+def snapshot_sections(runners: Sequence[SnapshotRunner]) -> list[SnapshotSection | SnapshotAges]:
+    """The exposition sections of the runners: each snapshot, then their ages."""
+    return [*(SnapshotSection(r) for r in runners), SnapshotAges(runners)]

@@ -1,11 +1,17 @@
 """Purchase metrics from `bitcoin_purchases`: the numbers behind the purchase-failure runbook.
 
-All windows are read in one read-only transaction, so every family shares one `now()`. Each
-query bounds `created_at` by the longest window as a plain predicate: without it the planner
-cannot use the `created_at` index through the join with the windows and scans the whole table.
+One scan of the rows inside the longest window (or the retry window, if longer) gives every count:
+each row falls in the bucket of the shortest window that holds it, and the windows are sums of
+buckets. Failure reasons are classified inside that scan (reason_sql.py), so an outage in which
+every failed purchase has its own text costs what its purchases cost, not what its texts cost.
+Every query bounds `created_at` by a plain predicate with constant durations, so the planner uses
+the `created_at` index and the cost follows the window, not the table. All queries share one
+read-only transaction, hence one `now()`.
 """
 
 from __future__ import annotations
+
+import logging
 
 import asyncpg
 from prometheus_client.core import Metric
@@ -14,53 +20,99 @@ from exporter.config import Config, format_duration
 from exporter.labels import OTHER, PURCHASE_STATUSES, REASON_CLASSES, SETTLED_STATUSES
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.base import LabelledValues
+from exporter.signals.collectors.reason_sql import PYTHON, ReasonSql
 
-_WINDOWS = "windows(label, seconds) AS (SELECT * FROM unnest($1::text[], $2::float8[]))"
-_EXCHANGE = "CASE WHEN lower(p.exchange_provider) = ANY($3::text[]) THEN lower(p.exchange_provider) ELSE 'other' END"
+log = logging.getLogger(__name__)
 
-COUNTS_SQL = f"""
-WITH {_WINDOWS}
-SELECT w.label AS window, {_EXCHANGE} AS exchange, p.status,
-       CASE WHEN p.status = 'failed' THEN p.failure_reason END AS failure_reason,
-       count(*) AS purchases,
-       coalesce(sum(p.amount_aud), 0)::float8 AS amount_aud
-FROM windows w
-JOIN bitcoin_purchases p ON p.created_at > now() - make_interval(secs => w.seconds)
-WHERE p.status = ANY($4::text[])
-  AND p.created_at > now() - make_interval(secs => $5::float8)  -- the longest window
+
+def _since(seconds: float) -> str:
+    return f"p.created_at > now() - make_interval(secs => {float(seconds)!r})"
+
+
+class PurchasesSql:
+    """The collector's SQL, built once from the configuration (durations are constants)."""
+
+    def __init__(self, config: Config, non_ascii: str) -> None:
+        purchases = config.purchases
+        reasons = ReasonSql(purchases.failure_reasons)
+        windows = purchases.windows  # sorted, shortest first
+        bucket = " ".join(f"WHEN {_since(w)} THEN {i}" for i, w in enumerate(windows))
+        bucket = f"CASE {bucket} ELSE {len(windows)} END"
+        longest = max(windows)
+        scanned = max(longest, purchases.retry_window)
+        retry = (
+            f"count(*) FILTER (WHERE p.status = 'failed' AND p.retry_count < $1"
+            f" AND {_since(purchases.retry_window)}) AS retry_eligible"
+        )
+        case = reasons.case("p.failure_reason", "lowered.text", non_ascii)
+        self.counts = f"""
+SELECT p.exchange_provider AS provider, p.status,
+       CASE WHEN p.status = 'failed' THEN {case} END AS reason,
+       {bucket} AS bucket, count(*) AS purchases,
+       coalesce(sum(p.amount_aud), 0)::float8 AS amount_aud, {retry}
+FROM bitcoin_purchases p, {reasons.lowered("p.failure_reason")} AS lowered(text)
+WHERE p.status = ANY($2::text[]) AND {_since(scanned)}
 GROUP BY 1, 2, 3, 4
 """
-
-TENANTS_SQL = f"""
-WITH {_WINDOWS}
-SELECT w.label AS window, {_EXCHANGE} AS exchange, count(DISTINCT p.tenant_id) AS tenants
-FROM windows w
-JOIN bitcoin_purchases p ON p.created_at > now() - make_interval(secs => w.seconds)
-WHERE p.status = 'failed'
-  AND p.created_at > now() - make_interval(secs => $4::float8)  -- the longest window
-GROUP BY 1, 2
-"""
-
-# The runbook's "eligible for retry" query; the reason test happens on the classified reason.
-RETRY_SQL = f"""
-SELECT {_EXCHANGE} AS exchange, p.failure_reason, count(*) AS purchases
+        # Only run when `counts` returned rows marked PYTHON (texts PostgreSQL must not judge).
+        self.python_reasons = f"""
+SELECT p.exchange_provider AS provider, p.failure_reason, {bucket} AS bucket,
+       count(*) AS purchases, coalesce(sum(p.amount_aud), 0)::float8 AS amount_aud, {retry}
 FROM bitcoin_purchases p
-WHERE p.status = 'failed'
-  AND p.retry_count < $1
-  AND p.created_at > now() - make_interval(secs => $2::float8)
+WHERE p.status = 'failed' AND {_since(scanned)}
+  AND {reasons.needs_python("p.failure_reason", non_ascii)}
+GROUP BY 1, 2, 3
+"""
+        # A tenant counts in every window from the bucket of its latest failure on; providers are
+        # mapped to exchanges before counting, so one tenant is one tenant in `other`.
+        self.tenants = f"""
+SELECT exchange, bucket, count(*) AS tenants
+FROM (SELECT CASE WHEN lower(provider) = ANY($1::text[]) THEN lower(provider) ELSE 'other' END
+               AS exchange, tenant_id, min(bucket) AS bucket
+      FROM (SELECT p.exchange_provider AS provider, p.tenant_id, min({bucket}) AS bucket
+            FROM bitcoin_purchases p
+            WHERE p.status = 'failed' AND {_since(longest)}
+            GROUP BY 1, 2) AS per_provider
+      GROUP BY 1, 2) AS per_exchange
+WHERE bucket < {len(windows)}
 GROUP BY 1, 2
 """
+        self.untranslatable = reasons.untranslatable
+
+
+def non_ascii_test(server_encoding: str) -> str:
+    """Texts with a character outside ASCII; cheap in UTF-8, where such characters are longer."""
+    if server_encoding.upper() in ("UTF8", "UTF-8"):
+        return "octet_length(p.failure_reason) <> char_length(p.failure_reason)"
+    return "p.failure_reason ~ E'[^\\\\u0001-\\\\u007f]'"
 
 
 class PurchasesSource:
     name = "purchases"
 
     def __init__(self, config: Config, classifier: ReasonClassifier) -> None:
+        self._config = config
         self._windows = [format_duration(w) for w in config.purchases.windows]
-        self._seconds = list(config.purchases.windows)
         self._exchanges = list(config.exchanges)
-        self._config = config.purchases
+        self._excluded = set(config.purchases.retry_excluded_reasons)
         self._classify = classifier.classify
+        self._sql: dict[str, PurchasesSql] = {}  # by the non-ASCII test of the server's encoding
+
+    def sql(self, connection: asyncpg.Connection) -> PurchasesSql:
+        non_ascii = non_ascii_test(connection.get_settings().server_encoding)
+        if non_ascii not in self._sql:
+            sql = self._sql[non_ascii] = PurchasesSql(self._config, non_ascii)
+            if sql.untranslatable is not None:
+                log.warning(
+                    "failure reasons are classified in Python: refreshes cost one row per "
+                    "distinct text",
+                    extra={"error": str(sql.untranslatable)},
+                )
+        return self._sql[non_ascii]
+
+    def _exchange(self, provider: str | None) -> str:
+        name = (provider or "").lower()
+        return name if name in self._exchanges else OTHER
 
     def _families(self) -> dict[str, LabelledValues]:
         w, x = self._windows, [*self._exchanges, OTHER]
@@ -98,37 +150,51 @@ class PurchasesSource:
         }  # fmt: skip
 
     async def collect(self, connection: asyncpg.Connection) -> list[Metric]:
-        families = self._families()
-        window_args = (self._windows, self._seconds, self._exchanges)
-        longest = max(self._seconds)
-        counts = await connection.fetch(COUNTS_SQL, *window_args, list(PURCHASE_STATUSES), longest)
-        tenants = await connection.fetch(TENANTS_SQL, *window_args, longest)
-        retry = await connection.fetch(
-            RETRY_SQL,
-            self._config.retry_max_count,
-            self._config.retry_window,
-            self._exchanges,
+        if not connection.is_in_transaction():  # the runner opens one; a direct call gets its own
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                return await self.collect(connection)
+        sql = self.sql(connection)
+        retry_max = self._config.purchases.retry_max_count
+        statuses = list(PURCHASE_STATUSES)
+        # The planner reads the groups of a reason or a bucket as one per distinct text or
+        # time and would sort to disk; the real groups are a few hundred, so hash them.
+        # And plan every refresh for the rows of this hour: a plan cached (after 5 runs of a
+        # prepared statement) while the hour was quiet would go on serving the storm.
+        await connection.execute(
+            "SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan"
         )
+        counts = [dict(row) for row in await connection.fetch(sql.counts, retry_max, statuses)]
+        if any(row["reason"] == PYTHON for row in counts):
+            counts += [
+                {**row, "status": "failed", "reason": self._classify(row["failure_reason"])}
+                for row in await connection.fetch(sql.python_reasons, retry_max)
+            ]
+        tenants = await connection.fetch(sql.tenants, self._exchanges)
+        families = self._families()
         self._add_counts(families, counts)
         for row in tenants:
-            families["tenants"].set((row["window"], row["exchange"]), row["tenants"])
-        for row in retry:
-            if self._classify(row["failure_reason"]) not in self._config.retry_excluded_reasons:
-                families["retry"].add((row["exchange"],), row["purchases"])
+            for window in self._windows[row["bucket"] :]:
+                families["tenants"].add((window, row["exchange"]), row["tenants"])
         return [f.family() for f in families.values()]
 
-    def _add_counts(self, families: dict[str, LabelledValues], rows: list[asyncpg.Record]) -> None:
+    def _add_counts(self, families: dict[str, LabelledValues], rows: list[dict]) -> None:
         settled: dict[tuple[str, str], int] = {}
         failed: dict[tuple[str, str], int] = {}
         for row in rows:
-            key = (row["window"], row["exchange"])
-            families["purchases"].add((*key, row["status"]), row["purchases"])
-            if row["status"] in SETTLED_STATUSES:
-                settled[key] = settled.get(key, 0) + row["purchases"]
-            if row["status"] == "failed":
-                failed[key] = failed.get(key, 0) + row["purchases"]
-                reason = self._classify(row["failure_reason"])
-                families["failures"].add((*key, reason), row["purchases"])
-                families["amount"].add(key, row["amount_aud"])
+            reason, status = row["reason"], row["status"]
+            if reason == PYTHON:
+                continue  # counted by its `python_reasons` rows
+            exchange = self._exchange(row["provider"])
+            if status == "failed" and reason not in self._excluded:
+                families["retry"].add((exchange,), row["retry_eligible"])
+            for window in self._windows[row["bucket"] :]:
+                key, n = (window, exchange), row["purchases"]
+                families["purchases"].add((*key, status), n)
+                if status in SETTLED_STATUSES:
+                    settled[key] = settled.get(key, 0) + n
+                if status == "failed":
+                    failed[key] = failed.get(key, 0) + n
+                    families["failures"].add((*key, reason), n)  # type: ignore[arg-type]
+                    families["amount"].add(key, row["amount_aud"])
         for key, total in settled.items():
             families["ratio"].set(key, failed.get(key, 0) / total)
