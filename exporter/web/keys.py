@@ -17,6 +17,8 @@ from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
 from exporter.signals.kraken.probe import ExchangeProbe
+from exporter.web.reload import Reloader
+from exporter.web.webconfig import WebSecurity
 
 CONFIG = web.AppKey("config", Config)
 CONNECTION = web.AppKey("connection", Connection)
@@ -33,3 +35,8 @@ INCIDENTS = web.AppKey("incidents", IncidentModel)
 INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
+# The web config in force (TLS, basic auth users, headers); replaced on reload.
+WEB_SECURITY = web.AppKey("web_security", WebSecurity)
+RELOADER = web.AppKey("reloader", Reloader)
+# Where /metrics is served (--web.telemetry-path), for pages that link to it.
+TELEMETRY_PATH = web.AppKey("telemetry_path", str)
