@@ -106,6 +106,17 @@ def _web_flags(serve: argparse.ArgumentParser) -> None:
               "keep-alive connections idle this long are closed", dest="idle_timeout")  # fmt: skip
 
 
+class _Version(argparse.Action):
+    """`--version` with revision and build date on lines of their own (argparse would rewrap)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(build_info().describe(parser.prog))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liquid-abt-exporter",
@@ -116,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
             "throwaway local PostgreSQL instead, for development and demos."
         ),
     )
-    parser.add_argument("--version", action="version", version=build_info().describe("%(prog)s"))
+    parser.add_argument(
+        "--version", action=_Version, help="show the version, revision and build date, then exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve /metrics and the HTTP API")

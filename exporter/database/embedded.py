@@ -100,15 +100,22 @@ def reachable_install(bin_dir: Path, user: pwd.struct_passwd) -> Path:
     """`bin_dir`, or a copy of its installation (bin, lib, share) that `user` can run."""
     if reachable_by(bin_dir, user):
         return bin_dir
+    # The wheel's binaries find their libraries at $ORIGIN/../../../pgserver.libs (auditwheel):
+    # the copy keeps that layout, <package>/<install>/bin beside <package>.libs.
     install = bin_dir.parent
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
     digest = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:16]
     target = _runtime_root() / f"install-{digest}"
-    if not (target / "bin" / "pg_ctl").exists():
+    copied_bin = target / package.name / install.name / "bin"
+    if not (copied_bin / "pg_ctl").exists():
         # Copied beside the target, then renamed: two processes starting at once both succeed.
         staging = Path(tempfile.mkdtemp(prefix="install-", dir=RUNTIME_ROOT))
-        shutil.copytree(install, staging / "tree", symlinks=True)
-        staging.chmod(0o755)
-        (staging / "tree").chmod(0o755)
+        shutil.copytree(install, staging / "tree" / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "tree" / libs.name, symlinks=True)
+        for folder in (staging, staging / "tree", staging / "tree" / package.name):
+            folder.chmod(0o755)
         with contextlib.suppress(OSError):  # another process won the race
             (staging / "tree").rename(target)
         shutil.rmtree(staging, ignore_errors=True)
@@ -116,7 +123,7 @@ def reachable_install(bin_dir: Path, user: pwd.struct_passwd) -> Path:
             "PostgreSQL binaries are not reachable by the server's user: copied them",
             extra={"from": str(install), "to": str(target), "user": user.pw_name},
         )
-    return target / "bin"
+    return copied_bin
 
 
 class EmbeddedPostgres:

@@ -283,11 +283,10 @@ class BurstLog:
 class LoopErrors:
     """The event loop's exception handler: accept errors once per burst, the rest as usual."""
 
-    def __init__(self) -> None:
-        self._accept = BurstLog(
-            logging.getLogger("asyncio"),
-            "cannot accept connections: out of system resources (file descriptors?)",
-        )
+    MESSAGE = "cannot accept connections: out of system resources (file descriptors?)"
+
+    def __init__(self, quiet: float = 10.0) -> None:
+        self._accept = BurstLog(logging.getLogger("asyncio"), self.MESSAGE, quiet)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message", "").startswith("socket.accept() out of system resource"):
