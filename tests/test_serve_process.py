@@ -170,6 +170,21 @@ def test_sigterm_during_start_up_stops_the_embedded_server(tmp_path: Path) -> No
         exporter.stop()
 
 
+def test_sigkill_of_the_exporter_still_stops_the_embedded_server(tmp_path: Path) -> None:
+    """No handler runs on SIGKILL (or a crash): the watchdog sees the process gone."""
+    exporter = start_exporter(tmp_path, config_yaml=exporter_config())
+    assert exporter.embedded_db_dir is not None
+    pg_dir = exporter.embedded_db_dir
+    try:
+        assert _postmaster_running(pg_dir)
+        exporter.process.send_signal(signal.SIGKILL)
+        exporter.process.wait(30)
+        wait_until(lambda: not _postmaster_running(pg_dir), timeout=60,
+                   what="the embedded server stopped", on_timeout=exporter.fail)  # fmt: skip
+    finally:
+        exporter.stop()
+
+
 # --- connection limits ------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ PyPI), the system's /usr/lib/postgresql/*/bin, then $PATH. PostgreSQL refuses to
 root the server runs as an unprivileged system user; whatever that user cannot reach (a clone in
 root's home folder, a `mktemp -d` folder) is placed where it can: the binaries are copied once to
 a shared cache and the data folder moves under /var/tmp, each with one log line saying where.
+A watchdog stops the server when the process that started it is gone, even after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class EmbeddedPostgres:
             self.run_dir = self._reachable_run_dir()
         self.data_dir = self.run_dir / "data"
         self.log_file = self.run_dir / "postgres.log"
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def _reachable_run_dir(self) -> Path:
         assert self._user is not None
@@ -160,10 +162,30 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def _as_user(self) -> dict:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def _start_watchdog(self) -> None:
+        """A shell that stops the server when this process is gone, however it went (SIGKILL,
+        a crash): it waits for the end of a pipe only this process holds open."""
+        script = 'trap "" INT TERM HUP; cat >/dev/null; exec "$0" stop -w -m fast -D "$1"'
+        self._watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", script, str(self.bin_dir / "pg_ctl"), str(self.data_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.run_dir, start_new_session=True, **self._as_user(),
+        )  # fmt: skip
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            watchdog.stdin.close()  # its pg_ctl stop finds the server stopped already
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(30)
+
     def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        kwargs: dict = {}
-        if self._user is not None:
-            kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        kwargs = self._as_user()
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
             capture_output=True,
@@ -205,6 +227,8 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()}")
         if self.running():  # left over from a run that was killed
             self.stop()
+        # Before the server starts, so there is no moment it could outlive this process.
+        self._start_watchdog()
         options = f"-p {self.port} -k {self.run_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         result = self._run(
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
@@ -219,6 +243,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self.initialised():
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+        self._stop_watchdog()
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
