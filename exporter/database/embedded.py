@@ -2,20 +2,32 @@
 
 The binaries come from, in order: $PG_BIN_DIR, the `pgserver` wheel (a PostgreSQL build shipped on
 PyPI), the system's /usr/lib/postgresql/*/bin, then $PATH. PostgreSQL refuses to run as root, so as
-root the server runs as an unprivileged system user.
+root the server runs as an unprivileged system user; whatever that user cannot reach (a clone in
+root's home folder, a `mktemp -d` folder) is placed where it can: the binaries are copied once to
+a shared cache and the data folder moves under /var/tmp, each with one log line saying where.
+A watchdog stops the server when the process that started it is gone, even after a SIGKILL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Where files go that the server's user could not reach where they were asked for (root only).
+RUNTIME_ROOT = Path("/var/tmp/liquid-abt-embedded-pg")
 
 
 class EmbeddedPostgresError(Exception):
@@ -61,45 +73,139 @@ def _run_as_user() -> pwd.struct_passwd | None:
     raise EmbeddedPostgresError("running as root and no unprivileged user (postgres, nobody)")
 
 
+def reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` can search every folder from / down to `path` (which must exist)."""
+    groups = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+    for folder in [*reversed(path.parents), path]:
+        st = os.stat(folder)
+        if st.st_uid == user.pw_uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
+
+
+def _runtime_root() -> Path:
+    """/var/tmp/liquid-abt-embedded-pg, root's, searchable (not listable) by the server's user."""
+    RUNTIME_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chown(RUNTIME_ROOT, 0, 0)
+    RUNTIME_ROOT.chmod(0o711)
+    return RUNTIME_ROOT
+
+
+def reachable_install(bin_dir: Path, user: pwd.struct_passwd) -> Path:
+    """`bin_dir`, or a copy of its installation (bin, lib, share) that `user` can run."""
+    if reachable_by(bin_dir, user):
+        return bin_dir
+    # The wheel's binaries find their libraries at $ORIGIN/../../../pgserver.libs (auditwheel):
+    # the copy keeps that layout, <package>/<install>/bin beside <package>.libs.
+    install = bin_dir.parent
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    digest = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:16]
+    target = _runtime_root() / f"install-{digest}"
+    copied_bin = target / package.name / install.name / "bin"
+    if not (copied_bin / "pg_ctl").exists():
+        # Copied beside the target, then renamed: two processes starting at once both succeed.
+        staging = Path(tempfile.mkdtemp(prefix="install-", dir=RUNTIME_ROOT))
+        shutil.copytree(install, staging / "tree" / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "tree" / libs.name, symlinks=True)
+        for folder in (staging, staging / "tree", staging / "tree" / package.name):
+            folder.chmod(0o755)
+        with contextlib.suppress(OSError):  # another process won the race
+            (staging / "tree").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        log.warning(
+            "PostgreSQL binaries are not reachable by the server's user: copied them",
+            extra={"from": str(install), "to": str(target), "user": user.pw_name},
+        )
+    return copied_bin
+
+
 class EmbeddedPostgres:
     """Owns one data folder; `start()` initialises it on first use and listens on 127.0.0.1."""
 
     def __init__(self, base_dir: Path, port: int | None = None) -> None:
         self.base_dir = base_dir.resolve()
-        self.data_dir = self.base_dir / "data"
-        self.log_file = self.base_dir / "postgres.log"
         self.port = port or free_port()
-        self.bin_dir = find_bin_dir()
         self._user = _run_as_user()
+        self.bin_dir = find_bin_dir()
+        # Where the server's own files live: base_dir, unless its user cannot reach base_dir.
+        self.run_dir = self.base_dir
+        if self._user is not None:
+            self.bin_dir = reachable_install(self.bin_dir, self._user)
+            self.run_dir = self._reachable_run_dir()
+        self.data_dir = self.run_dir / "data"
+        self.log_file = self.run_dir / "postgres.log"
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    def _reachable_run_dir(self) -> Path:
+        assert self._user is not None
+        existing = next(p for p in [self.base_dir, *self.base_dir.parents] if p.exists())
+        if reachable_by(existing, self._user):
+            return self.base_dir
+        # The same base_dir always maps to the same folder, so data survives restarts.
+        key = hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:12]
+        run_dir = _runtime_root() / f"data-{key}"
+        log.warning(
+            "data folder is not reachable by the server's user: using another folder",
+            extra={"asked": str(self.base_dir), "using": str(run_dir), "user": self._user.pw_name},
+        )
+        return run_dir
 
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def _as_user(self) -> dict:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def _start_watchdog(self) -> None:
+        """A shell that stops the server when this process is gone, however it went (SIGKILL,
+        a crash): it waits for the end of a pipe only this process holds open."""
+        script = 'trap "" INT TERM HUP; cat >/dev/null; exec "$0" stop -w -m fast -D "$1"'
+        self._watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", script, str(self.bin_dir / "pg_ctl"), str(self.data_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.run_dir, start_new_session=True, **self._as_user(),
+        )  # fmt: skip
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            watchdog.stdin.close()  # its pg_ctl stop finds the server stopped already
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(30)
+
     def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        kwargs: dict = {}
-        if self._user is not None:
-            kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        kwargs = self._as_user()
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=self.base_dir,
+            cwd=self.run_dir,
             **kwargs,
         )
 
     def _prepare_folder(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
-            os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
-            # The server's user must be able to reach its folder through every parent.
-            for parent in self.base_dir.parents:
-                if not os.stat(parent).st_mode & 0o001:
-                    raise EmbeddedPostgresError(
-                        f"{parent} is not searchable by user {self._user.pw_name}: "
-                        "choose another data folder (--embedded-db.dir) or give a DATABASE_URL"
-                    )
+            os.chown(self.run_dir, self._user.pw_uid, self._user.pw_gid)
+            self.run_dir.chmod(0o700)
+            if not reachable_by(self.run_dir, self._user):
+                raise EmbeddedPostgresError(
+                    f"{self.run_dir} is not reachable by user {self._user.pw_name}: "
+                    "choose another folder with --embedded-db.dir, or give a DATABASE_URL"
+                )
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
@@ -121,7 +227,9 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()}")
         if self.running():  # left over from a run that was killed
             self.stop()
-        options = f"-p {self.port} -k {self.base_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # Before the server starts, so there is no moment it could outlive this process.
+        self._start_watchdog()
+        options = f"-p {self.port} -k {self.run_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
         result = self._run(
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
             "-l", str(self.log_file), "-o", options,
@@ -135,6 +243,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self.initialised():
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+        self._stop_watchdog()
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

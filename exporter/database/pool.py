@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from exporter.config import Config, DatabaseConfig
+from exporter.config import Config, ConfigError, DatabaseConfig, dsn_problem, mask_dsn
 from exporter.secrets import read_secret
 
 log = logging.getLogger(__name__)
@@ -43,12 +42,6 @@ DATABASE_UNAVAILABLE = (
 )
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, fit for logs."""
-    dsn = re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", dsn)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", dsn)
-
-
 @dataclass(frozen=True)
 class Connection:
     """Where the database is: the DSN (maybe without password) and the password kept apart."""
@@ -64,8 +57,12 @@ class Connection:
 def database_connection(config: Config) -> Connection | None:
     """The database the configuration and the environment name; None when neither does.
 
-    DATABASE_URL wins over `database.dsn`; the password comes from DATABASE_PASSWORD[_FILE]."""
-    dsn = os.environ.get("DATABASE_URL") or config.database.dsn
+    DATABASE_URL wins over `database.dsn`; the password comes from DATABASE_PASSWORD[_FILE].
+    A DATABASE_URL that is not PostgreSQL, or holds a password, is refused like the config file's."""
+    url = os.environ.get("DATABASE_URL")
+    if url and (problem := dsn_problem(url)):
+        raise ConfigError(f"DATABASE_URL: {problem}")
+    dsn = url or config.database.dsn
     if not dsn:
         return None
     return Connection(dsn, read_secret("DATABASE_PASSWORD"))

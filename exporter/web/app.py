@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import platform
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+)
 
-from exporter import __version__
+from exporter.buildinfo import build_info
 from exporter.config import Config
 from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
@@ -62,12 +69,18 @@ from exporter.web.keys import (
     POOL,
     PROBE,
     REGISTRY,
+    RELOADER,
     REPLICA,
     RUNNERS,
     SECRETS,
+    TELEMETRY_PATH,
+    WEB_SECURITY,
 )
 from exporter.web.pages import healthy, index, ready
 from exporter.web.protocol_log import quiet_malformed_requests
+from exporter.web.reload import Reloader
+from exporter.web.server import ADMIN, CONNECTIONS, MAIN, track_requests
+from exporter.web.webconfig import WebSecurity, load_web_config, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +258,89 @@ async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _build_info(registry: CollectorRegistry) -> None:
+    info = build_info()
     Gauge(
         "liquid_abt_build_info",
         "Always 1; the labels say which build is running.",
-        ["version", "python_version"],
+        ["version", "revision", "python_version"],
         registry=registry,
-    ).labels(__version__, platform.python_version()).set(1)
+    ).labels(info.version, info.revision, info.python_version).set(1)
+
+
+def _process_metrics(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, open files) and python_* (version, garbage collection)."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+
+
+@dataclass
+class WebOptions:
+    """What `serve`'s web flags decide; the defaults are those of an app built for tests."""
+
+    telemetry_path: str = "/metrics"
+    config_file: Path | None = None
+    web_config_file: Path | None = None
+    security: WebSecurity = field(default_factory=lambda: WebSecurity(load_web_config(None)))
+    # With an admin listener, the admin API, the webhook and /-/reload are served only there.
+    admin_listener: bool = False
+
+
+def _own_credentials(request: web.Request, webhook_path: str) -> bool:
+    """The admin API and the webhook check their own credentials (always required) in the same
+    Authorization header, so basic auth of the web config does not apply to them."""
+    return request.path.startswith("/api/admin/") or request.path == webhook_path
+
+
+def _admin_only(request: web.Request, webhook_path: str) -> bool:
+    return _own_credentials(request, webhook_path) or request.path == "/-/reload"
+
+
+def _security_middleware(options: WebOptions, webhook_path: str) -> Any:
+    @web.middleware
+    async def security(request: web.Request, handler: Any) -> web.StreamResponse:
+        if options.admin_listener:
+            connections = request.config_dict.get(CONNECTIONS)
+            connection = connections.lookup(request.transport) if connections else None
+            role = connection.role if connection is not None else MAIN
+            if _admin_only(request, webhook_path) != (role == ADMIN) and request.path not in (
+                "/-/healthy", "/-/ready",
+            ):  # fmt: skip
+                raise web.HTTPNotFound()
+        guarded = options.security.config.users and not _own_credentials(request, webhook_path)
+        if guarded and not await options.security.authenticate(
+            request.headers.get("Authorization")
+        ):
+            return unauthorized()
+        return await handler(request)
+
+    return security
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    """http_server_config.headers of the web config, on every response."""
+    response.headers.update(request.config_dict[WEB_SECURITY].config.headers)
+
+
+async def _reload(request: web.Request) -> web.Response:
+    result = await request.app[RELOADER].reload()
+    if result.ok:
+        return web.json_response({"status": "success"})
+    return web.json_response({"status": "error", "problems": result.problems}, status=409)
+
+
+async def warm_up(app: web.Application, timeout: float | None = None) -> None:
+    """The first database ping and collector refresh, so the first scrape is complete and right.
+
+    Called after the app started and before it serves; bounded by the configured timeouts.
+    """
+    config = app[CONFIG]
+    limit = timeout or (config.database.connect_timeout + 2 * config.collectors.timeout)
+    jobs = [app[DB_MONITOR].check(), *(runner.refresh() for runner in app[RUNNERS])]
+    try:
+        async with asyncio.timeout(limit):
+            await asyncio.gather(*jobs, return_exceptions=True)
+    except TimeoutError:
+        log.warning("first refresh not done before serving", extra={"timeout": limit})
 
 
 def admin_route_tables() -> list[web.RouteTableDef]:
@@ -269,18 +359,38 @@ async def _metrics_follow_changes(request: web.Request, handler: Handler) -> web
 
 
 def create_app(
-    config: Config, connection: Connection, secrets: Secrets | None = None,
+    config: Config,
+    connection: Connection,
+    secrets: Secrets | None = None,
     replica: str | None = None,
-) -> web.Application:  # fmt: skip
+    options: WebOptions | None = None,
+) -> web.Application:
     """The exporter; `replica` names this process among the replicas (default: host and a
-    random suffix), so that a restart on the same address keeps its vote."""
+    random suffix), so that a restart on the same address keeps its vote. `options` are what
+    `serve`'s web flags decide (the defaults suit tests)."""
+    options = options or WebOptions()
+    webhook_path = config.receiver.path
     quiet_malformed_requests()  # no client can put a header value (a token) into the log
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[_metrics_follow_changes])
+    app = web.Application(
+        client_max_size=1024 * 1024,
+        middlewares=[
+            track_requests,
+            _security_middleware(options, webhook_path),
+            _metrics_follow_changes,
+        ],
+    )
     app[CONFIG] = config
     app[CONNECTION] = connection
     app[SECRETS] = secrets or Secrets()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    app[WEB_SECURITY] = options.security
+    app[TELEMETRY_PATH] = options.telemetry_path
+    app[RELOADER] = Reloader(
+        app[REGISTRY], config, options.config_file, options.security, options.web_config_file
+    )
+    app.on_response_prepare.append(_headers)
     _build_info(app[REGISTRY])
+    _process_metrics(app[REGISTRY])
     app[REPLICA] = replica or DEFAULT_REPLICA
     app[LIVE_METRICS] = RegistrySection(app[REGISTRY])
     app[EXPOSITION] = MetricsExposition([app[LIVE_METRICS]])
@@ -290,9 +400,10 @@ def create_app(
          _actions_ctx]
     )  # fmt: skip
     app.router.add_get("/", index)
-    app.router.add_get("/metrics", app[EXPOSITION].handle)
+    app.router.add_get(options.telemetry_path, app[EXPOSITION].handle)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", _reload)
     app.router.add_post(config.receiver.path, _webhook(app).handle)
     app.add_subapp("/api/admin/", build_admin_app(app[SECRETS].admin_token, admin_route_tables()))
     return app

@@ -18,6 +18,8 @@ from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
 from exporter.signals.kraken.probe import ExchangeProbe
 from exporter.web.exposition import MetricsExposition, RegistrySection
+from exporter.web.reload import Reloader
+from exporter.web.webconfig import WebSecurity
 
 CONFIG = web.AppKey("config", Config)
 CONNECTION = web.AppKey("connection", Connection)
@@ -37,3 +39,8 @@ REPLICA = web.AppKey("replica", str)
 # /metrics: the exposition, and its section of live metrics (`changed()` after they change).
 EXPOSITION = web.AppKey("exposition", MetricsExposition)
 LIVE_METRICS = web.AppKey("live_metrics", RegistrySection)
+# The web config in force (TLS, basic auth users, headers); replaced on reload.
+WEB_SECURITY = web.AppKey("web_security", WebSecurity)
+RELOADER = web.AppKey("reloader", Reloader)
+# Where /metrics is served (--web.telemetry-path), for pages that link to it.
+TELEMETRY_PATH = web.AppKey("telemetry_path", str)

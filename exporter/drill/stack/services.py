@@ -201,7 +201,7 @@ def start_exporter(
     embedded: Path | None = None
     if database_url is None:
         embedded = searchable_tmp_dir("liquid-abt-exporter-pg-") / "pg"
-        command.append(f"--embedded-db.dir={embedded}")
+        command += ["--embedded-db", f"--embedded-db.dir={embedded}"]
     elif migrate:
         command += ["--migrate", "--with-platform-schema"]
     extra = dict(env or {}) | ({"DATABASE_URL": database_url} if database_url else {})
