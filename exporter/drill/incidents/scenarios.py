@@ -1,0 +1,316 @@
+"""Issue 10's incidents as scenarios: what each does to the exchange and what it must lead to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..stack import (
+    DeadlinePassed,
+    ExporterProcess,
+    KrakenServerProcess,
+    Stack,
+    http_request,
+    wait_until,
+)
+from .timeline import Timeline
+from .timing import Timing
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass
+class Drill:
+    """A running stack a scenario acts on."""
+
+    timing: Timing
+    stack: Stack
+    kraken: KrakenServerProcess
+    exporters: list[ExporterProcess]
+    timeline: Timeline
+    restart: Callable[[int], Awaitable[None]]
+
+    async def hold(self, shipped_seconds: float) -> None:
+        """Let the scenario's time pass (its choreography, not a wait for a result)."""
+        await asyncio.sleep(self.timing.s(shipped_seconds))
+
+    def fault(self, mode: str, text: str, **faults: Any) -> None:
+        self.set(mode, **faults)
+        if not self.timeline.t0:
+            self.timeline.t0, self.timeline.t0_wall = time.monotonic(), time.time()
+        self.timeline.mark(text)
+
+    def set(self, mode: str, **faults: Any) -> None:
+        self.kraken.set_mode(mode)
+        status, text = http_request(f"{self.kraken.control_url}/_control/faults", faults)
+        if status != 200:
+            raise RuntimeError(f"faults {faults}: HTTP {status}: {text}")
+
+    def heal(self, text: str = "Kraken healthy again") -> None:
+        self.set("healthy")
+        self.timeline.mark(text)
+
+    async def wait_for(self, what: str, shipped_timeout: float) -> None:
+        """Until `what` appears in the timeline; past the deadline the scenario goes on and its
+        expectations say what never happened."""
+
+        async def seen() -> bool:
+            return what in self.timeline.first
+
+        with contextlib.suppress(DeadlinePassed):
+            await wait_until(seen, timeout=self.timing.s(shipped_timeout) + 5,
+                             interval=max(0.05, self.timing.s(0.5)), what=what)  # fmt: skip
+
+
+Expectation = Callable[[Timeline], list[str]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    case: str  # the issue's case it replays
+    act: Callable[[Drill], Awaitable[None]]
+    expect: Expectation
+    replicas: int = 2
+    bad_network_replica: bool = False  # the first replica probes an address that refuses
+
+
+def within(timeline: Timeline, what: str, seconds: float) -> list[str]:
+    at = timeline.first.get(what)
+    if at is None:
+        return [f"{what}: never"]
+    return [] if at <= seconds else [f"{what} at {at}s, later than {seconds}s"]
+
+
+def never(timeline: Timeline, what: str) -> list[str]:
+    at = timeline.first.get(what)
+    return [] if at is None else [f"{what} at {at}s: it should not happen"]
+
+
+def pages_exactly(timeline: Timeline, expected: dict[str, int]) -> list[str]:
+    got = timeline.paged()
+    return [] if got == expected else [f"pages {got}, expected {expected}"]
+
+
+# Replays of issue 10's cases (its "What was seen" list), with the shipped timers scaled.
+
+
+async def _refused(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken refuses connections")
+    await d.wait_for("retries queued", 180)
+    await d.hold(240)
+    d.heal()
+    await d.wait_for("purchases resumed", 400)
+    await d.hold(120)
+
+
+def _refused_expect(t: Timeline) -> list[str]:
+    problems = within(t, "purchases stopped (paused or breaker open)", 60)
+    problems += within(t, "retries queued", 120)
+    page = t.first_page()
+    if page is None or page[1] != "ExchangeApiDown" or page[0] > 120:
+        problems.append(f"first page {page}: expected ExchangeApiDown within 120s")
+    problems += pages_exactly(t, {"ExchangeApiDown": 1})
+    problems += within(t, "purchases resumed", 240 + 300)
+    if t.last.get("transitions") != 3:  # CLOSED->OPEN, OPEN->HALF_OPEN, HALF_OPEN->CLOSED
+        problems.append(f"{t.last.get('transitions')} breaker transitions, expected 3")
+    if t.webhook_latency is None or t.webhook_latency > 15:
+        problems.append(f"Prometheus firing -> webhook took {t.webhook_latency}s (over 15s)")
+    other = {r: n for r, n in t.reasons.items() if r == "other"}
+    if other:
+        problems.append(f"failures classified as other: {other}")
+    return problems
+
+
+async def _crossed_book(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken refuses connections")
+    await d.wait_for("retries queued", 180)
+    await d.hold(60)
+    d.set("healthy", crossed_book=True)
+    d.timeline.mark("Kraken answers again, but its order book is crossed (bid above ask)")
+    await d.hold(240)
+    d.set("healthy")
+    d.timeline.mark("order book sane again")
+    await d.wait_for("purchases resumed", 400)
+
+
+def _crossed_book_expect(t: Timeline) -> list[str]:
+    sane = next((at for at, text in t.marks if text == "order book sane again"), None)
+    problems = []
+    closed = [at for at, text in t.decisions if text.endswith("HALF_OPEN -> CLOSED")]
+    if sane is None or any(at < sane for at in closed):
+        problems.append(f"the breaker closed at {closed} before the order book was sane ({sane})")
+    failures = [at for at, text in t.decisions if text == "verify_recovery failure"]
+    if not failures:
+        problems.append("no recovery verification failed on the crossed book")
+    resumed = t.first.get("purchases resumed")
+    if resumed is None or sane is None or resumed < sane:
+        problems.append(f"purchases resumed at {resumed}, the book was sane at {sane}")
+    return problems + pages_exactly(t, {"ExchangeApiDown": 1})
+
+
+async def _flapping(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken flaps: down 20s, up 40s, for 10 minutes")
+    for _ in range(10):
+        d.set("down")
+        await d.hold(20)
+        d.set("healthy")
+        await d.hold(40)
+    d.timeline.mark("flapping stops")
+    await d.wait_for("purchases resumed", 900)
+    await d.hold(60)
+
+
+def _flapping_expect(t: Timeline) -> list[str]:
+    problems = []
+    if t.last.get("pauses", 0) > 1:
+        problems.append(f"{t.last['pauses']} pauses, expected at most one")
+    resumed = t.first.get("purchases resumed")
+    if resumed is not None and resumed < 600:
+        problems.append(f"purchases resumed at {resumed}s, while it still flapped")
+    if t.retries_tried_before_resume:
+        problems.append(f"{t.retries_tried_before_resume} retries spent while it flapped")
+    problems += [p for p in pages_exactly(t, {"ExchangeApiDown": 1}) if t.paged()]
+    return problems
+
+
+async def _sporadic(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("healthy", "4% of requests hang, 10% are rate limited", hang_ratio=0.04,
+            rate_limit_ratio=0.1)  # fmt: skip
+    await d.hold(600)
+    d.heal()
+    await d.hold(60)
+
+
+def _quiet_expect(t: Timeline) -> list[str]:
+    problems = never(t, "purchases stopped (paused or breaker open)")
+    problems += pages_exactly(t, {})
+    if t.last.get("transitions"):
+        problems.append(f"{t.last['transitions']} breaker transitions, expected none")
+    return problems
+
+
+def _sporadic_expect(t: Timeline) -> list[str]:
+    """Sporadic failures never stop the business nor page "API down". (14 % of purchases do
+    fail, so the runbook's failure-rate or rate-limit page is right: that is for a person.)"""
+    problems = never(t, "purchases stopped (paused or breaker open)")
+    if "ExchangeApiDown" in t.paged():
+        problems.append(f"pages {t.paged()}: ExchangeApiDown while the API answered")
+    if t.last.get("transitions"):
+        problems.append(f"{t.last['transitions']} breaker transitions, expected none")
+    return problems
+
+
+async def _rate_limited(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("rate_limited", "every call rate limited (EAPI:Rate limit exceeded)")
+    await d.hold(180)
+    d.heal("rate limiting stops")
+    await d.wait_for("API rate restored", 120)
+    await d.hold(30)
+
+
+def only_pages(timeline: Timeline, allowed: set[str]) -> list[str]:
+    other = {name: n for name, n in timeline.paged().items() if name not in allowed}
+    return (
+        [f"paged {other}, which is not the cause ({', '.join(sorted(allowed)) or 'none'})"]
+        if other
+        else []
+    )
+
+
+def _rate_limited_expect(t: Timeline) -> list[str]:
+    problems = never(t, "purchases stopped (paused or breaker open)")
+    problems += only_pages(t, {"ExchangeApiRateLimited"})
+    if t.last.get("transitions"):
+        problems.append(f"{t.last['transitions']} breaker transitions, expected none")
+    problems += within(t, "API rate lowered", 60)
+    lowered, restored = t.first.get("API rate lowered"), t.first.get("API rate restored")
+    if restored is None or lowered is None or restored > 180 + 60:
+        problems.append(f"API rate restored at {restored}s, expected within 60s of 180s")
+    return problems
+
+
+async def _maintenance(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("maintenance", "Kraken in maintenance (status maintenance)")
+    await d.wait_for("purchases stopped (paused or breaker open)", 120)
+    await d.hold(180)
+    d.heal("maintenance over")
+    await d.wait_for("purchases resumed", 400)
+
+
+def _maintenance_expect(t: Timeline) -> list[str]:
+    problems = within(t, "purchases stopped (paused or breaker open)", 60)
+    problems += pages_exactly(t, {"ExchangeMaintenance": 1})
+    problems += within(t, "purchases resumed", 180 + 300)
+    return problems
+
+
+async def _invalid_key(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("invalid_key", "Kraken refuses our key (EAPI:Invalid key on private calls)")
+    await d.hold(300)
+    d.heal("a valid key again")
+    await d.hold(60)
+
+
+def _invalid_key_expect(t: Timeline) -> list[str]:
+    return pages_exactly(t, {"ExchangeApiAuthFailures": 1}) + never(
+        t, "purchases stopped (paused or breaker open)"
+    )
+
+
+async def _restart(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken refuses connections")
+    await d.wait_for("retries queued", 180)
+    await d.hold(30)
+    d.timeline.mark("every exporter killed; restarted 31s later")
+    await d.restart(31)
+    await d.hold(120)
+    d.heal()
+    await d.wait_for("purchases resumed", 400)
+
+
+def _restart_expect(t: Timeline) -> list[str]:
+    problems = pages_exactly(t, {"ExchangeApiDown": 1})
+    resolved = t.paged("resolved")
+    early = [at for at, name, s in t.pages if s == "resolved" and t.at(at) < 240]
+    if early:
+        problems.append(f"ExchangeApiDown resolved while Kraken was down: {resolved}")
+    return problems + within(t, "purchases resumed", 600)
+
+
+async def _isolated(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("healthy", "replica 1 cannot reach Kraken; replica 2 can")
+    await d.hold(240)
+
+
+def _isolated_expect(t: Timeline) -> list[str]:
+    problems = _quiet_expect(t)
+    if not t.isolated_seen:
+        problems.append("replica 1 never said it was isolated (liquid_abt_exchange_isolated)")
+    return problems
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
+    Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
+    Scenario("flapping", "7", _flapping, _flapping_expect),
+    Scenario("sporadic", "3", _sporadic, _sporadic_expect),
+    Scenario("rate-limited", "4", _rate_limited, _rate_limited_expect),
+    Scenario("maintenance", "5", _maintenance, _maintenance_expect),
+    Scenario("invalid-key", "6", _invalid_key, _invalid_key_expect),
+    Scenario("restart", "9", _restart, _restart_expect),
+    Scenario("isolated-replica", "10", _isolated, _isolated_expect, bad_network_replica=True),
+]}  # fmt: skip

@@ -1,0 +1,204 @@
+"""What happened: the timeline of a scenario, polled from PostgreSQL, Prometheus and the pager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from exporter.config import Config
+from exporter.signals.classify import ReasonClassifier
+
+from ..stack import (
+    ExporterProcess,
+    PrometheusProcess,
+)
+from .pager import Pager
+from .timing import EXCHANGE, Timing
+
+# ---- what happened ---------------------------------------------------------------------------
+
+_STATE_SQL = """
+SELECT coalesce(i.phase, 'normal') AS phase, coalesce(b.state, 'closed') AS breaker,
+       coalesce(c.purchases_paused, false) AS paused,
+       coalesce(c.api_rate_multiplier, 1)::float8 AS rate,
+       (SELECT count(*) FROM liquid_abt.retry_queue) AS queued,
+       (SELECT count(*) FROM liquid_abt.retry_queue WHERE attempts > 0) AS retries_tried,
+       (SELECT count(*) FROM liquid_abt.audit_log
+         WHERE action = 'breaker_transition') AS transitions,
+       (SELECT count(*) FROM liquid_abt.audit_log
+         WHERE action = 'pause_purchases' AND result = 'success') AS pauses,
+       (SELECT count(*) FROM liquid_abt.audit_log
+         WHERE action = 'resume_purchases' AND result = 'success') AS resumes,
+       (SELECT min(received_at) FROM liquid_abt.notifications
+         WHERE alertname = 'ExchangeApiDown' AND status = 'firing') AS down_received
+FROM (SELECT $1::text AS exchange) x
+LEFT JOIN liquid_abt.incidents i USING (exchange)
+LEFT JOIN liquid_abt.circuit_breakers b USING (exchange)
+LEFT JOIN liquid_abt.exchange_controls c USING (exchange)
+"""
+
+
+@dataclass
+class Timeline:
+    """Seconds (shipped) since the fault was injected, of each first occurrence."""
+
+    scenario: str
+    timing: Timing
+    t0: float = 0.0
+    t0_wall: float = 0.0
+    decisions: list[tuple[float, str]] = field(default_factory=list)  # from the audit log
+    marks: list[tuple[float, str]] = field(default_factory=list)
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    pages: list[tuple[float, str, str]] = field(default_factory=list)
+    retries_tried_before_resume: int = 0
+    webhook_latency: float | None = None  # Prometheus firing -> receiver, shipped seconds
+    isolated_seen: bool = False
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def at(self, when: float) -> float:
+        return round(self.timing.shipped(when - self.t0), 1)
+
+    def mark(self, text: str) -> None:
+        self.marks.append((self.at(time.monotonic()), text))
+
+    def see(self, what: str, when: float) -> None:
+        self.first.setdefault(what, self.at(when))
+
+    def paged(self, status: str = "firing") -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, name, s in self.pages:
+            if s == status:
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def first_page(self) -> tuple[float, str] | None:
+        firing = [(at, name) for at, name, s in self.pages if s == "firing"]
+        return (self.at(firing[0][0]), firing[0][1]) if firing else None
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [(f"{at:+.1f}s", text) for at, text in self.marks]
+        rows += [(f"{v:+.1f}s", k) for k, v in self.first.items()]
+        rows += [(f"{at:+.1f}s", f"  audit: {text}") for at, text in self.decisions]
+        page = self.first_page()
+        if page:
+            rows.append((f"{page[0]:+.1f}s", f"first page: {page[1]}"))
+        rows.sort(key=lambda r: float(r[0].rstrip("s")))
+        final = self.last
+        rows += [
+            ("", f"pages (firing): {self.paged() or 'none'}; resolved: {self.paged('resolved') or 'none'}"),
+            ("", f"breaker transitions: {final.get('transitions', 0)}; pauses: "
+                 f"{final.get('pauses', 0)}; resumes: {final.get('resumes', 0)}; retries tried "
+                 f"while purchases were stopped: {self.retries_tried_before_resume}"),
+        ]  # fmt: skip
+        if self.webhook_latency is not None:
+            rows.append(("", f"Prometheus firing -> webhook: {self.webhook_latency:.1f}s"))
+        return rows
+
+    def table(self) -> str:
+        lines = [f"scenario {self.scenario} (shipped seconds since the fault)"]
+        lines += [f"  {when:>9}  {text}" for when, text in self.rows()]
+        return "\n".join(lines)
+
+
+class Watcher:
+    """Polls PostgreSQL, Prometheus and the pager into a Timeline."""
+
+    def __init__(self, database_url: str, prometheus: PrometheusProcess, pager: Pager,
+                 timeline: Timeline, exporters: Sequence[ExporterProcess]) -> None:  # fmt: skip
+        self._url, self._prometheus, self._pager = database_url, prometheus, pager
+        self.timeline, self._exporters = timeline, exporters
+        self._fired_at: float | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(self._url)
+        step = max(0.1, self.timeline.timing.s(1.0))
+        try:
+            while not stop.is_set():
+                await self._poll(conn)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), step)
+            await self._poll(conn)
+        finally:
+            await conn.close()
+
+    async def _poll(self, conn: asyncpg.Connection) -> None:
+        now, tl = time.monotonic(), self.timeline
+        row = dict(await conn.fetchrow(_STATE_SQL, EXCHANGE))
+        tl.last = row
+        if not tl.t0:
+            return
+        if row["paused"] or row["breaker"] == "open":
+            tl.see("purchases stopped (paused or breaker open)", now)
+        if row["queued"]:
+            tl.see("retries queued", now)
+        if row["rate"] < 1:
+            tl.see("API rate lowered", now)
+        if "API rate lowered" in tl.first and row["rate"] >= 1:
+            tl.see("API rate restored", now)
+        if row["resumes"] and "purchases stopped (paused or breaker open)" in tl.first:
+            tl.see("purchases resumed", now)
+        elif not row["resumes"]:
+            tl.retries_tried_before_resume = row["retries_tried"]
+        tl.pages = self._pager.pages()
+        await self._watch_webhook(row, now)
+
+    async def _watch_webhook(self, row: dict[str, Any], now: float) -> None:
+        if self._fired_at is None:
+            firing = await asyncio.to_thread(
+                self._prometheus.query,
+                'ALERTS{alertname="ExchangeApiDown", alertstate="firing"}',
+            )
+            if firing:
+                self._fired_at = time.time()
+        elif row["down_received"] is not None and self.timeline.webhook_latency is None:
+            latency = max(0.0, row["down_received"].timestamp() - self._fired_at)
+            self.timeline.webhook_latency = round(self.timeline.timing.shipped(latency), 1)
+
+
+_DECISIONS_SQL = """
+SELECT extract(epoch FROM at)::float8 AS at, action, result, actor,
+       coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '') AS change
+FROM liquid_abt.audit_log
+WHERE action IN ('incident_opened', 'incident_relapsed', 'incident_closed', 'verify_recovery',
+                 'breaker_transition', 'set_api_rate_multiplier')
+  AND result <> 'unchanged'
+ORDER BY id
+"""
+
+
+async def decisions(database_url: str, timeline: Timeline) -> list[tuple[float, str]]:
+    """The incident model's decisions, as the audit log has them."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(_DECISIONS_SQL)
+    finally:
+        await conn.close()
+    return [
+        (round(timeline.timing.shipped(r["at"] - timeline.t0_wall), 1),
+         f"{r['action']} {r['result']} {r['change']}".strip())
+        for r in rows
+    ]  # fmt: skip
+
+
+async def reason_classes(database_url: str) -> dict[str, int]:
+    """How the exporter classifies the platform's failures (the reason label of its metrics)."""
+    classify = ReasonClassifier(Config().purchases.failure_reasons).classify
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT failure_reason, count(*) AS n FROM bitcoin_purchases WHERE status = 'failed' GROUP BY 1"
+        )
+    finally:
+        await conn.close()
+    counts: dict[str, int] = {}
+    for row in rows:
+        reason = classify(row["failure_reason"])
+        counts[reason] = counts.get(reason, 0) + row["n"]
+    return counts
