@@ -79,7 +79,7 @@ async def _public_status(request: web.Request) -> dict[str, Any] | None:
     app = request.app
     try:
         async with asyncio.timeout(STATUS_TIMEOUT):
-            status = await exchange_status(app[POOL], app[CONFIG], app[BREAKERS])
+            status = await exchange_status(app[POOL], app[CONFIG], app[BREAKERS], recent_actions=0)
     except DATABASE_ERRORS as exc:
         log.debug("landing page without state: database unavailable", extra={"error": str(exc)})
         return None

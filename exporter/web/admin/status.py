@@ -31,14 +31,20 @@ RECENT_ACTIONS: Final = 5
 
 
 async def exchange_status(
-    pool: asyncpg.Pool, config: Config, breakers: BreakerStore
+    pool: asyncpg.Pool,
+    config: Config,
+    breakers: BreakerStore,
+    *,
+    recent_actions: int = RECENT_ACTIONS,
 ) -> dict[str, Any]:
+    """The status of every configured exchange; `recent_actions=0` skips the audit log read
+    (the landing page, which does not show them)."""
     exchanges = list(config.exchanges)
     breaker, pause, queue, recent, incidents = await asyncio.gather(
         breakers.peek_all(),
         controls.statuses(pool, exchanges),
         retry_queue.summaries(pool, exchanges),
-        audit.latest_by_exchange(pool, exchanges, limit=RECENT_ACTIONS),
+        _recent(pool, exchanges, recent_actions),
         read_incidents(pool, exchanges),
     )
     return {
@@ -50,6 +56,14 @@ async def exchange_status(
             for name, b, p, q in zip(exchanges, breaker, pause, queue, strict=True)
         ],
     }
+
+
+async def _recent(
+    pool: asyncpg.Pool, exchanges: list[str], limit: int
+) -> dict[str, list[dict[str, Any]]]:
+    if limit <= 0:
+        return {exchange: [] for exchange in exchanges}
+    return await audit.latest_by_exchange(pool, exchanges, limit=limit)
 
 
 def _one(
