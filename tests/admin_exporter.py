@@ -74,9 +74,11 @@ def running_exporter(
     dsn = with_database(server_dsn, name)
     env = {"LIQUID_ABT_ADMIN_TOKEN": token} if token else {}
     try:
+        # A generous start: these module fixtures start while other tests load the machine.
         with start_exporter(
-            tmp_dir, database_url=dsn, config_yaml=config_yaml or admin_config(), env=env
-        ) as process:
+            tmp_dir, database_url=dsn, config_yaml=config_yaml or admin_config(), env=env,
+            ready_timeout=120,
+        ) as process:  # fmt: skip
             yield RunningExporter(process, dsn, token or "")
     finally:
         asyncio.run(_drop(server_dsn, name))
