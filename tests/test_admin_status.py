@@ -164,8 +164,9 @@ async def test_the_public_view_is_what_metrics_already_show(
     assert shown == set(PUBLIC_FIELDS), "every value on the page is named beside its metric"
 
     async def metrics_caught_up() -> bool:
+        """A refresh after incident() wrote its last row (the collectors run on their own)."""
         text = await (await client.get("/metrics")).text()
-        return 'liquid_abt_purchases_paused{exchange="kraken"} 1.0' in text
+        return 'liquid_abt_incident_phase{exchange="kraken",phase="down"} 1.0' in text
 
     await wait_until(metrics_caught_up)
     samples = parse_samples(await (await client.get("/metrics")).text())
