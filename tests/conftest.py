@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -41,8 +42,10 @@ def pg_server_dsn() -> Iterator[str]:
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    with start_postgres(searchable_tmp_dir("liquid-abt-test-pg-")) as server:
+    folder = searchable_tmp_dir("liquid-abt-test-pg-")
+    with start_postgres(folder) as server:
         yield server.dsn
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _create_template(server_dsn: str) -> None:

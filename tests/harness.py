@@ -10,6 +10,8 @@ The names of `exporter.drill.stack` are importable from here too, so a test need
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +58,7 @@ __all__ = [
     "AlertmanagerProcess", "DeadlinePassed", "ExporterProcess", "KrakenServerProcess",
     "ManagedProcess", "PostgresServer", "PrometheusProcess", "PrometheusQueryError", "Stack",
     "StackError", "exporter_config", "http_request", "prometheus_config", "require_binary",
-    "searchable_tmp_dir", "shortened_rules", "start_alertmanager", "start_exporter",
+    "removed_unless_failed", "searchable_tmp_dir", "searchable_tmp_path", "shortened_rules", "start_alertmanager", "start_exporter",
     "start_kraken_server", "start_postgres", "start_prometheus", "start_simulator", "stack",
     "wait_until", "webhook_alertmanager_config",
 ]  # fmt: skip
@@ -75,3 +77,21 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     """Programs started for this test, in `tmp_path`, all stopped when it ends."""
     with Stack(tmp_path) as started:
         yield started
+
+
+@pytest.fixture
+def searchable_tmp_path(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Like `tmp_path`, but reachable by PostgreSQL's own user when the tests run as root (a
+    demo or an embedded server lives in it). Removed after a passing test, kept after a failing
+    one for its logs."""
+    with removed_unless_failed(request, searchable_tmp_dir("liquid-abt-test-")) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def removed_unless_failed(request: pytest.FixtureRequest, path: Path) -> Iterator[Path]:
+    """`path`, deleted at the end unless a test failed meanwhile (its logs are the evidence)."""
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)

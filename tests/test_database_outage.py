@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,7 +15,7 @@ from exporter.config import parse_config
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
 from exporter.web.app import create_app
-from tests.harness import PostgresServer, searchable_tmp_dir
+from tests.harness import PostgresServer
 from tests.helpers import scrape, wait_until
 
 FAST = {
@@ -29,9 +30,9 @@ PURCHASES_1H = (
 
 
 @pytest.fixture
-async def own_server() -> AsyncIterator[PostgresServer]:
+async def own_server(searchable_tmp_path: Path) -> AsyncIterator[PostgresServer]:
     """A server of the test's own, since the test stops and starts it."""
-    server = PostgresServer(searchable_tmp_dir("liquid-abt-outage-"))
+    server = PostgresServer(searchable_tmp_path)
     await asyncio.to_thread(server.start)
     conn = await asyncpg.connect(server.dsn)
     await migrate(conn, with_platform_schema=True)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import REPO, require_binary, searchable_tmp_dir
+from tests.harness import REPO, require_binary
 
 TIMELINE = [
     ("before", "Kraken healthy: probe up, breaker closed, purchases flowing"),
@@ -23,10 +23,12 @@ TIMELINE = [
 ]
 
 
-def test_make_demo_drill_goes_from_outage_to_a_worked_off_retry_queue() -> None:
+def test_make_demo_drill_goes_from_outage_to_a_worked_off_retry_queue(
+    searchable_tmp_path: Path,
+) -> None:
     require_binary("prometheus")  # without them the demo cannot pause: the drill must not skip
     require_binary("prometheus-alertmanager")
-    folder = searchable_tmp_dir("liquid-abt-demo-") / "demo"
+    folder = searchable_tmp_path / "demo"
     bin_dir = Path(sys.executable).parent
     result = subprocess.run(
         # -o: the test's environment is installed already; make must not reinstall it.

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, ManagedProcess, http_request, searchable_tmp_dir, wait_until
+from tests.harness import (
+    REPO,
+    ManagedProcess,
+    http_request,
+    removed_unless_failed,
+    searchable_tmp_dir,
+    wait_until,
+)
 from tests.helpers import parse_samples
 
 README = REPO / "README.md"
@@ -158,9 +165,13 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo() -> Iterator[Demo]:
+def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
     """`make demo` as the README starts it, on free ports and 1-second timing."""
-    folder = searchable_tmp_dir("liquid-abt-readme-")
+    with removed_unless_failed(request, searchable_tmp_dir("liquid-abt-readme-")) as folder:
+        yield from _demo(folder)
+
+
+def _demo(folder: Path) -> Iterator[Demo]:
     venv = Path(sys.executable).parent.parent
     (folder / "make-demo").mkdir()
     process = ManagedProcess("make-demo", [
