@@ -141,7 +141,7 @@ async def _crossed_book(d: Drill) -> None:
 
 
 def _crossed_book_expect(t: Timeline) -> list[str]:
-    sane = next((at for at, text in t.marks if text == "order book sane again"), None)
+    sane = _mark(t, "order book sane again")
     problems = []
     closed = [at for at, text in t.decisions if text.endswith("HALF_OPEN -> CLOSED")]
     if sane is None or any(at < sane for at in closed):
