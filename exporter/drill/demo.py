@@ -25,6 +25,7 @@ from exporter.database.embedded import free_port
 from .outage_drill import Target, run_drill
 from .stack import (
     ALERTMANAGER_BINARIES,
+    EXPORTER_JOB,
     AlertmanagerProcess,
     ExporterProcess,
     KrakenServerProcess,
@@ -127,6 +128,18 @@ class Demo:
             args=["--backfill=1h", "--follow", "--rate=120", f"--failure-mix={BASELINE_MIX}",
                   f"--kraken-url={self.kraken.url}"],
         )  # fmt: skip
+        self._wait_until_warm()
+
+    def _wait_until_warm(self) -> None:
+        """The banner promises a quiet baseline: the probe has answered and Prometheus scrapes.
+
+        Before its first probe round the exporter says `exchange_up 0`, and before the first
+        scrape the meta alert on an absent `up` may blip; a reader must not see either.
+        """
+        assert self.exporter is not None
+        self.exporter.wait_for_metric('liquid_abt_exchange_up{exchange="kraken"} 1.0')
+        if self.prometheus is not None:
+            self.prometheus.wait_for(f'up{{job="{EXPORTER_JOB}"}} == 1')
 
     def _alerting_binaries(self) -> bool:
         try:
