@@ -190,6 +190,30 @@ def test_healthcheck_command_follows_tls_and_the_listen_address(tls_exporter: TL
     assert dead.returncode == 1 and "unhealthy" in dead.stderr
 
 
+def test_operator_cli_trusts_a_private_ca_only_when_told(tls_exporter: TLSExporter) -> None:
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "exporter", "admin", "status", "--json",
+             f"--exporter.url=https://127.0.0.1:{tls_exporter.port}", *args],
+            capture_output=True, text=True, timeout=60,
+            env={"PATH": "/usr/bin:/bin", "LIQUID_ABT_ADMIN_TOKEN": ADMIN_TOKEN},
+        )  # fmt: skip
+
+    untrusted = admin()
+    assert untrusted.returncode == 1
+    assert "does not trust" in untrusted.stderr and "--exporter.ca-file" in untrusted.stderr
+    assert len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr
+
+    ca_file = tls_exporter.folder / "ca.pem"
+    tls_exporter.ca.cert_pem.write_to_path(str(ca_file))
+    trusted = admin(f"--exporter.ca-file={ca_file}")
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["exchanges"], trusted.stdout
+
+    missing = admin(f"--exporter.ca-file={tls_exporter.folder / 'nowhere.pem'}")
+    assert missing.returncode == 1 and "nowhere.pem" in missing.stderr, missing.stderr
+
+
 def _metric(exporter: TLSExporter, name: str, user: tuple[str, str]) -> float:
     text = exporter.get("/metrics", headers=basic(*user)).body
     for line in text.splitlines():

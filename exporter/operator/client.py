@@ -4,6 +4,7 @@ failure as an AdminError whose message is one line an operator can act on."""
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +16,7 @@ TOKEN_ENV = "LIQUID_ABT_ADMIN_TOKEN"
 URL_ENV = "LIQUID_ABT_EXPORTER_URL"
 DEFAULT_URL = "http://127.0.0.1:9898"
 TOKEN_HINT = f"{TOKEN_ENV} or {TOKEN_ENV}_FILE"
+CA_FILE_ENV = "LIQUID_ABT_EXPORTER_CA_FILE"
 
 
 class AdminError(Exception):
@@ -28,11 +30,31 @@ def admin_token() -> str:
     return token
 
 
+def tls_context(
+    ca_file: str | None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext | None:
+    """What an https:// exporter needs: a private CA to trust, a client certificate when its web
+    config asks for one. None: the system's trust store and no client certificate."""
+    if ca_file is None and cert_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        name = ca_file if cert_file is None else f"{cert_file} / {key_file or cert_file}"
+        raise AdminError(f"cannot load the TLS files {name}: {exc}") from None
+    return context
+
+
 class AdminClient:
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float, context: ssl.SSLContext | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._context = context
 
     def get(self, path: str, **params: Any) -> Any:
         given = {k: str(v) for k, v in params.items() if v is not None}
@@ -54,7 +76,9 @@ class AdminClient:
                      "Accept": "application/json"},
         )  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self._timeout, context=self._context
+            ) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             raise AdminError(self._refusal(error.code, error.read())) from None
@@ -63,12 +87,20 @@ class AdminClient:
         except urllib.error.URLError as error:
             if isinstance(error.reason, TimeoutError):
                 raise AdminError(self._too_slow()) from None
+            if isinstance(error.reason, ssl.SSLCertVerificationError):
+                raise AdminError(self._untrusted(error.reason)) from None
             raise AdminError(self._unreachable(error.reason)) from None
         except (OSError, json.JSONDecodeError) as error:
             raise AdminError(f"{self.url}: no admin API answer: {error}") from None
 
     def _too_slow(self) -> str:
         return f"the exporter at {self.url} did not answer within {self._timeout:g}s"
+
+    def _untrusted(self, reason: ssl.SSLCertVerificationError) -> str:
+        return (
+            f"the exporter at {self.url} presented a certificate this machine does not trust: "
+            f"{reason.verify_message} (give its CA with --exporter.ca-file or {CA_FILE_ENV})"
+        )
 
     def _unreachable(self, reason: object) -> str:
         why = getattr(reason, "strerror", None) or str(reason)

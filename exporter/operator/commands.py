@@ -22,12 +22,14 @@ from exporter.controls.retry_queue import QUEUE_STATUSES
 from exporter.labels import REASON_CLASSES
 from exporter.operator import render
 from exporter.operator.client import (
+    CA_FILE_ENV,
     DEFAULT_URL,
     TOKEN_HINT,
     URL_ENV,
     AdminClient,
     AdminError,
     admin_token,
+    tls_context,
 )
 from exporter.secrets import SecretError
 
@@ -51,6 +53,26 @@ def _common() -> argparse.ArgumentParser:
         default=10.0,
         metavar="DURATION",
         help="how long to wait for its answer (default: 10s)",
+    )
+    common.add_argument(
+        "--exporter.ca-file",
+        dest="ca_file",
+        default=os.environ.get(CA_FILE_ENV),
+        metavar="FILE",
+        help="PEM file of the CA that signed an https:// exporter's certificate, when it is not in "
+        f"the system's trust store (env {CA_FILE_ENV}; default: the system's)",
+    )
+    common.add_argument(
+        "--exporter.cert-file",
+        dest="cert_file",
+        metavar="FILE",
+        help="client certificate (PEM) when the exporter's web config requires one (default: none)",
+    )
+    common.add_argument(
+        "--exporter.key-file",
+        dest="key_file",
+        metavar="FILE",
+        help="the client certificate's private key (default: in the certificate file)",
     )
     common.add_argument(
         "--json", action="store_true", help="print the admin API's JSON answer as is, for scripts"
@@ -264,7 +286,8 @@ def _path(segment: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        client = AdminClient(args.url, admin_token(), args.timeout)
+        context = tls_context(args.ca_file, args.cert_file, args.key_file)
+        client = AdminClient(args.url, admin_token(), args.timeout, context)
         answer, text = args.run(client, args)
     except (AdminError, SecretError) as exc:
         print(f"error: {exc}", file=sys.stderr)
