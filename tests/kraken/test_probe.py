@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from exporter.drill.kraken_server.server import FakeKraken
 from exporter.signals.kraken.client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient
 from exporter.signals.kraken.outcomes import OUTCOMES
-from exporter.signals.kraken.probe import ExchangeProbe
+from exporter.signals.kraken.probe import REPEAT_LOG_EVERY, ExchangeProbe
 
 pytestmark = pytest.mark.asyncio
 
@@ -167,6 +167,35 @@ async def test_consecutive_failures_count_rounds_and_reset_on_success(
     await probe.run_once()
     assert value(registry, "consecutive_failures") == 0
     assert before <= value(registry, "last_success_timestamp_seconds") <= time.time()
+
+
+async def test_a_long_outage_warns_when_it_starts_changes_and_every_so_often(
+    kraken: FakeKraken, make_probe: MakeProbe, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe = make_probe()
+
+    def warned() -> list[tuple[str, int]]:
+        return [
+            (r.__dict__["outcome"], r.__dict__["consecutive"])
+            for r in caplog.records
+            if r.getMessage() == "exchange probe round failed" and r.levelno == logging.WARNING
+        ]
+
+    with caplog.at_level(logging.WARNING):
+        await kraken.set_mode("server_error")
+        for _ in range(REPEAT_LOG_EVERY + 2):
+            await probe.run_once()
+        await kraken.set_mode("down")
+        await probe.run_once()
+        await kraken.set_mode("healthy")
+        await probe.run_once()
+        await kraken.set_mode("down")
+        await probe.run_once()
+    every = REPEAT_LOG_EVERY + 1
+    assert warned() == [
+        ("server_error", 1), ("server_error", every), ("network_error", every + 2),
+        ("network_error", 1),
+    ]  # fmt: skip
 
 
 async def test_balance_is_probed_only_with_credentials(

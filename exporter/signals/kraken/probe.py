@@ -30,6 +30,8 @@ UNAVAILABLE: Final = frozenset(
 # Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 _ABORTING: Final = frozenset({Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.RATE_LIMITED})
+# Failed rounds with the same outcome in a row are logged at warning once every this many.
+REPEAT_LOG_EVERY: Final = 30
 
 
 class ProbeMetrics:
@@ -167,6 +169,8 @@ class ExchangeProbe:
         self._call_spacing = call_spacing
         self._metrics = ProbeMetrics(registry, exchange)
         self._failures = 0
+        # The outcome of the failed rounds in a row, and how many repeated it (for the logs).
+        self._failed_rounds_logged: tuple[str | None, int] = (None, 0)
         self._lock = asyncio.Lock()
         self.last_round: RoundResult | None = None
 
@@ -269,15 +273,27 @@ class ExchangeProbe:
             self._failures = 0
         else:
             self._failures += 1
-        if not result.ok:
-            failed = next(c for c in result.calls if c.outcome is not Outcome.SUCCESS)
-            self._logger.warning(
-                "exchange probe round failed",
-                extra=self._extra(
-                    outcome=result.outcome, detail=failed.detail, consecutive=self._failures
-                ),
-            )
+        self._log_failed_round(result)
         m.consecutive_failures.labels(ex).set(self._failures)
+
+    def _log_failed_round(self, result: RoundResult) -> None:
+        """A warning when rounds start failing or fail differently, then one every
+        REPEAT_LOG_EVERY rounds: an hour-long outage probed every 2 s is not 1,800 warnings."""
+        if result.ok:
+            self._failed_rounds_logged = (None, 0)
+            return
+        failed = next(c for c in result.calls if c.outcome is not Outcome.SUCCESS)
+        outcome, repeats = self._failed_rounds_logged
+        repeats = repeats + 1 if outcome == result.outcome else 0
+        self._failed_rounds_logged = (result.outcome, repeats)
+        level = logging.WARNING if repeats % REPEAT_LOG_EVERY == 0 else logging.DEBUG
+        self._logger.log(
+            level,
+            "exchange probe round failed",
+            extra=self._extra(
+                outcome=result.outcome, detail=failed.detail, consecutive=self._failures
+            ),
+        )
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"exchange": self._exchange, **fields}
