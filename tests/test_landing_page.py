@@ -64,10 +64,11 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 INCIDENT_SQL = """
 INSERT INTO liquid_abt.circuit_breakers (exchange, state, manual_hold, failure_count,
-                                         state_changed_at)
-VALUES ('kraken', 'open', true, 4, now() - interval '20 minutes')
+                                         call_count, state_changed_at)
+VALUES ('kraken', 'open', true, 2, 3, now() - interval '20 minutes')
 ON CONFLICT (exchange) DO UPDATE SET state = excluded.state, manual_hold = excluded.manual_hold,
-    failure_count = excluded.failure_count, state_changed_at = excluded.state_changed_at;
+    failure_count = excluded.failure_count, call_count = excluded.call_count,
+    state_changed_at = excluded.state_changed_at;
 INSERT INTO liquid_abt.exchange_controls (exchange, purchases_paused, pause_reason, paused_at,
                                           manual_hold)
 VALUES ('kraken', true, 'secret-looking reason: KRAKEN-KEY-1234', now() - interval '12 minutes',
@@ -130,10 +131,11 @@ def test_the_landing_page_shows_each_exchange_s_state(
     )
     assert incident.splitlines() == ["down", "cause: maintenance",
                                      "purchases stopped until recovery is verified"]  # fmt: skip
-    assert breaker.splitlines() == ["OPEN", "4 failures in the window", "held open by an admin"]
+    assert breaker.splitlines() == ["OPEN", "2 replicas see the API down",
+                                    "held open by an admin"]
     assert rate == "100 %" and re.fullmatch(r"3 waiting\noldest 1[01] min ago", queue)
     assert cells(browser, "independent_reserve") == [
-        "flowing", "normal", "CLOSED\n0 failures in the window", "100 %", "empty",
+        "flowing", "normal", "CLOSED\n0 replicas see the API down", "100 %", "empty",
     ]  # fmt: skip
 
 

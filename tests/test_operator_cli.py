@@ -75,10 +75,10 @@ def test_status_shows_every_exchange_in_a_table(exporter: RunningExporter) -> No
     out = ok(admin(exporter, "status"))
     assert out.startswith("liquid-abt-exporter ") and "dry run off" in out.splitlines()[0]
     header = out.splitlines()[2]
-    assert header.split() == ["EXCHANGE", "INCIDENT", "BREAKER", "FAILURES", "PURCHASES", "API",
-                              "RATE", "RETRY", "QUEUE", "LAST", "VERIFICATION"]  # fmt: skip
+    assert header.split() == ["EXCHANGE", "INCIDENT", "BREAKER", "REPLICAS", "DOWN", "PURCHASES",
+                              "API", "RATE", "RETRY", "QUEUE", "LAST", "VERIFICATION"]  # fmt: skip
     [row] = [line for line in out.splitlines()[3:5] if line.startswith("independent_reserve")]
-    assert row.split()[:6] == ["independent_reserve", "normal", "CLOSED", "0/2", "flowing", "100%"]
+    assert row.split()[:6] == ["independent_reserve", "normal", "CLOSED", "0/0", "flowing", "100%"]
 
 
 def test_status_json_is_the_admin_api_answer(exporter: RunningExporter) -> None:
@@ -124,8 +124,9 @@ def test_breaker_force_config_and_reset(exporter: RunningExporter) -> None:
     out = ok(admin(exporter, "breaker", "config", "independent_reserve", "--failure-threshold", "3",
                    "--recovery-timeout", "45s", "--monitoring-window", "10m"))  # fmt: skip
     assert out == (
-        "independent_reserve: the breaker opens after 3 failures within 10m and tries a call "
-        "again 45s after opening\n"
+        "independent_reserve: the breaker opens after 3 probe rounds in a row unanswered, "
+        "verifies recovery after 45s of health, and counts a re-open within 10m of closing as a "
+        "relapse\n"
     )
     [row] = query(exporter, "SELECT * FROM liquid_abt.circuit_breakers WHERE exchange = $1",
                   "independent_reserve")  # fmt: skip

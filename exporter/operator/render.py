@@ -65,7 +65,8 @@ def status(answer: dict[str, Any], at: datetime) -> str:
     dry = "on: actions are only recorded" if answer["dryRun"] else "off"
     head = f"liquid-abt-exporter {answer['version']}, dry run {dry}"
     rows = [_status_row(exchange, at) for exchange in answer["exchanges"]]
-    headers = ["EXCHANGE", "INCIDENT", "BREAKER", "FAILURES", "PURCHASES", "API RATE",
+    # REPLICAS DOWN: replicas that see the API not answering, of those probing it.
+    headers = ["EXCHANGE", "INCIDENT", "BREAKER", "REPLICAS DOWN", "PURCHASES", "API RATE",
                "RETRY QUEUE", "LAST VERIFICATION"]  # fmt: skip
     parts = [head, "", table(headers, rows)]
     for exchange in answer["exchanges"]:
@@ -86,7 +87,7 @@ def _status_row(exchange: dict[str, Any], at: datetime) -> list[str]:
     verification = f"{_verdict(verified)} {ago(verified['at'], at)}" if verified else "never"
     return [
         exchange["exchange"], exchange["incident"]["phase"], f"{breaker['state']}{held}",
-        f"{breaker['failureCount']}/{config['failureThreshold']}", paused,
+        f"{breaker['failureCount']}/{breaker['callCount']}", paused,
         f"{exchange['apiRateMultiplier'] * 100:g}%", _queue(queue, at), verification,
     ]  # fmt: skip
 
@@ -166,8 +167,9 @@ def breaker_config(answer: dict[str, Any]) -> str:
         format_duration(config[k] / 1000) for k in ("monitoringWindow", "recoveryTimeout")
     )
     return (
-        f"{answer['exchange']}: the breaker opens after {config['failureThreshold']} failures "
-        f"within {window} and tries a call again {recovery} after opening"
+        f"{answer['exchange']}: the breaker opens after {config['failureThreshold']} probe rounds "
+        f"in a row unanswered, verifies recovery after {recovery} of health, and counts a "
+        f"re-open within {window} of closing as a relapse"
     )
 
 

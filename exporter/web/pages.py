@@ -180,9 +180,10 @@ def _incident(incident: dict[str, Any]) -> str:
 
 def _breaker(breaker: dict[str, Any]) -> str:
     state = breaker["state"]
-    failures = breaker["failureCount"]
+    failing = breaker["failureCount"]  # the incident model's evidence: replicas, not calls
     parts = [_badge(state, BREAKER_TONE.get(state, "warn"))]
-    parts.append(_detail(f"{failures} failure{'s' if failures != 1 else ''} in the window"))
+    seeing = "1 replica sees" if failing == 1 else f"{failing} replicas see"
+    parts.append(_detail(f"{seeing} the API down"))
     if breaker["manualHold"]:
         parts.append(_detail("held open by an admin"))
     return "".join(parts)

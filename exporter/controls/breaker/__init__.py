@@ -1,12 +1,11 @@
 """The circuit breaker of each exchange: one PostgreSQL row shared by the platform and all replicas.
 
-States follow the runbook: CLOSED counts failures; OPEN when `failure_threshold` failures fall in
-one monitoring window; HALF_OPEN once `recovery_timeout` has passed since it opened; the next result
-(the trial call, normally the probe's next round) closes it or opens it again.
+The breaker holds state only: the incident model (exporter/runbook/incident.py) decides when it
+opens (every live replica saw `failure_threshold` probe rounds in a row unanswered), when it goes
+HALF_OPEN (healthy for `recovery_timeout`: the recovery verification runs) and when it closes
+(verification passed); `monitoring_window` is its relapse window. `failure_count` / `call_count`
+are that model's evidence: replicas that see the API down, of the replicas probing it.
 
-- The monitoring window starts at the first failure counted and lasts `monitoring_window_ms`; a
-  result after it ends restarts the count. `call_count` counts the calls in the same window, so
-  the failure rate is failures / calls since that first failure (0 when no window is open).
 - Every change is a compare-and-set: one transaction locks the row (`FOR UPDATE`), decides with
   the database's clock, writes `WHERE exchange = $1 AND version = $2`, and appends the audit
   entries; so of several replicas exactly one makes a transition and the others see its result.

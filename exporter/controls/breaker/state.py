@@ -134,9 +134,10 @@ def validate_config_changes(
 def describe(s: Snapshot, now: datetime, next_attempt: datetime | None = None) -> dict[str, Any]:
     """The runbook's getMetrics(): UPPER-case state, ISO 8601 times, durations in milliseconds.
 
-    The counts are the incident model's evidence: probe rounds failed in a row (the fewest of
-    any replica: the exchange is down only when every replica sees it) out of the rounds since
-    the first of them; `nextAttemptTime` is its next recovery verification.
+    The counts are the incident model's evidence: `failureCount` replicas see the API not
+    answering `failureThreshold` probe rounds in a row, of `callCount` replicas probing it
+    (`failureRate` is their share), since `windowStartedAt`; `nextAttemptTime` is its next
+    recovery verification.
     """
     return {
         "exchange": s.exchange,
