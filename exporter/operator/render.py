@@ -76,7 +76,6 @@ def status(answer: dict[str, Any], at: datetime) -> str:
 
 def _status_row(exchange: dict[str, Any], at: datetime) -> list[str]:
     breaker, purchases, queue = exchange["breaker"], exchange["purchases"], exchange["retryQueue"]
-    config = breaker["config"]
     held = " (held)" if breaker["manualHold"] else ""
     paused = "flowing"
     if purchases["paused"]:
