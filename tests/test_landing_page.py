@@ -131,8 +131,7 @@ def test_the_landing_page_shows_each_exchange_s_state(
     )
     assert incident.splitlines() == ["down", "cause: maintenance",
                                      "purchases stopped until recovery is verified"]  # fmt: skip
-    assert breaker.splitlines() == ["OPEN", "2 replicas see the API down",
-                                    "held open by an admin"]
+    assert breaker.splitlines() == ["OPEN", "2 replicas see the API down", "held open by an admin"]
     assert rate == "100 %" and re.fullmatch(r"3 waiting\noldest 1[01] min ago", queue)
     assert cells(browser, "independent_reserve") == [
         "flowing", "normal", "CLOSED\n0 replicas see the API down", "100 %", "empty",
