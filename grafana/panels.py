@@ -37,9 +37,16 @@ def rule(record: str, *matchers: str) -> str:
 
 
 def weighted(by: str, parts: list[tuple[int, str]]) -> str:
-    """`w1 * max by (by) (e1) + w2 * ...`: one number for a state set, for value mappings."""
-    terms = [f"{w} * max by ({by}) ({e})" if w != 1 else f"max by ({by}) ({e})" for w, e in parts]
-    return "\n+ ".join(terms)
+    """`w1 * e1 + w2 * e2 ...`, one number for a state set that value mappings name.
+
+    Summed per scrape (each replica's snapshot is consistent in itself), then the highest per
+    `by`: summing across replicas could add one replica's stale state to another's new one and
+    name a state neither is in.
+    """
+    per = f"job, instance, {by}"
+    terms = [f"{w} * max by ({per}) ({e})" if w != 1 else f"max by ({per}) ({e})" for w, e in parts]
+    inner = "\n  + ".join(terms)
+    return f"max by ({by}) (\n    {inner}\n)"
 
 
 @dataclass(frozen=True)
