@@ -65,9 +65,11 @@ def _health(grid: Grid) -> None:
             "Config reload",
             "Whether the last reload (SIGHUP, POST /-/reload) applied the files as they are on "
             "disk, on every selected replica. Failed: a file is invalid or a change needs a "
-            "restart; the exporter runs on with what it had (see its log).",
+            "restart; the exporter runs on with what it had (see its log); "
+            "LiquidAbtExporterConfigReloadFailed after 10 minutes.",
             [q(f"min({sel('liquid_abt_config_last_reload_successful')})", "reload")],
             mappings=states((0, "Failed", "red"), (1, "Applied", "green")),
+            links=[runbook(EXPORTER, "LiquidAbtExporterConfigReloadFailed")],
         ),
         4,
         4,
@@ -367,6 +369,7 @@ def _build(grid: Grid) -> None:
                 )
             ],
             states((0, "failed", "red"), (1, "applied", "green")),
+            links=[runbook(EXPORTER, "LiquidAbtExporterConfigReloadFailed")],
         ),
         6,
         6,
