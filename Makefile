@@ -11,7 +11,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick lock kubernetes clean
+.PHONY: run test demo drill lint typecheck bench bench-quick lock dashboards kubernetes clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ run: $(RUN_STAMP)
 
 ## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy
+	$(BIN)/ruff check exporter tests bench deploy grafana
 	$(BIN)/mypy exporter
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -46,8 +46,8 @@ drill: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter drill $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy
-	$(BIN)/ruff format --check exporter tests bench deploy
+	$(BIN)/ruff check exporter tests bench deploy grafana
+	$(BIN)/ruff format --check exporter tests bench deploy grafana
 
 typecheck: $(STAMP)
 	$(BIN)/mypy exporter
@@ -76,8 +76,12 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) --extra embedded -c requirements/test.txt -o requirements/run.txt
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/test.txt -o requirements/image.txt
 
+## dashboards: regenerate the generated dashboards in grafana/dashboards from grafana/*.py
+dashboards: $(STAMP)
+	$(BIN)/python grafana/generate.py
+
 ## kubernetes: regenerate deploy/kubernetes from alerts/, grafana/ and deploy/kubernetes.yml
-kubernetes: $(STAMP)
+kubernetes: dashboards
 	$(BIN)/python deploy/kubernetes/generate.py
 
 clean:

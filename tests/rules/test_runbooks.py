@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness import REPO
 from tests.rules.shipped import alerts
@@ -91,3 +92,9 @@ def test_links_between_the_runbooks_resolve(page: str) -> None:
         assert path.is_file(), f"{page}: {link}"
         if anchor:
             assert anchor in github_anchors(path.read_text()), f"{page}: {link}"
+
+
+def test_the_compose_prometheus_points_at_the_default_runbooks() -> None:
+    """deploy/prometheus.yml sets the base explicitly, as an example: the same as the default."""
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    assert config["global"]["external_labels"]["runbook_base_url"] == RUNBOOK_BASE_DEFAULT
