@@ -182,8 +182,9 @@ def _breaker(breaker: dict[str, Any]) -> str:
     state = breaker["state"]
     failing = breaker["failureCount"]  # the incident model's evidence: replicas, not calls
     parts = [_badge(state, BREAKER_TONE.get(state, "warn"))]
-    seeing = "1 replica sees" if failing == 1 else f"{failing} replicas see"
-    parts.append(_detail(f"{seeing} the API down"))
+    if failing:
+        seeing = "1 replica sees" if failing == 1 else f"{failing} replicas see"
+        parts.append(_detail(f"{seeing} the API down"))
     if breaker["manualHold"]:
         parts.append(_detail("held open by an admin"))
     return "".join(parts)
