@@ -11,7 +11,7 @@ import pytest
 from exporter.config import Config
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.purchases import PurchasesSource
-from exporter.signals.collectors.slices import Clock, SliceCache
+from exporter.signals.collectors.slices import NOTHING_KEPT, Clock, Slice, SliceCache
 
 CONFIG = Config()
 
@@ -111,8 +111,8 @@ async def test_an_unchanged_hour_recounts_only_the_slices_a_window_starts_in(
 def test_a_database_that_went_back_in_time_drops_what_was_kept() -> None:
     now = datetime.now(UTC)
     cache = SliceCache()
-    cache.keep(Clock(now, (now,), now, frozenset(), xmin=2**32 + 7), {now: None})  # type: ignore[dict-item]
+    cache.keep(Clock(now, (now,), now, frozenset(), xmin=2**32 + 7), {now: Slice(1, {})})
     assert cache.reference(Clock(now, (now,), now, frozenset(), xmin=2**32 + 9)) == "7"
     earlier = Clock(now + timedelta(seconds=1), (now,), now, frozenset(), xmin=100)
-    assert cache.reference(earlier) == "0"  # not a normal xid: every row reads as changed
+    assert cache.reference(earlier) == NOTHING_KEPT
     assert cache.slices == {} and cache.xmin is None

@@ -13,6 +13,7 @@ share one read-only repeatable-read transaction, hence one `now()` and one snaps
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -25,9 +26,11 @@ from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.base import LabelledValues
 from exporter.signals.collectors.reason_sql import PYTHON, ReasonSql
 from exporter.signals.collectors.slices import (
+    NOTHING_KEPT,
     SLICE_SECONDS,
     Clock,
     SliceCache,
+    census_of,
     slice_of,
     window_rows,
 )
@@ -210,13 +213,7 @@ class PurchasesSource:
             "SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan"
         )
         clock = Clock.from_row(await connection.fetchrow(sql.clock))
-        census = await connection.fetch(sql.census, self._cache.reference(clock))
-        stale = self._cache.stale(clock, census)
-        if len(stale) * 4 > len(census):  # most of the window: one scan beats a range per slice
-            stale = frozenset(row["slice"] for row in census)
-            recounted = await self._recount(connection, sql, None)
-        else:
-            recounted = await self._recount(connection, sql, sorted(stale))
+        census, stale, recounted = await self._counts(connection, sql, clock)
         tenants = await connection.fetch(sql.tenants, self._exchanges)
         slices = self._cache.merged(census, stale, recounted)
         families = self._families()
@@ -227,6 +224,22 @@ class PurchasesSource:
         self._cache.keep(clock, slices)
         self.recounted_slices = len(stale)
         return [f.family() for f in families.values()]
+
+    async def _counts(
+        self, connection: asyncpg.Connection, sql: PurchasesSql, clock: Clock
+    ) -> tuple[list[Mapping], frozenset[datetime], list[dict]]:
+        """The census of the window's slices, those to recount, and their recount."""
+        reference = self._cache.reference(clock)
+        if reference == NOTHING_KEPT:  # one scan counts every slice; the census follows from it
+            recounted = await self._recount(connection, sql, None)
+            census = census_of(recounted)
+            return census, frozenset(row["slice"] for row in census), recounted
+        census = await connection.fetch(sql.census, reference)
+        stale = self._cache.stale(clock, census)
+        if len(stale) * 4 > len(census):  # most of the window: one scan beats a range per slice
+            everything = await self._recount(connection, sql, None)
+            return census, frozenset(row["slice"] for row in census), everything
+        return census, stale, await self._recount(connection, sql, sorted(stale))
 
     async def _recount(
         self, connection: asyncpg.Connection, sql: PurchasesSql, slices: list[datetime] | None

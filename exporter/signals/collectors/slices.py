@@ -25,6 +25,8 @@ from datetime import datetime
 from decimal import Decimal
 
 SLICE_SECONDS = 10
+# The reference xid when nothing is kept: not a normal xid, so every row reads as changed.
+NOTHING_KEPT = "0"
 # The bin of a timestamp: the same instants whatever the session's time zone.
 EPOCH = "timestamptz '1970-01-01 00:00:00+00'"
 
@@ -90,6 +92,15 @@ def _recounted_slices(census: Mapping[datetime, int], rows: Iterable[Mapping]) -
     return {m: Slice(census[m], tallies) for m, tallies in found.items()}
 
 
+def census_of(recounted: Iterable[Mapping]) -> list[Mapping]:
+    """A census from a recount of the whole window, for a refresh that kept nothing: it misses
+    rows of statuses outside the closed set, so their slices are recounted once more later."""
+    rows: dict[datetime, int] = {}
+    for row in recounted:
+        rows[row["slice"]] = rows.get(row["slice"], 0) + row["purchases"]
+    return [{"slice": s, "purchases": n, "changed": False} for s, n in rows.items()]
+
+
 class SliceCache:
     """The counted slices of the last successful refresh, and that refresh's snapshot xmin."""
 
@@ -98,12 +109,12 @@ class SliceCache:
         self.slices: dict[datetime, Slice] = {}
 
     def reference(self, clock: Clock) -> str:
-        """The xid from which on rows may have changed (32 bits, as `xmin` is stored), or "0"
-        (no normal xid: every slice is recounted) when nothing is cached or the database went
-        back in time (another server, a restore)."""
+        """The xid from which on rows may have changed (32 bits, as `xmin` is stored), or
+        NOTHING_KEPT when nothing is cached or the database went back in time (another server,
+        a restore)."""
         if self.xmin is None or self.xmin > clock.xmin:
             self.xmin, self.slices = None, {}
-            return "0"
+            return NOTHING_KEPT
         return str(self.xmin % 2**32)
 
     def stale(self, clock: Clock, census: Iterable[Mapping]) -> frozenset[datetime]:
