@@ -66,15 +66,15 @@ SELECT 'kraken', (ARRAY['getCurrentPrice','getBalance','getOrderBook','placeOrde
 FROM generate_series(1, $1) AS i
 """
 # Real exchange errors carry order ids and timings: every failed purchase has its own text.
-STORM = f"""
+STORM = """
 INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, created_at)
 SELECT 'tenant-' || (i % 5000), (random() * 1000)::numeric(18, 2), 'failed',
        ($2::text[])[1 + i % cardinality($2::text[])] || ' (order O' || upper(substr(md5(i::text), 1, 5))
          || '-' || substr(md5(i::text), 6, 5) || ', after ' || (random() * 30000)::int || ' ms)',
-       {RECENT}
-FROM generate_series(1, $1) AS i
+       {when}
+FROM generate_series($3::int, $3 + $1 - 1) AS i
 UNION ALL
-SELECT 'tenant-' || (i % 5000), (random() * 1000)::numeric(18, 2), 'completed', NULL, {RECENT}
+SELECT 'tenant-' || (i % 5000), (random() * 1000)::numeric(18, 2), 'completed', NULL, {when}
 FROM generate_series(1, $1) AS i
 """
 
@@ -106,8 +106,17 @@ async def fill(conn: asyncpg.Connection, purchases: int, calls: int, when: str) 
 
 
 async def storm(conn: asyncpg.Connection, failed: int) -> None:
-    await conn.execute(STORM, failed, [f.reason for f in FAILURES])
+    await conn.execute(STORM.format(when=RECENT), failed, [f.reason for f in FAILURES], 1)
     await conn.execute("ANALYZE")
+
+
+async def storm_goes_on(conn: asyncpg.Connection, failed: int, round_: int) -> None:
+    """The storm's purchases of one refresh interval (15 s of an hour), created now, with texts
+    of their own: what a refresh in the middle of the storm finds new."""
+    n = failed // 240
+    await conn.execute(
+        STORM.format(when="now()"), n, [f.reason for f in FAILURES], failed + round_ * n
+    )
 
 
 async def xact_count(conn: asyncpg.Connection) -> int:
@@ -307,7 +316,9 @@ class Bench:
             self.rows.append(found)
         return found
 
-    async def refresh_times(self, conn: asyncpg.Connection, rounds: int = 5) -> tuple[float, float]:
+    async def refresh_times(
+        self, conn: asyncpg.Connection, storm: bool, rounds: int = 5
+    ) -> tuple[float, float]:
         """The first and the median of the next purchases refreshes of the exporter's collector,
         in this process: the first counts every slice, the next ones what changed since."""
         source = PurchasesSource(
@@ -317,7 +328,9 @@ class Bench:
         await source.collect(conn)
         first = time.perf_counter() - started_at
         durations = []
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            if storm:
+                await storm_goes_on(conn, self.args.storm, round_)
             started_at = time.perf_counter()
             await source.collect(conn)
             durations.append(time.perf_counter() - started_at)
@@ -340,7 +353,9 @@ class Bench:
             )
             await wait_for(proc.url, [ready], 300, proc)
             await measure(row, proc, conn, self.args.seconds)
-        row.first_refresh[dataset], row.refresh[dataset] = await self.refresh_times(conn)
+        row.first_refresh[dataset], row.refresh[dataset] = await self.refresh_times(
+            conn, storm=dataset == "storm"
+        )
         return row
 
     async def anchor(
@@ -414,8 +429,9 @@ def report(bench: Bench, sizes: tuple[int, int, int], command: str, took: float)
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}: {os.cpu_count()} cores,"
         f" Python {platform.python_version()}, `{command}`, {took / 60:.0f} min",
         f"storm: {sizes[2]:,} failed purchases with their own texts and {sizes[2]:,} completed in the"
-        " last hour; refresh: the purchases collector, median of 5 (query-exporter: its mean"
-        " time for one round of the same queries)",
+        " last hour; refresh: the purchases collector, median of 5 (in the storm, each after 15 s"
+        " more of it: 1/240 of its purchases, created then; query-exporter: its mean time for one"
+        " round of the same queries)",
         "",
         "| system | purchase rows | p50 | p99 | RSS (peak) | DB transactions/s | "
         + " | ".join(f"refresh {d}" for d in datasets)
