@@ -105,8 +105,9 @@ GROUP BY 1, 2, 3, 4, 5
         # The slices ($3) to recount, each read through the `created_at` index; then, only when
         # that returned rows marked PYTHON (texts PostgreSQL must not judge), those texts.
         self.recount = select.format(slice="s.slice", purchases=_IN_SLICES)
-        self.python_reasons = python.format(slice="s.slice", purchases=_IN_SLICES)
-        self.python_reasons = self.python_reasons.replace("$3", "$2")
+        self.python_reasons = python.format(
+            slice="s.slice", purchases=_IN_SLICES.replace("$3", "$2")
+        )
         # Every slice of the window in one scan: a cold start (and what bench/compare.py gives
         # query-exporter to run).
         whole = {"slice": slice_of("p.created_at"), "purchases": "bitcoin_purchases p"}

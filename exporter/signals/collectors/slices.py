@@ -68,12 +68,12 @@ class Clock:
             int(row["xmin"]),
         )  # fmt: skip
 
-    def bucket(self, slice: datetime) -> int:
-        """The shortest window that holds all of a slice that holds no cutoff."""
-        return next((i for i, c in enumerate(self.cutoffs) if slice > c), len(self.cutoffs))
+    def bucket(self, start: datetime) -> int:
+        """The shortest window that holds all of the slice from `start`, which holds no cutoff."""
+        return next((i for i, c in enumerate(self.cutoffs) if start > c), len(self.cutoffs))
 
-    def in_retry(self, slice: datetime) -> bool:
-        return slice > self.retry_cutoff
+    def in_retry(self, start: datetime) -> bool:
+        return start > self.retry_cutoff
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,13 @@ class Slice:
 
 
 def _recounted_slices(census: Mapping[datetime, int], rows: Iterable[Mapping]) -> dict:
-    found: dict[datetime, dict[Key, Tally]] = {m: {} for m in census}
+    found: dict[datetime, dict[Key, Tally]] = {start: {} for start in census}
     for row in rows:
         tally = found[row["slice"]].setdefault(
             (row["provider"], row["status"], row["reason"]), Tally()
         )
         tally.add(row["purchases"], row["amount_aud"], row["retry_candidates"])
-    return {m: Slice(census[m], tallies) for m, tallies in found.items()}
+    return {start: Slice(census[start], tallies) for start, tallies in found.items()}
 
 
 def census_of(recounted: Iterable[Mapping]) -> list[Mapping]:
@@ -98,7 +98,7 @@ def census_of(recounted: Iterable[Mapping]) -> list[Mapping]:
     rows: dict[datetime, int] = {}
     for row in recounted:
         rows[row["slice"]] = rows.get(row["slice"], 0) + row["purchases"]
-    return [{"slice": s, "purchases": n, "changed": False} for s, n in rows.items()]
+    return [{"slice": start, "purchases": n, "changed": False} for start, n in rows.items()]
 
 
 class SliceCache:
@@ -133,8 +133,8 @@ class SliceCache:
     ) -> dict[datetime, Slice]:
         """The slices of the census: recounted, or as cached when still valid."""
         rows = {row["slice"]: row["purchases"] for row in census}
-        fresh = _recounted_slices({m: n for m, n in rows.items() if m in stale}, recounted)
-        return {m: fresh[m] if m in stale else self.slices[m] for m in rows}
+        fresh = _recounted_slices({s: n for s, n in rows.items() if s in stale}, recounted)
+        return {s: fresh[s] if s in stale else self.slices[s] for s in rows}
 
     def keep(self, clock: Clock, slices: dict[datetime, Slice]) -> None:
         """After a successful refresh (a failed one leaves the cache as it was)."""
@@ -155,10 +155,10 @@ def window_rows(
         total = totals.setdefault((*key, bucket), Tally())
         total.add(tally.purchases, tally.amount, tally.retry_candidates if in_retry else 0)
 
-    for slice, counted in slices.items():
-        if slice not in stale:
+    for start, counted in slices.items():
+        if start not in stale:
             for key, tally in counted.tallies.items():
-                add(key, clock.bucket(slice), tally, clock.in_retry(slice))
+                add(key, clock.bucket(start), tally, clock.in_retry(start))
     for row in recounted:
         tally = Tally(row["purchases"], row["amount_aud"], row["retry_candidates"])
         add((row["provider"], row["status"], row["reason"]), row["bucket"], tally, row["in_retry"])
