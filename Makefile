@@ -11,7 +11,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick lock dashboards kubernetes clean
+.PHONY: run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards kubernetes clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench: $(STAMP) $(BENCH_STAMP)
 ## bench-quick: the same comparison on 100k / 1M rows with shorter scrapes (a few minutes)
 bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter --quick
+
+## bench-storm: only the outage storm (200,000 distinct failure texts) over 1M rows of history
+bench-storm: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter --only-storm
 
 ## lock: re-resolve requirements/*.txt from pyproject.toml (uv, from PyPI); the subsets follow test.txt
 lock: $(STAMP)

@@ -1,17 +1,21 @@
 """Purchase metrics from `bitcoin_purchases`: the numbers behind the purchase-failure runbook.
 
-One scan of the rows inside the longest window (or the retry window, if longer) gives every count:
-each row falls in the bucket of the shortest window that holds it, and the windows are sums of
-buckets. Failure reasons are classified inside that scan (reason_sql.py), so an outage in which
-every failed purchase has its own text costs what its purchases cost, not what its texts cost.
-Every query bounds `created_at` by a plain predicate with constant durations, so the planner uses
-the `created_at` index and the cost follows the window, not the table. All queries share one
-read-only transaction, hence one `now()`.
+Each row falls in the bucket of the shortest window that holds it, and the windows are sums of
+buckets. Rows are counted per slice of `created_at` (slices.py) and a slice's counts are kept
+until a row in it changes, so a refresh classifies failure reasons (in SQL, reason_sql.py) only
+for the slices written since the last one and the few that a window's start cuts: an outage in
+which every failed purchase has its own text costs what its new purchases cost, not what its
+texts cost. Every query bounds `created_at` by a plain predicate with constant durations, so the
+planner uses the `created_at` index and the cost follows the window, not the table. All queries
+share one read-only repeatable-read transaction, hence one `now()` and one snapshot.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 from prometheus_client.core import Metric
@@ -21,12 +25,34 @@ from exporter.labels import OTHER, PURCHASE_STATUSES, REASON_CLASSES, SETTLED_ST
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.base import LabelledValues
 from exporter.signals.collectors.reason_sql import PYTHON, ReasonSql
+from exporter.signals.collectors.slices import (
+    NOTHING_KEPT,
+    SLICE_SECONDS,
+    Clock,
+    SliceCache,
+    census_of,
+    slice_of,
+    window_rows,
+)
 
 log = logging.getLogger(__name__)
 
 
+def _cutoff(seconds: float) -> str:
+    return f"now() - make_interval(secs => {float(seconds)!r})"
+
+
 def _since(seconds: float) -> str:
-    return f"p.created_at > now() - make_interval(secs => {float(seconds)!r})"
+    return f"p.created_at > {_cutoff(seconds)}"
+
+
+# The slices to recount, each read through the `created_at` index (OFFSET 0 keeps the subquery
+# apart: joined, the planner guesses a third of the table per range and scans the whole window).
+_IN_SLICES = f"""unnest($3::timestamptz[]) AS s(slice)
+     CROSS JOIN LATERAL (
+         SELECT * FROM bitcoin_purchases p
+         WHERE p.created_at >= s.slice AND p.created_at < s.slice + interval '{SLICE_SECONDS} seconds'
+         OFFSET 0) AS p"""
 
 
 class PurchasesSql:
@@ -40,29 +66,53 @@ class PurchasesSql:
         bucket = f"CASE {bucket} ELSE {len(windows)} END"
         longest = max(windows)
         scanned = max(longest, purchases.retry_window)
-        retry = (
-            f"count(*) FILTER (WHERE p.status = 'failed' AND p.retry_count < $1"
-            f" AND {_since(purchases.retry_window)}) AS retry_eligible"
-        )
-        case = reasons.case("p.failure_reason", "lowered.text", non_ascii)
-        self.counts = f"""
-SELECT p.exchange_provider AS provider, p.status,
-       CASE WHEN p.status = 'failed' THEN {case} END AS reason,
-       {bucket} AS bucket, count(*) AS purchases,
-       coalesce(sum(p.amount_aud), 0)::float8 AS amount_aud, {retry}
-FROM bitcoin_purchases p, {reasons.lowered("p.failure_reason")} AS lowered(text)
-WHERE p.status = ANY($2::text[]) AND {_since(scanned)}
-GROUP BY 1, 2, 3, 4
+        cutoffs = ", ".join(_cutoff(w) for w in windows)
+        every_cutoff = ", ".join(_cutoff(w) for w in (*windows, purchases.retry_window))
+        self.clock = f"""
+SELECT now() AS now, pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+       ARRAY[{cutoffs}] AS cutoffs, {_cutoff(purchases.retry_window)} AS retry_cutoff,
+       ARRAY(SELECT DISTINCT {slice_of("c")} FROM unnest(ARRAY[{every_cutoff}]) AS c) AS edges
 """
-        # Only run when `counts` returned rows marked PYTHON (texts PostgreSQL must not judge).
-        self.python_reasons = f"""
-SELECT p.exchange_provider AS provider, p.failure_reason, {bucket} AS bucket,
-       count(*) AS purchases, coalesce(sum(p.amount_aud), 0)::float8 AS amount_aud, {retry}
+        # Per slice: its rows, and whether one was written after the reference xid ($1).
+        self.census = f"""
+SELECT {slice_of("p.created_at")} AS slice, count(*) AS purchases,
+       bool_or(age(p.xmin) <= (SELECT age($1::text::xid))) AS changed
 FROM bitcoin_purchases p
+WHERE {_since(scanned)}
+GROUP BY 1
+"""
+        case = reasons.case("p.failure_reason", "lowered.text", non_ascii)
+        select = f"""
+SELECT {{slice}} AS slice, p.exchange_provider AS provider, p.status,
+       CASE WHEN p.status = 'failed' THEN {case} END AS reason,
+       {bucket} AS bucket, {_since(purchases.retry_window)} AS in_retry, count(*) AS purchases,
+       coalesce(sum(p.amount_aud), 0) AS amount_aud,
+       count(*) FILTER (WHERE p.status = 'failed' AND p.retry_count < $1) AS retry_candidates
+FROM {{purchases}}, {reasons.lowered("p.failure_reason")} AS lowered(text)
+WHERE p.status = ANY($2::text[]) AND {_since(scanned)}
+GROUP BY 1, 2, 3, 4, 5, 6
+"""
+        python = f"""
+SELECT {{slice}} AS slice, p.exchange_provider AS provider, p.failure_reason, {bucket} AS bucket,
+       {_since(purchases.retry_window)} AS in_retry, count(*) AS purchases,
+       coalesce(sum(p.amount_aud), 0) AS amount_aud,
+       count(*) FILTER (WHERE p.retry_count < $1) AS retry_candidates
+FROM {{purchases}}
 WHERE p.status = 'failed' AND {_since(scanned)}
   AND {reasons.needs_python("p.failure_reason", non_ascii)}
-GROUP BY 1, 2, 3
+GROUP BY 1, 2, 3, 4, 5
 """
+        # The slices ($3) to recount, each read through the `created_at` index; then, only when
+        # that returned rows marked PYTHON (texts PostgreSQL must not judge), those texts.
+        self.recount = select.format(slice="s.slice", purchases=_IN_SLICES)
+        self.python_reasons = python.format(
+            slice="s.slice", purchases=_IN_SLICES.replace("$3", "$2")
+        )
+        # Every slice of the window in one scan: a cold start (and what bench/compare.py gives
+        # query-exporter to run).
+        whole = {"slice": slice_of("p.created_at"), "purchases": "bitcoin_purchases p"}
+        self.recount_all = select.format(**whole)
+        self.python_reasons_all = python.format(**whole)
         # A tenant counts in every window from the bucket of its latest failure on; providers are
         # mapped to exchanges before counting, so one tenant is one tenant in `other`.
         self.tenants = f"""
@@ -97,6 +147,8 @@ class PurchasesSource:
         self._excluded = set(config.purchases.retry_excluded_reasons)
         self._classify = classifier.classify
         self._sql: dict[str, PurchasesSql] = {}  # by the non-ASCII test of the server's encoding
+        self._cache = SliceCache()
+        self.recounted_slices = 0  # by the last refresh: what it classified, for tests and benches
 
     def sql(self, connection: asyncpg.Connection) -> PurchasesSql:
         non_ascii = non_ascii_test(connection.get_settings().server_encoding)
@@ -105,7 +157,7 @@ class PurchasesSource:
             if sql.untranslatable is not None:
                 log.warning(
                     "failure reasons are classified in Python: refreshes cost one row per "
-                    "distinct text",
+                    "distinct text of the recounted slices",
                     extra={"error": str(sql.untranslatable)},
                 )
         return self._sql[non_ascii]
@@ -154,8 +206,6 @@ class PurchasesSource:
             async with connection.transaction(isolation="repeatable_read", readonly=True):
                 return await self.collect(connection)
         sql = self.sql(connection)
-        retry_max = self._config.purchases.retry_max_count
-        statuses = list(PURCHASE_STATUSES)
         # The planner reads the groups of a reason or a bucket as one per distinct text or
         # time and would sort to disk; the real groups are a few hundred, so hash them.
         # And plan every refresh for the rows of this hour: a plan cached (after 5 runs of a
@@ -163,27 +213,62 @@ class PurchasesSource:
         await connection.execute(
             "SET LOCAL work_mem = '64MB'; SET LOCAL plan_cache_mode = force_custom_plan"
         )
-        counts = [dict(row) for row in await connection.fetch(sql.counts, retry_max, statuses)]
-        if any(row["reason"] == PYTHON for row in counts):
-            counts += [
-                {**row, "status": "failed", "reason": self._classify(row["failure_reason"])}
-                for row in await connection.fetch(sql.python_reasons, retry_max)
-            ]
+        clock = Clock.from_row(await connection.fetchrow(sql.clock))
+        census, stale, recounted = await self._counts(connection, sql, clock)
         tenants = await connection.fetch(sql.tenants, self._exchanges)
+        slices = self._cache.merged(census, stale, recounted)
         families = self._families()
-        self._add_counts(families, counts)
+        self._add_counts(families, window_rows(clock, slices, stale, recounted))
         for row in tenants:
             for window in self._windows[row["bucket"] :]:
                 families["tenants"].add((window, row["exchange"]), row["tenants"])
+        self._cache.keep(clock, slices)
+        self.recounted_slices = len(stale)
         return [f.family() for f in families.values()]
+
+    async def _counts(
+        self, connection: asyncpg.Connection, sql: PurchasesSql, clock: Clock
+    ) -> tuple[list[Mapping], frozenset[datetime], list[dict]]:
+        """The census of the window's slices, those to recount, and their recount."""
+        reference = self._cache.reference(clock)
+        if reference == NOTHING_KEPT:  # one scan counts every slice; the census follows from it
+            recounted = await self._recount(connection, sql, None)
+            census = census_of(recounted)
+            return census, frozenset(row["slice"] for row in census), recounted
+        census = await connection.fetch(sql.census, reference)
+        stale = self._cache.stale(clock, census)
+        if len(stale) * 4 > len(census):  # most of the window: one scan beats a range per slice
+            everything = await self._recount(connection, sql, None)
+            return census, frozenset(row["slice"] for row in census), everything
+        return census, stale, await self._recount(connection, sql, sorted(stale))
+
+    async def _recount(
+        self, connection: asyncpg.Connection, sql: PurchasesSql, slices: list[datetime] | None
+    ) -> list[dict]:
+        """The slices' rows (all of the window's for None) by key, bucket and retry window, every
+        reason classified."""
+        if slices == []:
+            return []
+        retry_max = self._config.purchases.retry_max_count
+        statuses = list(PURCHASE_STATUSES)
+        if slices is None:
+            recount, python, args = sql.recount_all, sql.python_reasons_all, []
+        else:
+            recount, python, args = sql.recount, sql.python_reasons, [slices]
+        rows = [dict(r) for r in await connection.fetch(recount, retry_max, statuses, *args)]
+        if any(row["reason"] == PYTHON for row in rows):
+            rows = [row for row in rows if row["reason"] != PYTHON] + [
+                {**row, "status": "failed", "reason": self._classify(row["failure_reason"])}
+                for row in await connection.fetch(python, retry_max, *args)
+            ]
+        return rows
 
     def _add_counts(self, families: dict[str, LabelledValues], rows: list[dict]) -> None:
         settled: dict[tuple[str, str], int] = {}
         failed: dict[tuple[str, str], int] = {}
+        amounts: dict[tuple[str, str], Decimal] = {}  # exact sums: one rounding to float each
         for row in rows:
             reason, status = row["reason"], row["status"]
-            if reason == PYTHON:
-                continue  # counted by its `python_reasons` rows
             exchange = self._exchange(row["provider"])
             if status == "failed" and reason not in self._excluded:
                 families["retry"].add((exchange,), row["retry_eligible"])
@@ -195,6 +280,8 @@ class PurchasesSource:
                 if status == "failed":
                     failed[key] = failed.get(key, 0) + n
                     families["failures"].add((*key, reason), n)  # type: ignore[arg-type]
-                    families["amount"].add(key, row["amount_aud"])
+                    amounts[key] = amounts.get(key, Decimal(0)) + row["amount_aud"]
+        for key, amount in amounts.items():
+            families["amount"].set(key, float(amount))
         for key, total in settled.items():
             families["ratio"].set(key, failed.get(key, 0) / total)
