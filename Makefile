@@ -59,7 +59,7 @@ $(BENCH_STAMP):
 	touch $(BENCH_STAMP)
 
 ## bench: beside query-exporter: scrapes, RSS, DB transactions, refreshes at 1M / 10M / storm
-## (about 30 minutes on 2 cores); then the webhook's answer time
+## (about 12 minutes on 2 cores); then the webhook's answer time, the worker's drain rate and an idle replica's DB load
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/compare.py --query-exporter $(BENCH_VENV)/bin/query-exporter
 	$(BIN)/python bench/webhook_latency.py
