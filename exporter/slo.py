@@ -111,8 +111,20 @@ def _objectives(config: Config) -> list[_Objective]:
     return found
 
 
-def _record(record: str, expr: str) -> list[str]:
-    lines = [f"      - record: {record}"]
+@dataclass(frozen=True)
+class _Record:
+    """One recording rule of one objective; objectives' records of one name are merged."""
+
+    name: str
+    expr: str
+    comment: tuple[str, ...] = ()
+
+
+def _record_lines(record: str, exprs: list[str], comment: tuple[str, ...]) -> list[str]:
+    # The objectives' selectors are disjoint, so their expressions join with `or` into one
+    # rule per series (two rules recording one name would be a conflict waiting to happen).
+    expr = "\nor\n".join(exprs)
+    lines = [f"      # {line}" for line in comment] + [f"      - record: {record}"]
     if "\n" in expr:
         lines.append("        expr: |")
         lines += [f"          {line}".rstrip() for line in expr.splitlines()]
@@ -121,79 +133,94 @@ def _record(record: str, expr: str) -> list[str]:
     return lines
 
 
-def _base_counts(o: _Objective) -> list[str]:
+def _base_counts(o: _Objective) -> list[_Record]:
     window = f'window="{BASE}"'
+    failed = o.raw("liquid_abt_purchases", f'{window}, status="failed"')
     handled = o.raw("liquid_abt_purchase_handled_failures", window)
     return [
-        "      # The 5-minute counts every window is derived from (replicas de-duplicated).",
-        *_record(
+        _Record(
             name("settled", BASE),
             "sum by (exchange) (\n"
             f"  max by (exchange, status) ({o.raw('liquid_abt_purchases', f'{window}, {SETTLED}')})\n"
             ")",
+            ("The 5-minute counts every window is derived from (replicas de-duplicated).",),
         ),
-        *_record(
-            name("failed", BASE),
-            f"max by (exchange) ({o.raw('liquid_abt_purchases', f'{window}, status={chr(34)}failed{chr(34)}')})",
-        ),
-        "      # Failures no handled outage explains, as the runbook alerts count them",
-        "      # (recording.rules.yml): the burn-rate alerts read these, the budget every failure.",
-        *_record(
+        _Record(name("failed", BASE), f"max by (exchange) ({failed})"),
+        _Record(
             name("unhandled_failed", BASE),
             "clamp_min(\n"
             f"  {o.series('failed', BASE)}\n"
             f"    - on (exchange)\n  max by (exchange) ({handled}),\n  0\n)\n"
             f"or\n{o.series('failed', BASE)}",
+            (
+                "Failures no handled outage explains, as the runbook alerts count them",
+                "(recording.rules.yml): the burn-rate alerts read these, the budget every failure.",
+            ),
         ),
     ]
 
 
-def _derived_counts(o: _Objective, window: str, metrics: Iterable[str]) -> list[str]:
+def _derived_counts(o: _Objective, window: str, metrics: Iterable[str]) -> list[_Record]:
     scale = _number(parse_duration(window) / SLO_BASE_WINDOW)
     return [
-        line
-        for metric in metrics
-        for line in _record(
-            name(metric, window),
-            f"avg_over_time({o.series(metric, BASE)}[{window}]) * {scale}",
+        _Record(
+            name(metric, window), f"avg_over_time({o.series(metric, BASE)}[{window}]) * {scale}"
         )
+        for metric in metrics
     ]
 
 
-def _ratios(o: _Objective, window: str) -> list[str]:
+def _ratios(o: _Objective, window: str) -> list[_Record]:
     settled = f"clamp_min({o.series('settled', window)}, 1)"
     return [
-        *_record(name("error_ratio", window), f"{o.series('failed', window)} / {settled}"),
-        *_record(name("burn_rate", window), f"{o.series('error_ratio', window)} / {o.budget}"),
-        *_record(
+        _Record(name("error_ratio", window), f"{o.series('failed', window)} / {settled}"),
+        _Record(name("burn_rate", window), f"{o.series('error_ratio', window)} / {o.budget}"),
+        _Record(
             name("unhandled_burn_rate", window),
             f"{o.series('unhandled_failed', window)} / {settled} / {o.budget}",
         ),
     ]
 
 
-def _budget(o: _Objective) -> list[str]:
-    period = o.period
-    lines = [
-        f"      # The error budget over the {period} period: every failure spends it, handled or not."
-    ]
-    if period not in WINDOWS:  # else its counts and ratio are recorded with the alert windows
-        lines += _derived_counts(o, period, ("settled", "failed"))
-        lines += _record(
-            name("error_ratio", period),
-            f"{o.series('failed', period)} / clamp_min({o.series('settled', period)}, 1)",
+def _windows(o: _Objective) -> list[_Record]:
+    records = []
+    for window in WINDOWS:
+        derived = (
+            _derived_counts(o, window, ("settled", "failed", "unhandled_failed"))
+            if window != BASE
+            else []
         )
-    return [
-        *lines,
-        *_record(
+        first, *rest = [*derived, *_ratios(o, window)]
+        records += [_Record(first.name, first.expr, (window,)), *rest]
+    return records
+
+
+def _budget(o: _Objective) -> list[_Record]:
+    period = o.period
+    records = []
+    if period not in WINDOWS:  # else its counts and ratio are recorded with the alert windows
+        records += _derived_counts(o, period, ("settled", "failed"))
+        records.append(
+            _Record(
+                name("error_ratio", period),
+                f"{o.series('failed', period)} / clamp_min({o.series('settled', period)}, 1)",
+            )
+        )
+    records += [
+        _Record(
             name("error_budget_remaining", period),
             f"1 - {o.series('error_ratio', period)} / {o.budget}",
         ),
-        *_record(
+        _Record(
             name("objective", "ratio"),
             f"0 * {o.series('settled', BASE)} + {_number(o.objective.objective / 100)}",
         ),
     ]
+    first, *rest = records
+    comment = (
+        f"The error budget over the {period} period: every failure spends it, handled or not.",
+    )
+    return [_Record(first.name, first.expr, comment), *rest]
 
 
 def _query(metric: str, window: str, pipe: str) -> str:
@@ -229,9 +256,7 @@ def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
 
 
 def _alert(o: _Objective, alert: BurnAlert) -> list[str]:
-    pairs = " or ".join(
-        f"{_number(b.factor)}x over {b.long} and {b.short}" for b in alert.burns
-    )
+    pairs = " or ".join(f"{_number(b.factor)}x over {b.long} and {b.short}" for b in alert.burns)
     objective = f"{_number(o.objective.objective)}% over {o.period}"
     lines = [
         f"      # {pairs}: {alert.what}.",
@@ -246,17 +271,19 @@ def _alert(o: _Objective, alert: BurnAlert) -> list[str]:
         "        labels:",
         f"          severity: {alert.severity}",
         f"          escalation: {alert.escalation}",
+        # Which objective: two objectives' alerts must differ in their labels.
+        f"          objective: {objective}",
         "        annotations:",
         "          summary: >-",
-        f"            Bitcoin purchases on {{{{ $labels.exchange }}}} spend their error budget",
-        f'            {{{{ $value | humanize }}}}x too fast over {{{{ $labels.window }}}} (objective {objective})',
+        "            Bitcoin purchases on {{ $labels.exchange }} spend their error budget",
+        f"            {{{{ $value | humanize }}}}x too fast over {{{{ $labels.window }}}} (objective {objective})",
         "          description: >-",
         f"            {_window_query('unhandled_failed', WHOLE)}",
         f"            of {_window_query('settled', WHOLE)}",
         "            Bitcoin purchases settled on {{ $labels.exchange }} in the last {{ $labels.window }}",
         "            failed outside any outage the exporter handled. At this rate the whole",
-        f"            {o.period} error budget lasts {{{{ with printf \"{_number(o.objective.period / 86400)}"
-        " / exchange:liquid_abt_purchase_slo_unhandled_burn_rate:%s{exchange=%q}\" $labels.window"
+        f'            {o.period} error budget lasts {{{{ with printf "{_number(o.objective.period / 86400)}'
+        ' / exchange:liquid_abt_purchase_slo_unhandled_burn_rate:%s{exchange=%q}" $labels.window'
         ' $labels.exchange | query }}{{ . | first | value | printf "%.1f" }}{{ else }}unknown{{ end }}'
         " days. Error budget remaining over",
         f"            {o.period}: {_query('error_budget_remaining', o.period, 'humanizePercentage')}.",
@@ -265,24 +292,22 @@ def _alert(o: _Objective, alert: BurnAlert) -> list[str]:
     return lines
 
 
-def _group(index: int, o: _Objective) -> list[str]:
-    covers = f"exchanges matching {o.selector}" if o.selector else "every exchange"
-    lines = [
-        f"  # Objective {index}: {_number(o.objective.objective)}% of the settled purchases succeed over"
-        f" {o.period}, on {covers}.",
-        f"  - name: liquid_abt.slo.{index}",
-        "    rules:",
-        *_base_counts(o),
+def _records(objectives: list[_Objective]) -> list[str]:
+    merged: dict[str, tuple[tuple[str, ...], list[str]]] = {}
+    for o in objectives:
+        for record in [*_base_counts(o), *_windows(o), *_budget(o)]:
+            merged.setdefault(record.name, (record.comment, []))[1].append(record.expr)
+    return [
+        line for n, (comment, exprs) in merged.items() for line in _record_lines(n, exprs, comment)
     ]
-    for window in WINDOWS:
-        lines.append(f"      # {window}")
-        if window != BASE:
-            lines += _derived_counts(o, window, ("settled", "failed", "unhandled_failed"))
-        lines += _ratios(o, window)
-    lines += _budget(o)
-    for alert in ALERTS:
-        lines += _alert(o, alert)
-    return lines
+
+
+def _covers(o: _Objective) -> str:
+    where = f"exchanges matching {o.selector}" if o.selector else "every exchange"
+    return (
+        f"{_number(o.objective.objective)}% of the settled purchases succeed over {o.period}, "
+        f"on {where}."
+    )
 
 
 HEADER = """\
@@ -301,8 +326,15 @@ groups:
 
 
 def generate(config: Config) -> str:
-    """The rule file for the objectives of `config` (empty groups when there are none)."""
-    lines = [line for i, o in enumerate(_objectives(config)) for line in _group(i, o)]
-    if not lines:
+    """The rule file for the objectives of `config` (no groups when there are none)."""
+    objectives = _objectives(config)
+    if not objectives:
         return HEADER.replace("groups:\n", "groups: []\n")
+    lines = [
+        "  # " + "\n  # ".join(f"Objective: {_covers(o)}" for o in objectives),
+        "  - name: liquid_abt.slo",
+        "    rules:",
+        *_records(objectives),
+        *(line for o in objectives for alert in ALERTS for line in _alert(o, alert)),
+    ]
     return HEADER + "\n".join(lines) + "\n"

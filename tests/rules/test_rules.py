@@ -456,11 +456,15 @@ def test_the_error_budget_page_inhibits_the_ticket_for_the_same_exchange(
     _assert_inhibition(
         alertmanager,
         inhibited=[
-            _alert("BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="bleed", window="3d")
+            _alert(
+                "BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="bleed", window="3d"
+            )
         ],
         kept=[
             _alert("BitcoinPurchaseErrorBudgetBurnHigh", "critical", exchange="bleed", window="1h"),
-            _alert("BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="calm", window="3d"),
+            _alert(
+                "BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="calm", window="3d"
+            ),
             # Both ship: the runbook page and the budget page answer different questions.
             _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange="bleed"),
         ],
