@@ -80,7 +80,7 @@ class _Objective:
     """One objective with the selector of the exchanges it covers."""
 
     objective: PurchaseObjective
-    selector: str  # `exchange=~"a|b"`, `exchange!~"a|b"`, or empty: every exchange
+    selector: str  # `exchange=~"a|b"` (named) or `exchange!~"other|a|b"` (the others)
 
     @property
     def budget(self) -> str:
@@ -106,7 +106,8 @@ def _objectives(config: Config) -> list[_Objective]:
         if objective.exchanges is not None:
             selector = f'exchange=~"{"|".join(objective.exchanges)}"'
         else:
-            selector = f'exchange!~"{"|".join(named)}"' if named else ""
+            # `other` is the exporter's catch-all for providers not configured: no objective.
+            selector = f'exchange!~"{"|".join(["other", *named])}"'
         found.append(_Objective(objective, selector))
     return found
 
@@ -303,7 +304,8 @@ def _records(objectives: list[_Objective]) -> list[str]:
 
 
 def _covers(o: _Objective) -> str:
-    where = f"exchanges matching {o.selector}" if o.selector else "every exchange"
+    named = o.objective.exchanges
+    where = ", ".join(named) if named else "every exchange no other objective names"
     return (
         f"{_number(o.objective.objective)}% of the settled purchases succeed over {o.period}, "
         f"on {where}."

@@ -119,7 +119,7 @@ def test_objectives_per_exchange_generate_disjoint_rules(tmp_path: Path) -> None
     records = [r for r in group["rules"] if "record" in r]
     assert len({r["record"] for r in records}) == len(records), "one rule per recorded series"
     # Each objective's part of a rule names its exchanges: the parts never overlap.
-    selectors = ('exchange=~"kraken"', 'exchange!~"kraken"')
+    selectors = ('exchange=~"kraken"', 'exchange!~"other|kraken"')
     for rule in records:
         parts = re.split(r"\n(?:or)\n(?=\S)", rule["expr"])
         if rule["record"].endswith(("28d", "30d")):  # one objective each: the periods differ
@@ -133,14 +133,14 @@ def test_objectives_per_exchange_generate_disjoint_rules(tmp_path: Path) -> None
             '1 - exchange:liquid_abt_purchase_slo_error_ratio:28d{exchange=~"kraken"} / 0.005'
         ),
         "exchange:liquid_abt_purchase_slo_error_budget_remaining:30d": (
-            '1 - exchange:liquid_abt_purchase_slo_error_ratio:30d{exchange!~"kraken"} / 0.03'
+            '1 - exchange:liquid_abt_purchase_slo_error_ratio:30d{exchange!~"other|kraken"} / 0.03'
         ),
     }
     [objective] = [r for r in records if r["record"].endswith("objective:ratio")]
     assert objective["expr"] == (
         '0 * exchange:liquid_abt_purchase_slo_settled:5m{exchange=~"kraken"} + 0.995\n'
         "or\n"
-        '0 * exchange:liquid_abt_purchase_slo_settled:5m{exchange!~"kraken"} + 0.97\n'
+        '0 * exchange:liquid_abt_purchase_slo_settled:5m{exchange!~"other|kraken"} + 0.97\n'
     )
     alerts = [r for r in group["rules"] if "alert" in r]
     assert [a["alert"] for a in alerts] == [a.name for a in ALERTS] * 2
