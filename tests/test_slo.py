@@ -19,7 +19,7 @@ import yaml
 from exporter.cli import main
 from exporter.config import parse_config
 from exporter.slo import ALERTS, WINDOWS, generate
-from tests.harness import REPO, require_binary
+from tests.harness import REPO, RULE_FILES, require_binary, shortened_rules
 
 COMMITTED = REPO / "alerts" / "slo.rules.yml"
 
@@ -164,3 +164,12 @@ def test_no_objectives_generate_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "slo.rules.yml"
     path.write_text(text)
     assert _promtool_check(path).returncode == 0
+
+
+def test_runs_of_minutes_leave_the_slo_rules_out(tmp_path: Path) -> None:
+    """The demo, the drills and the end-to-end tests shorten or scale the timers: windows of days
+    read through unscaled 5-minute counts would only add noise there."""
+    assert COMMITTED in RULE_FILES
+    shortened = {p.name for p in shortened_rules(tmp_path, "15s")}
+    assert "slo.rules.yml" not in shortened
+    assert shortened == {p.name for p in RULE_FILES} - {"slo.rules.yml"}
