@@ -518,7 +518,7 @@ class Config(_Model):
             served = ", ".join(format_duration(w) for w in self.purchases.windows)
             raise ValueError(
                 f"slo.purchases: the objectives are derived from the 5m purchase window: add 5m "
-                f"to purchases.windows (got {served})"
+                f"to purchases.windows (got {served}), or set slo.purchases to [] for none"
             )
         return self
 

@@ -68,7 +68,7 @@ EXPECTED_ERRORS = {
     ),
     "invalid-slo-windows.yml": INVALID + (
         "(top level): slo.purchases: the objectives are derived from the 5m purchase window: "
-        "add 5m to purchases.windows (got 15m, 1h)"
+        "add 5m to purchases.windows (got 15m, 1h), or set slo.purchases to [] for none"
     ),
 }  # fmt: skip
 
