@@ -44,6 +44,8 @@ class Burn:
 
 @dataclass(frozen=True)
 class BurnAlert:
+    """An alert over window pairs; each firing series is labelled with its pair's long window."""
+
     name: str
     severity: str
     escalation: str
