@@ -11,7 +11,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards kubernetes clean
+.PHONY: run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ lock: $(STAMP)
 ## dashboards: regenerate the generated dashboards in grafana/dashboards from grafana/*.py
 dashboards: $(STAMP)
 	$(BIN)/python grafana/generate.py
+
+## slo-rules: regenerate alerts/slo.rules.yml from the objectives (the defaults; CONFIG=file for yours)
+slo-rules: $(RUN_STAMP)
+	$(BIN)/liquid-abt-exporter slo-rules $(if $(CONFIG),--config.file=$(CONFIG))
 
 ## kubernetes: regenerate deploy/kubernetes from alerts/, grafana/ and deploy/kubernetes.yml
 kubernetes: dashboards

@@ -1,4 +1,4 @@
-"""Command line: `serve`, `migrate`, `check-config`, `healthcheck`, in the style of the Prometheus
+"""Command line: `serve`, `migrate`, `check-config`, `slo-rules`, `healthcheck`, in the style of the Prometheus
 exporters.
 
 Every flag can also be set by the environment variable named in its help. Secrets are read from
@@ -117,6 +117,62 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+DEFAULT_SLO_RULES_FILE = "alerts/slo.rules.yml"
+
+
+def _slo_rules_parser(commands: argparse._SubParsersAction) -> None:
+    slo = commands.add_parser(
+        "slo-rules",
+        help="write the Prometheus rules of the purchase-success objectives (config `slo`), "
+        "then exit",
+        description="Generate the recording rules (error ratios and burn rates over 5m, 30m, "
+        "1h, 2h, 6h, 1d and 3d, the error budget remaining) and the multi-window, "
+        "multi-burn-rate alerts of the objectives in the configuration file's `slo` section; "
+        "docs/slo.md explains them. Every window is derived in Prometheus from the exporter's "
+        "5-minute purchase counts: none costs a query on the database.",
+    )
+    _common(slo)
+    _env_flag(slo, "--rules.file", "LIQUID_ABT_SLO_RULES_FILE", DEFAULT_SLO_RULES_FILE,
+              "where to write the rules, `-` for standard output; Prometheus loads it beside "
+              "the other files of alerts/", dest="rules_file")  # fmt: skip
+    slo.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when --rules.file differs from what the configuration "
+        "generates (for CI: the committed file is out of date)",
+    )
+
+
+def slo_rules(args: argparse.Namespace, config: Config) -> int:
+    """`slo-rules`: write, print or check the generated SLO rule file."""
+    from exporter.slo import generate
+
+    text = generate(config)
+    if args.rules_file == "-":
+        if args.check:
+            raise ConfigError("--check needs a --rules.file to compare, not `-`")
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.rules_file)
+    if args.check:
+        try:
+            current = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--rules.file {path}: cannot read: {exc.strerror}") from None
+        if current != text:
+            print(f"{path}: out of date: run `liquid-abt-exporter slo-rules` and commit it",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"{path}: up to date")
+        return 0
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"--rules.file {path}: cannot write: {exc.strerror}") from None
+    print(f"{path}: written ({len(config.slo.purchases)} objective(s))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liquid-abt-exporter",
@@ -170,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     _env_flag(check, "--web.config.file", "LIQUID_ABT_WEB_CONFIG_FILE", None,
               "also validate this web config file", dest="web_config_file")  # fmt: skip
+
+    _slo_rules_parser(commands)
 
     health = commands.add_parser(
         "healthcheck",
@@ -458,6 +516,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--web.config.file: {exc}") from None
             print(f"{args.web_config_file}: web config is valid")
         return 0
+    if args.command == "slo-rules":
+        return slo_rules(args, config)
     if args.command == "migrate":
         connection = database_connection(config)
         if connection is None:

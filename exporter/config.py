@@ -414,6 +414,71 @@ class WebConfig(_Model):
         return url
 
 
+# The multi-window, multi-burn-rate alerts (the Google SRE workbook's): the fastest burn the
+# alerts look for. An objective whose budget this burn cannot reach (above 100 % failing) would
+# never page.
+FASTEST_BURN = 14.4
+# The longest window a burn-rate alert reads; the period must hold it.
+LONGEST_ALERT_WINDOW = 3 * 86400.0
+# Every SLO window is derived from this purchase window (exporter/slo.py says how).
+SLO_BASE_WINDOW = 300.0
+
+
+class PurchaseObjective(_Model):
+    """`objective` percent of the settled purchases on `exchanges` succeed over `period`."""
+
+    # None: every exchange no other objective names (exchanges added later included).
+    exchanges: list[str] | None = Field(default=None, min_length=1)
+    # A healthy day fails about 1.5 % of purchases (the drill's `normal` scenario): 98 leaves
+    # it a quarter of the budget spare; 99 would be spent by healthy days alone.
+    objective: float = Field(default=98.0, gt=0, lt=100)
+    period: Duration = 30 * 86400.0
+    # Burn-rate alerts need this many settled purchases in their long window (the runbook
+    # alerts' volume guard): one failure in two night-time purchases pages nobody.
+    min_settled: int = Field(default=10, ge=1)
+
+    @field_validator("objective")
+    @classmethod
+    def _reachable_by_the_fast_burn(cls, objective: float) -> float:
+        lowest = 100 - 100 / FASTEST_BURN
+        if objective < lowest:
+            raise ValueError(
+                f"objective {objective:g} leaves an error budget of {100 - objective:g}%: a "
+                f"{FASTEST_BURN:g}x burn would need more than every purchase to fail; use "
+                f"{lowest:.2f} or more"
+            )
+        return objective
+
+    @field_validator("period")
+    @classmethod
+    def _holds_the_alert_windows(cls, period: float) -> float:
+        if period < LONGEST_ALERT_WINDOW or period % SLO_BASE_WINDOW:
+            raise ValueError(
+                f"period {format_duration(period)}: a whole number of 5m, at least the "
+                f"{format_duration(LONGEST_ALERT_WINDOW)} window of the slowest burn alert"
+            )
+        return period
+
+
+class SloConfig(_Model):
+    """Service level objectives; `liquid-abt-exporter slo-rules` turns them into rules."""
+
+    purchases: list[PurchaseObjective] = Field(default_factory=lambda: [PurchaseObjective()])
+
+    @field_validator("purchases")
+    @classmethod
+    def _one_objective_per_exchange(
+        cls, objectives: list[PurchaseObjective]
+    ) -> list[PurchaseObjective]:
+        named = [name for o in objectives for name in o.exchanges or []]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"exchange {twice[0]!r} has more than one objective")
+        if sum(o.exchanges is None for o in objectives) > 1:
+            raise ValueError("more than one objective without exchanges: name them on all but one")
+        return objectives
+
+
 _LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -430,12 +495,30 @@ class Config(_Model):
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    slo: SloConfig = Field(default_factory=SloConfig)
 
     @model_validator(mode="after")
     def _probed_exchange_is_known(self) -> Config:
         if self.kraken.enabled and "kraken" not in self.exchanges:
             raise ValueError(
                 "kraken.enabled is true but 'kraken' is not in exchanges: add it, or disable the probe"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _objectives_have_their_series(self) -> Config:
+        for index, objective in enumerate(self.slo.purchases):
+            for name in objective.exchanges or []:
+                if name not in self.exchanges:
+                    raise ValueError(
+                        f"slo.purchases.{index}.exchanges: unknown exchange {name!r}: "
+                        f"not in exchanges ({', '.join(self.exchanges)})"
+                    )
+        if self.slo.purchases and SLO_BASE_WINDOW not in self.purchases.windows:
+            served = ", ".join(format_duration(w) for w in self.purchases.windows)
+            raise ValueError(
+                f"slo.purchases: the objectives are derived from the 5m purchase window: add 5m "
+                f"to purchases.windows (got {served}), or set slo.purchases to [] for none"
             )
         return self
 

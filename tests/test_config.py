@@ -51,6 +51,25 @@ EXPECTED_ERRORS = {
         "database.pool_max_size: Input should be greater than or equal to 2 (got 0)"
     ),
     "invalid-top-level.yml": "the top level must be a mapping, got list",
+    "invalid-slo-objective.yml": INVALID + (
+        "slo.purchases.0.objective: objective 90 leaves an error budget of 10%: a 14.4x burn "
+        "would need more than every purchase to fail; use 93.06 or more"
+    ),
+    "invalid-slo-exchange.yml": INVALID + (
+        "(top level): slo.purchases.0.exchanges: unknown exchange 'coinjar': not in exchanges "
+        "(kraken)"
+    ),
+    "invalid-slo-period.yml": INVALID + (
+        "slo.purchases.0.period: period 1d: a whole number of 5m, at least the 3d window of the "
+        "slowest burn alert (got '1d')"
+    ),
+    "invalid-slo-two-objectives.yml": INVALID + (
+        "slo.purchases: exchange 'kraken' has more than one objective"
+    ),
+    "invalid-slo-windows.yml": INVALID + (
+        "(top level): slo.purchases: the objectives are derived from the 5m purchase window: "
+        "add 5m to purchases.windows (got 15m, 1h), or set slo.purchases to [] for none"
+    ),
 }  # fmt: skip
 
 
@@ -84,6 +103,8 @@ def test_defaults_follow_the_runbooks() -> None:
     assert config.purchases.retry_excluded_reasons == ["insufficient_funds", "invalid_amount"]
     assert config.kraken.probe_interval == 30
     assert config.kraken.slow_threshold == 5
+    [objective] = config.slo.purchases
+    assert (objective.exchanges, objective.objective, objective.period) == (None, 98, 30 * 86400)
 
 
 def test_full_example_is_valid() -> None:

@@ -79,6 +79,9 @@ EFFECT_ALERTS = (
     ("BitcoinPurchaseFailureRateHigh", "critical"),
     ("BitcoinPurchaseFailureRateWarning", "warning"),
     ("BitcoinPurchaseFailuresLowVolume", "warning"),
+    # Issue 15: the error budget burns of an outage page as the outage, once.
+    ("BitcoinPurchaseErrorBudgetBurnHigh", "critical"),
+    ("BitcoinPurchaseErrorBudgetBurnWarning", "warning"),
     ("ExchangeApiSlow", "warning"),
     ("ExchangeApiSlowResponses", "warning"),
 )
@@ -443,6 +446,27 @@ def test_critical_failure_rate_inhibits_the_warning_for_the_same_exchange(
         kept=[
             _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange="coinjar"),
             _alert("BitcoinPurchaseFailureRateWarning", "warning", exchange="independent"),
+        ],
+    )
+
+
+def test_the_error_budget_page_inhibits_the_ticket_for_the_same_exchange(
+    alertmanager: AlertmanagerProcess,
+) -> None:
+    _assert_inhibition(
+        alertmanager,
+        inhibited=[
+            _alert(
+                "BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="bleed", window="3d"
+            )
+        ],
+        kept=[
+            _alert("BitcoinPurchaseErrorBudgetBurnHigh", "critical", exchange="bleed", window="1h"),
+            _alert(
+                "BitcoinPurchaseErrorBudgetBurnWarning", "warning", exchange="calm", window="3d"
+            ),
+            # Both ship: the runbook page and the budget page answer different questions.
+            _alert("BitcoinPurchaseFailureRateHigh", "critical", exchange="bleed"),
         ],
     )
 

@@ -77,7 +77,7 @@ def scaled_rules(folder: Path, t: Timing) -> list[Path]:
         return f"[{format_duration(round(seconds))}{match.group(2) or ''}]"
 
     copies = []
-    for path in rule_files():
+    for path in rule_files(slo=False):  # days of windows do not scale into a drill
         text = _RANGE.sub(window, _DURATION_KEYS.sub(duration, path.read_text()))
         (folder / path.name).write_text(text)
         copies.append(folder / path.name)

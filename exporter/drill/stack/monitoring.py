@@ -37,15 +37,22 @@ def alerts_dir() -> Path:
     return source_root() / "alerts"
 
 
-def rule_files() -> list[Path]:
-    return sorted(alerts_dir().glob("*.rules.yml"))
+# The SLO rules (issue 15) judge days of purchases through 5-minute windows that no timer
+# scales: in a run of minutes with shortened or scaled timers they only add noise.
+SLO_RULES = "slo.rules.yml"
+
+
+def rule_files(*, slo: bool = True) -> list[Path]:
+    """The shipped rule files; `slo=False` leaves out the SLO rules (runs of minutes)."""
+    return sorted(p for p in alerts_dir().glob("*.rules.yml") if slo or p.name != SLO_RULES)
 
 
 def shortened_rules(folder: Path, alert_for: str) -> list[Path]:
-    """Copies of the shipped rules in `folder` with every `for:` set to `alert_for`."""
+    """Copies of the shipped runbook rules in `folder` with every `for:` set to `alert_for`
+    (the SLO rules left out: see SLO_RULES)."""
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
-    for path in rule_files():
+    for path in rule_files(slo=False):
         target = folder / path.name
         target.write_text(re.sub(r"(\n\s+for:\s*)\S+", rf"\g<1>{alert_for}", path.read_text()))
         copies.append(target)
