@@ -301,16 +301,55 @@ class Recorded:
     refused: list[Refusal]
 
 
+def _insert_args(notification: Notification, alert: Alert) -> tuple[Any, ...]:
+    return (
+        alert.fingerprint, alert.status, alert.startsAt, alert.endsAt,
+        alert.labels["alertname"], alert.labels.get("exchange"), json.dumps(alert.labels),
+        notification.groupKey, notification.truncatedAlerts, alert.summary,
+    )  # fmt: skip
+
+
 async def _insert(connection: asyncpg.Connection, notification: Notification, alert: Alert) -> bool:
     """One alert state, in a savepoint: PostgreSQL refusing it leaves the others standing."""
     async with transaction(connection):
-        inserted = await connection.fetchval(
-            INSERT_ALERT,
-            alert.fingerprint, alert.status, alert.startsAt, alert.endsAt,
-            alert.labels["alertname"], alert.labels.get("exchange"), json.dumps(alert.labels),
-            notification.groupKey, notification.truncatedAlerts, alert.summary,
-        )  # fmt: skip
+        inserted = await connection.fetchval(INSERT_ALERT, *_insert_args(notification, alert))
     return inserted is not None
+
+
+async def _insert_all(
+    connection: asyncpg.Connection, notification: Notification, alerts: list[Alert]
+) -> int | None:
+    """Every alert state in one pipelined batch and one savepoint: the common case, in a few
+    round trips instead of three per alert. None when PostgreSQL refused one of them (nothing
+    of the batch stays): the caller then records them one by one to keep the others."""
+    try:
+        async with transaction(connection):
+            rows = await connection.fetchmany(
+                INSERT_ALERT, [_insert_args(notification, alert) for alert in alerts]
+            )
+    except DATABASE_ERRORS as exc:
+        if not refused_by_database(exc):
+            raise
+        return None
+    return len(rows)  # ON CONFLICT DO NOTHING returns no row for a repeat
+
+
+async def _insert_one_by_one(
+    connection: asyncpg.Connection, parsed: Parsed, refused: list[Refusal]
+) -> tuple[int, int]:
+    """Each alert state in its own savepoint; what PostgreSQL refuses joins `refused`.
+    Returns (new, stored)."""
+    new = stored = 0
+    for index, alert in parsed.alerts:
+        try:
+            new += await _insert(connection, parsed.notification, alert)
+            stored += 1
+        except DATABASE_ERRORS as exc:
+            if not refused_by_database(exc):
+                raise
+            refused.append(Refusal(index, _shorten(alert.fingerprint, 40),
+                                   f"PostgreSQL refused it: {_shorten(exc, 200)}"))  # fmt: skip
+    return new, stored
 
 
 async def _audit_refusals(
@@ -331,18 +370,13 @@ async def record(pool: asyncpg.Pool, parsed: Parsed) -> Recorded:
     if parsed.refused and not parsed.alerts:  # known without asking the database
         raise AllRefused(parsed.refused)
     notification, refused = parsed.notification, list(parsed.refused)
-    new = stored = 0  # stored: recorded now or before (a duplicate)
     # A bounded wait for a connection: a busy pool answers 503 (retry) rather than hang.
     async with pool.acquire(timeout=5) as connection, connection.transaction():
-        for index, alert in parsed.alerts:
-            try:
-                new += await _insert(connection, notification, alert)
-                stored += 1
-            except DATABASE_ERRORS as exc:
-                if not refused_by_database(exc):
-                    raise
-                refused.append(Refusal(index, _shorten(alert.fingerprint, 40),
-                                       f"PostgreSQL refused it: {_shorten(exc, 200)}"))  # fmt: skip
+        batch = await _insert_all(connection, notification, [a for _, a in parsed.alerts])
+        if batch is not None:  # new: recorded now; stored: now or before (a duplicate)
+            new, stored = batch, len(parsed.alerts)
+        else:
+            new, stored = await _insert_one_by_one(connection, parsed, refused)
         if refused and not stored:
             raise AllRefused(refused)
         await _audit_refusals(connection, notification, refused)
