@@ -52,6 +52,11 @@ class BurnAlert:
     for_: str
     burns: tuple[Burn, ...]
     what: str
+    # Each cause pages as itself, once (DESIGN.md): a pair stays quiet on an exchange where one
+    # of these runbook alerts fired within the pair's long window, since that alert has already
+    # paged the same failures. Inhibition alone is not enough: the failures stay in the long
+    # window after the runbook alert resolves, and the pair would page then.
+    paged_by: tuple[str, ...] = ()
 
 
 ALERTS = (
@@ -59,6 +64,7 @@ ALERTS = (
         "BitcoinPurchaseErrorBudgetBurnHigh", "critical", "5m", "2m",
         (Burn(14.4, "1h", "5m"), Burn(6, "6h", "30m")),
         "pages: at this rate the budget is gone within days",
+        paged_by=("BitcoinPurchaseFailureRateHigh",),
     ),
     BurnAlert(
         "BitcoinPurchaseErrorBudgetBurnWarning", "warning", "none", "15m",
@@ -244,6 +250,18 @@ def _window_query(metric: str, pipe: str) -> str:
 WHOLE = 'printf "%.0f"'  # counts: derived ones are estimates, never a fraction of a purchase
 
 
+def _paged(alert: BurnAlert, burn: Burn) -> str:
+    """The `unless` that keeps a pair quiet where a runbook alert already paged in its window."""
+    if not alert.paged_by:
+        return ""
+    names = "|".join(alert.paged_by)
+    match = f'="{names}"' if len(alert.paged_by) == 1 else f'=~"{names}"'
+    return (
+        "\n  unless on (exchange)\n  max_over_time(ALERTS{"
+        f'alertname{match}, alertstate="firing"}}[{burn.long}])'
+    )
+
+
 def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
     branches = []
     for burn in alert.burns:
@@ -252,7 +270,8 @@ def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
             "label_replace(\n"
             f"  {o.series('unhandled_burn_rate', burn.long)} > {factor}\n"
             f"  and on (exchange)\n  {o.series('unhandled_burn_rate', burn.short)} > {factor}\n"
-            f"  and on (exchange)\n  {o.series('settled', burn.long)} >= {o.objective.min_settled},\n"
+            f"  and on (exchange)\n  {o.series('settled', burn.long)} >= {o.objective.min_settled}"
+            f"{_paged(alert, burn)},\n"
             f'  "window", "{burn.long}", "", ""\n)'
         )
     return "\nor\n".join(branches)

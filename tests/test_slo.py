@@ -96,6 +96,31 @@ def test_the_windows_and_factors_are_the_sre_workbooks() -> None:
     }
 
 
+def test_the_burn_page_stays_quiet_where_a_runbook_alert_already_paged() -> None:
+    """Each cause pages once (DESIGN.md): every pair of the page leaves out the exchanges where a
+    runbook page fired within the pair's long window; the ticket keeps every pair."""
+    shipped = {r["alert"]: r for path in RULE_FILES for g in yaml.safe_load(path.read_text())
+               ["groups"] for r in g["rules"] if "alert" in r}  # fmt: skip
+    generated = {r["alert"]: r["expr"] for r in _rules(COMMITTED.read_text()) if "alert" in r}
+    by_name = {a.name: a for a in ALERTS}
+    assert by_name["BitcoinPurchaseErrorBudgetBurnHigh"].paged_by == (
+        "BitcoinPurchaseFailureRateHigh",
+    )
+    assert by_name["BitcoinPurchaseErrorBudgetBurnWarning"].paged_by == ()
+    assert "unless" not in generated["BitcoinPurchaseErrorBudgetBurnWarning"]
+    for alert in ALERTS:
+        for paged_by in alert.paged_by:
+            assert shipped[paged_by]["labels"]["severity"] == "critical", paged_by
+        branches = generated[alert.name].split("\nor\n")
+        assert len(branches) == len(alert.burns)
+        for burn, branch in zip(alert.burns, branches, strict=True):
+            for paged_by in alert.paged_by:
+                assert (
+                    "unless on (exchange)\n  max_over_time(ALERTS{"
+                    f'alertname="{paged_by}", alertstate="firing"}}[{burn.long}])'
+                ) in branch, (alert.name, burn.long)
+
+
 def test_no_window_costs_sql_every_one_is_derived_from_the_5m_counts() -> None:
     for rule in _rules(COMMITTED.read_text()):
         for window in re.findall(r'window="([^"]+)"', rule["expr"]):
