@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import yaml
 
-from tests.conftest import with_database
+from tests.conftest import create_database, drop_database, with_database
 from tests.harness import ExporterProcess, start_exporter
 
 ADMIN_TOKEN = "operator-test-token"
@@ -48,29 +46,12 @@ class RunningExporter:
         return self.process.url
 
 
-async def _create(server_dsn: str, template: str, name: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    finally:
-        await admin.close()
-
-
-async def _drop(server_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
-
-
 @contextlib.contextmanager
 def running_exporter(
     server_dsn: str, template: str, tmp_dir: Path, *, config_yaml: str | None = None,
     token: str | None = ADMIN_TOKEN,
 ) -> Iterator[RunningExporter]:  # fmt: skip
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create(server_dsn, template, name))
+    name = asyncio.run(create_database(server_dsn, template))
     dsn = with_database(server_dsn, name)
     env = {"LIQUID_ABT_ADMIN_TOKEN": token} if token else {}
     try:
@@ -81,4 +62,4 @@ def running_exporter(
         ) as process:  # fmt: skip
             yield RunningExporter(process, dsn, token or "")
     finally:
-        asyncio.run(_drop(server_dsn, name))
+        asyncio.run(drop_database(server_dsn, name))

@@ -36,6 +36,25 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+async def create_database(server_dsn: str, template: str, prefix: str = "t") -> str:
+    """A copy of `template` under a new name (returned): each test's own database."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def pg_server_dsn() -> Iterator[str]:
     """The admin DSN of the server the tests use."""
@@ -71,18 +90,9 @@ def template_db(pg_server_dsn: str) -> str:
 @pytest.fixture
 async def database(pg_server_dsn: str, template_db: str) -> AsyncIterator[Connection]:
     """A fresh, migrated database with the platform tables, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    finally:
-        await admin.close()
+    name = await create_database(pg_server_dsn, template_db)
     yield Connection(with_database(pg_server_dsn, name))
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await drop_database(pg_server_dsn, name)
 
 
 @pytest.fixture

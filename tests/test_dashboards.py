@@ -15,7 +15,6 @@ import math
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from exporter.drill.simulate import Simulator, backfill
-from tests.conftest import with_database
+from tests.conftest import create_database, drop_database, with_database
 from tests.harness import (
     EXPORTER_JOB,
     REPO,
@@ -496,12 +495,7 @@ SEED_MIX = {
 
 
 async def _create_database(server_dsn: str, template: str) -> str:
-    name = f"t_dash_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    finally:
-        await admin.close()
+    name = await create_database(server_dsn, template, "t_dash")
     dsn = with_database(server_dsn, name)
     conn = await asyncpg.connect(dsn)
     try:
@@ -509,14 +503,6 @@ async def _create_database(server_dsn: str, template: str) -> str:
     finally:
         await conn.close()
     return name
-
-
-async def _drop_database(server_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 def _finite(results: list[dict[str, Any]]) -> bool:
@@ -593,7 +579,7 @@ def stack(
             )
             yield Stack(prometheus, alertmanager, exporter, exporter.metrics())
     finally:
-        asyncio.run(_drop_database(pg_server_dsn, name))
+        asyncio.run(drop_database(pg_server_dsn, name))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import asyncio
 import json
 import math
 import re
-import uuid
 from collections.abc import Iterator
 from itertools import combinations
 from typing import Any
@@ -25,7 +24,7 @@ import yaml
 
 from exporter.drill.simulate import Simulator, backfill
 from exporter.slo import ALERTS
-from tests.conftest import with_database
+from tests.conftest import create_database, drop_database, with_database
 from tests.harness import (
     REPO,
     RULE_FILES,
@@ -123,12 +122,7 @@ def test_panels_use_the_datasource_variable_and_do_not_overlap() -> None:
 
 async def _seeded_database(server_dsn: str, template: str) -> str:
     """A copy of the template with an hour of purchases, 3 % of them failing."""
-    name = f"t_slo_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    finally:
-        await admin.close()
+    name = await create_database(server_dsn, template, "t_slo")
     conn = await asyncpg.connect(with_database(server_dsn, name))
     try:
         simulator = Simulator({"exchange_unavailable": 0.02, "network_timeout": 0.01}, seed=15)
@@ -136,14 +130,6 @@ async def _seeded_database(server_dsn: str, template: str) -> str:
     finally:
         await conn.close()
     return name
-
-
-async def _drop(server_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +153,7 @@ def prometheus(
             )
             yield prometheus
     finally:
-        asyncio.run(_drop(pg_server_dsn, name))
+        asyncio.run(drop_database(pg_server_dsn, name))
 
 
 def _finite(results: list[dict[str, Any]]) -> bool:
