@@ -68,6 +68,7 @@ CONTROL_METRICS = (
 # explain (alertmanager.yml).
 CAUSE_ALERTS = (
     ("ExchangeApiDown", "critical", {"source": "probe"}),
+    ("ExchangeApiFlapping", "critical", {}),
     ("ExchangeMaintenance", "critical", {"status": "maintenance"}),
     ("ExchangeTradingRestricted", "critical", {"status": "cancel_only"}),
     ("ExchangeApiAuthFailures", "critical", {}),

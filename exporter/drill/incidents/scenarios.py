@@ -177,9 +177,13 @@ def _flapping_expect(t: Timeline) -> list[str]:
         problems.append(f"purchases resumed at {resumed}s, while it still flapped")
     if t.retries_tried_before_resume:
         problems.append(f"{t.retries_tried_before_resume} retries spent while it flapped")
-    # Which page comes first depends on where the first down windows fall between probe rounds:
-    # the outage itself, or the purchases it failed before the exporter noticed. Once each.
-    problems += only_pages(t, {"ExchangeApiDown", "BitcoinPurchaseFailureRateHigh"})
+    # The outage pages, once: as ExchangeApiDown when a down window happens to be long enough
+    # for its evidence and `for`, otherwise as ExchangeApiFlapping after three of them.
+    outage_pages = {"ExchangeApiDown", "ExchangeApiFlapping"} & set(t.paged())
+    if len(outage_pages) != 1:
+        problems.append(f"pages {t.paged()}: expected ExchangeApiDown or ExchangeApiFlapping")
+    # The purchases failed before the exporter noticed may page too, once.
+    problems += only_pages(t, {*outage_pages, "BitcoinPurchaseFailureRateHigh"})
     repeated = {name: n for name, n in t.paged().items() if n > 1}
     if repeated:
         problems.append(f"paged again: {repeated}")
