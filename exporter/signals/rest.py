@@ -113,9 +113,13 @@ class Transport:
     """One bounded HTTP exchange on a shared aiohttp session (the caller owns and closes it)."""
 
     def __init__(
-        self, exchange: str, session: aiohttp.ClientSession, base_url: str, timeout: float,
+        self,
+        exchange: str,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeout: float,
         user_agent: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if timeout <= 0:
             raise ValueError(f"the {exchange} client timeout must be positive, got {timeout!r}")
         self.exchange = exchange
