@@ -13,7 +13,7 @@ import pytest
 from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 
 from exporter.signals.independentreserve.client import IndependentReserveClient
-from exporter.signals.independentreserve.outcomes import classify
+from exporter.signals.independentreserve.outcomes import classify, is_nonce_fault
 from exporter.signals.independentreserve.signing import check_secret, message, sign
 from exporter.signals.kraken.outcomes import Outcome
 from exporter.signals.rest import INVALID_NONCE, ExchangeApiError
@@ -299,3 +299,19 @@ async def test_repr_never_shows_the_credentials(make_client: MakeClient) -> None
 )
 def test_every_reply_maps_to_one_outcome(status: int, body: Any, expected: Outcome) -> None:
     assert classify(status, body) is expected
+
+
+@pytest.mark.parametrize(
+    ("message", "nonce_fault"),
+    [
+        ("Invalid credentials (bad nonce)", True),
+        ("Invalid credentials (bad nonce). This nonce=5, last valid nonce=9", True),
+        ("  invalid credentials (BAD NONCE)", True),
+        ("Invalid credentials (bad signature)", False),
+        ("Invalid credentials", False),
+        ("Too many requests", False),
+    ],
+)
+def test_a_stale_nonce_is_told_apart_from_a_rejected_key(message: str, nonce_fault: bool) -> None:
+    # Until invalid_nonce joins the outcome set both file as auth_error; this tells them apart.
+    assert is_nonce_fault(message) is nonce_fault

@@ -14,11 +14,8 @@ from typing import Any, Final
 from ..kraken.outcomes import Outcome, classify_status
 from ..rest import INVALID_NONCE
 
-# Codes the status alone would misfile; every other code is filed by its status.
-_CODES: Final[dict[str, Outcome]] = {
-    "InvalidAuthTimestamp": INVALID_NONCE,
-    "InvalidTimeWindow": INVALID_NONCE,
-}
+# The codes the status alone would misfile; every other code is filed by its status.
+NONCE_CODES: Final = frozenset({"InvalidAuthTimestamp", "InvalidTimeWindow"})
 
 
 def error_code(body: Any) -> str | None:
@@ -28,11 +25,15 @@ def error_code(body: Any) -> str | None:
     return None
 
 
+def is_nonce_fault(body: Any) -> bool:
+    """The key was fine, the request's timestamp was outside the exchange's window."""
+    return error_code(body) in NONCE_CODES
+
+
 def classify(status: int, body: Any) -> Outcome:
-    """Outcome of one reply: the few codes that refine a status, then the status."""
+    """Outcome of one reply: the codes that refine a status, then the status."""
     if 200 <= status < 300:
         return Outcome.SUCCESS
-    code = error_code(body)
-    if code in _CODES:
-        return _CODES[code]
+    if is_nonce_fault(body):
+        return INVALID_NONCE
     return classify_status(status) or Outcome.API_ERROR

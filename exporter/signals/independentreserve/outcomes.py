@@ -14,11 +14,8 @@ from typing import Any, Final
 from ..kraken.outcomes import Outcome, classify_status
 from ..rest import INVALID_NONCE
 
-# Message prefixes, most specific first.
-_MESSAGES: Final[tuple[tuple[str, Outcome], ...]] = (
-    ("invalid credentials (bad nonce)", INVALID_NONCE),
-    ("invalid credentials", Outcome.AUTH_ERROR),
-)
+_NONCE_PREFIX: Final = "invalid credentials (bad nonce)"
+_CREDENTIALS_PREFIX: Final = "invalid credentials"
 
 
 def error_message(body: Any) -> str | None:
@@ -28,10 +25,18 @@ def error_message(body: Any) -> str | None:
     return None
 
 
+def is_nonce_fault(message: str) -> bool:
+    """The key was fine, the nonce was not larger than the last one the exchange saw."""
+    return message.strip().lower().startswith(_NONCE_PREFIX)
+
+
 def classify_message(message: str) -> Outcome | None:
     """Outcome of a known error message, None for messages that do not say more than the status."""
-    text = message.strip().lower()
-    return next((outcome for prefix, outcome in _MESSAGES if text.startswith(prefix)), None)
+    if is_nonce_fault(message):
+        return INVALID_NONCE
+    if message.strip().lower().startswith(_CREDENTIALS_PREFIX):
+        return Outcome.AUTH_ERROR
+    return None
 
 
 def classify(status: int, body: Any) -> Outcome:
