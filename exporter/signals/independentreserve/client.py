@@ -126,11 +126,12 @@ class IndependentReserveClient:
             )
 
     async def balance(self) -> dict[str, Balance]:
-        """Balances by currency code (private: needs a key, read-only is enough)."""
+        """Balances by asset, upper case with bitcoin as BTC, as BTC Markets names them (private:
+        needs a key, read-only is enough)."""
         body = await self._private("GetAccounts")
         with parsing(EXCHANGE, "GetAccounts"):
             return {
-                str(account["CurrencyCode"]): Balance(
+                _asset(str(account["CurrencyCode"])): Balance(
                     Decimal(str(account["AvailableBalance"])),
                     Decimal(str(account["TotalBalance"])),
                 )
@@ -152,6 +153,11 @@ class IndependentReserveClient:
             headers = {"Content-Type": "application/json"}
             reply = await self._http.request(endpoint, "POST", path, body=body, headers=headers)
         return _result(endpoint, reply.status, reply.body)
+
+
+def _asset(code: str) -> str:
+    """`Aud` as AUD, `Xbt` (Independent Reserve's bitcoin) as BTC."""
+    return "BTC" if code.upper() == "XBT" else code.upper()
 
 
 def _enabled(trading: Mapping[str, Any], code: str) -> bool:
