@@ -22,7 +22,7 @@ from exporter.runbook.incident import IncidentModel, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.recovery import verify
 from exporter.signals.kraken.outcomes import Outcome
-from exporter.signals.kraken.probe import CallResult, Check, RecoveryResult, RoundResult
+from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
 
 KRAKEN = "kraken"
 CONFIG = parse_config({
