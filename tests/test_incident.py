@@ -21,8 +21,8 @@ from exporter.runbook.alert_states import AlertState
 from exporter.runbook.incident import IncidentModel, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.recovery import verify
-from exporter.signals.kraken.outcomes import Outcome
 from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
+from exporter.signals.kraken.outcomes import Outcome
 
 KRAKEN = "kraken"
 CONFIG = parse_config({
