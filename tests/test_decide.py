@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from exporter.controls.breaker import State
+from exporter.operator import render
 from exporter.runbook.evidence import Observation, PlatformCalls, duration_words, observe_round
 from exporter.runbook.incident import DOWN, NORMAL, PROBATION, Incident
 from exporter.runbook.incident.decide import (
     Decision,
-    Evidence,
     Event,
+    Evidence,
     OutageAlert,
     RateAlert,
     Tick,
@@ -398,7 +399,9 @@ def test_rate_limits_lower_the_rate_once_and_quiet_restores_it() -> None:
 
 
 def test_the_platforms_rate_limited_calls_lower_the_rate_in_words() -> None:
-    world = World(platform=PlatformCalls(("rate_limited", None, "rate_limited", "rate_limited", None)))
+    world = World(
+        platform=PlatformCalls(("rate_limited", None, "rate_limited", "rate_limited", None))
+    )
     decision = world.sees("a", HEALTHY)
     assert of(decision, SetApiRate)[0].cause.startswith(
         "kraken rate limits 3 of the platform's last 5 calls; evidence: "
@@ -422,3 +425,16 @@ def test_durations_read_as_a_person_would_say_them() -> None:
     assert [duration_words(s) for s in (0.4, 18, 119, 720, 7200, 12600)] == [
         "0 s", "18 s", "119 s", "12 min", "2.0 h", "3.5 h",
     ]  # fmt: skip
+
+
+def test_the_operator_sees_the_cause_in_words_where_the_cli_cuts_it() -> None:
+    world = World()
+    world.both(REFUSED)
+    world.tick(18)
+    world.sees("a", REFUSED)
+    cause = of(world.sees("b", REFUSED), Audit)[0].cause
+    entry = {"id": 7, "at": world.now.isoformat(), "actor": "automation",
+             "action": "incident_opened", "result": "success", "exchange": "kraken",
+             "cause": cause}  # fmt: skip
+    shown = render.actions([entry], world.now).splitlines()[1]
+    assert shown.endswith("kraken refuses connections on 2 of 2 replicas for 18 s")

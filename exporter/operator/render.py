@@ -27,6 +27,9 @@ def cut(text: str | None, width: int = CAUSE_WIDTH) -> str:
     if not text:
         return "-"
     text = " ".join(text.split())
+    if len(text) > width:
+        # Automatic causes lead with the cause in words; the evidence after it gives way first.
+        text = text.split("; evidence: ")[0]
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -180,9 +180,10 @@ def _tick(
     incident = _rate(incident, verdict, now, policy, effects)
     breaker, lease = evidence.breaker, None
     if incident.phase == NORMAL and verdict.cause:
-        text = f"{incident.exchange} {verdict.reason}; evidence: {verdict.detail}"
+        words = f"{incident.exchange} {verdict.reason}"
         incident = _open(
-            incident, verdict.cause, text, now, verdict.failing_since, breaker, policy, effects,
+            incident, verdict.cause, words, verdict.detail, now, verdict.failing_since, breaker,
+            policy, effects,
             replica=evidence.replica,
         )  # fmt: skip
     elif incident.phase == DOWN:
@@ -212,8 +213,7 @@ def _outage_alert(
         words = f"{incident.exchange}: {firing}; no replica probes it"
     effects: list[Effect] = []
     incident = _open(
-        incident, cause, f"{words}; evidence: {verdict.detail}", now, None, evidence.breaker,
-        policy, effects, fingerprint=event.fingerprint,
+        incident, cause, words, verdict.detail, now, None, evidence.breaker, policy, effects, fingerprint=event.fingerprint,
         open_breaker=event.open_breaker and cause != TRADING_RESTRICTED, replica=evidence.replica,
     )  # fmt: skip
     return Decision(incident, tuple(effects), verdict)
@@ -299,7 +299,8 @@ def _while_on_probation(
 
 
 def _open(
-    incident: Incident, cause: str, text: str, now: datetime, started_at: datetime | None,
+    incident: Incident, cause: str, words: str, detail: str, now: datetime,
+    started_at: datetime | None,
     breaker: Breaker, policy: Policy, effects: list[Effect], *, fingerprint: str | None = None,
     open_breaker: bool | None = None, replica: str = "",
 ) -> Incident:  # fmt: skip
@@ -307,6 +308,7 @@ def _open(
 
     cancel_only / post_only stop market orders, not the API: the breaker stays closed."""
     exchange = incident.exchange
+    text = f"{words}; evidence: {detail}"
     window = timedelta(seconds=breaker.monitoring_window)
     soon = incident.last_closed_at is not None and now - incident.last_closed_at < window
     relapses = incident.relapses + 1 if soon else 0
@@ -321,8 +323,8 @@ def _open(
         OpenPeriod(cause, started),
         Audit("incident_opened", text, fingerprint=fingerprint,
               detail={"cause": cause, "relapses": relapses, "replica": replica}),
-        Log(WARNING, "incident opened: purchases stopped",
-            {"exchange": exchange, "cause": cause, "why": text}),
+        Log(WARNING, f"purchases stopped: {words}",
+            {"exchange": exchange, "cause": cause, "evidence": detail}),
     ]  # fmt: skip
     next_attempt = None
     if relapses:
@@ -342,17 +344,15 @@ def _relapse(
     """Down again during probation: breaker OPEN, still paused, the next attempt backs off."""
     relapses = incident.relapses + 1
     wait = backoff(breaker.recovery_timeout, relapses, policy.backoff_max)
-    text = (
-        f"{incident.exchange} relapsed during probation: it {verdict.reason}; "
-        f"evidence: {verdict.detail}"
-    )
+    words = f"{incident.exchange} relapsed during probation: it {verdict.reason}"
+    text = f"{words}; evidence: {verdict.detail}"
     if verdict.cause != TRADING_RESTRICTED and breaker.state is not State.OPEN:
         effects.append(SetBreaker(State.OPEN, text))
     effects += [
         Audit("incident_relapsed", text,
               detail={"relapses": relapses, "next_attempt_in_seconds": wait}),
-        Log(WARNING, "incident relapsed: purchases stay stopped",
-            {"exchange": incident.exchange, "cause": verdict.cause, "why": text}),
+        Log(WARNING, f"purchases stay stopped: {words}",
+            {"exchange": incident.exchange, "cause": verdict.cause, "evidence": verdict.detail}),
     ]  # fmt: skip
     return replace(
         incident, phase=DOWN, cause=verdict.cause or incident.cause, healthy_since=None,
@@ -372,7 +372,7 @@ def _resume(incident: Incident, now: datetime, policy: Policy, effects: list[Eff
         MakeRetriesDue(why),
         ClosePeriod(now),
         Audit("incident_closed", why, detail={"started_at": incident.started_at}),
-        Log(INFO, "incident closed: purchases resume", {"exchange": exchange, "why": why}),
+        Log(INFO, f"purchases resume: {why}", {"exchange": exchange}),
     ]
     return replace(
         incident, phase=NORMAL, cause=None, started_at=None, healthy_since=None,
@@ -398,8 +398,8 @@ def _verified(
 ) -> Decision:  # fmt: skip
     exchange = incident.exchange
     if incident.lease_token != event.token or incident.phase != DOWN:
-        lost = Log(WARNING, "recovery verification result dropped: its lease was lost",
-                   {"exchange": exchange})  # fmt: skip
+        lost = Log(WARNING, f"{exchange} recovery verification result dropped: its lease was "
+                   "lost (a newer decision holds it)", {"exchange": exchange})  # fmt: skip
         return Decision(incident, (lost,), verdict, applied=False)
     result = event.result
     why = verification_words(exchange, result, incident.cause)
@@ -413,8 +413,8 @@ def _verified(
     if result.ok and breaker.held:
         # An admin's hold outranks a verification: nothing closes, the next one waits for health
         # after the admin lets go.
-        effects.append(Log(WARNING, "recovery verified, but an admin holds the breaker open",
-                           {"exchange": exchange, "why": why}))  # fmt: skip
+        held = f"{exchange} stays stopped: an admin holds the breaker open ({why})"
+        effects.append(Log(WARNING, held, {"exchange": exchange}))
         return Decision(replace(incident, healthy_since=None), tuple(effects), verdict)
     if result.ok:
         if breaker.state is not State.CLOSED:
@@ -428,8 +428,7 @@ def _verified(
         effects.append(SetBreaker(State.OPEN, why))
     relapses = incident.relapses + 1
     wait = backoff(breaker.recovery_timeout, relapses, policy.backoff_max)
-    effects.append(Log(WARNING, "recovery not verified; purchases stay paused",
-                       {"exchange": exchange, "why": why}))  # fmt: skip
+    effects.append(Log(WARNING, f"purchases stay paused: {why}", {"exchange": exchange}))
     incident = replace(incident, relapses=relapses, next_attempt_at=now + timedelta(seconds=wait))
     return Decision(incident, tuple(effects), verdict)
 

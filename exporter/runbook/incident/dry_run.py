@@ -43,6 +43,7 @@ class DryRunExecutor(Executor):
             connection, actor=ACTOR_AUTOMATION, action=effect.action, result="dry_run",
             exchange=applying.exchange, cause=cause, fingerprint=fingerprint,
         )  # fmt: skip
-        said = {"exchange": applying.exchange, "would": effect.action, "cause": cause}
-        after_commit(lambda: log.warning("dry run: the incident model would act", extra=said))
+        said = f"dry run: the incident model would {effect.action}: {cause}"
+        fields = {"exchange": applying.exchange, "would": effect.action}
+        after_commit(lambda: log.warning(said, extra=fields))
         return "dry_run"
