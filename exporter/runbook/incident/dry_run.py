@@ -17,7 +17,7 @@ from exporter.controls.breaker import ACTOR_AUTOMATION
 from exporter.database.transactions import after_commit
 from exporter.runbook.incident import store
 from exporter.runbook.incident.effects import Effect, StartVerification
-from exporter.runbook.incident.executor import Executor, _Applying, log
+from exporter.runbook.incident.executor import Applying, Executor, log
 from exporter.runbook.incident.state import Incident
 
 
@@ -34,7 +34,7 @@ class DryRunExecutor(Executor):
     async def _save(self, connection: asyncpg.Connection, incident: Incident) -> None:
         self._incidents[incident.exchange] = incident
 
-    async def _do(self, connection: asyncpg.Connection, applying: _Applying, effect: Effect) -> str:
+    async def _do(self, connection: asyncpg.Connection, applying: Applying, effect: Effect) -> str:
         if isinstance(effect, StartVerification) or effect.action is None:
             return "dry_run"  # a lease is only in memory; audit entries, logs: nothing to write
         cause = getattr(effect, "cause", None)
