@@ -3,7 +3,8 @@
 The decisions are the same (decide.py knows nothing of dry run). The incident row it decides on is
 its own, in memory, started from the database's; every effect that is a runbook action becomes an
 audit entry with result `dry_run`, a `dry_run` count and a log line; nothing else is written (the
-probe rounds are still recorded: they are evidence, not actions).
+probe rounds are still recorded: they are evidence, not actions). The row in memory is this
+replica's: with several replicas in dry run, each records what it alone would have done.
 """
 
 from __future__ import annotations
