@@ -390,7 +390,7 @@ async def test_an_admin_hold_on_the_breaker_is_never_verified_away(
     assert await count(db, "breaker_force_state") == 0, "no refusal written per attempt"
 
 
-# ---- alerts as evidence ---------------------------------------------------------------------------
+# ---- alerts as evidence --------------------------------------------------------------------------
 
 
 def down_alert(fingerprint: str = "fp") -> AlertState:
@@ -424,7 +424,7 @@ async def test_an_alert_opens_when_nothing_probes(
     assert pause["fingerprint"] == "fp-1"
 
 
-# ---- atomic -------------------------------------------------------------------------------------------
+# ---- atomic --------------------------------------------------------------------------------------
 
 
 async def test_breaker_pause_and_retries_commit_together_or_not_at_all(
@@ -456,7 +456,7 @@ async def test_breaker_pause_and_retries_commit_together_or_not_at_all(
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 3
 
 
-# ---- the pure twins -----------------------------------------------------------------------------------
+# ---- the pure twins ------------------------------------------------------------------------------
 
 
 async def test_observe_round_is_the_sql_upsert_as_a_pure_function(
@@ -478,7 +478,7 @@ async def test_observe_round_is_the_sql_upsert_as_a_pure_function(
         previous = recorded
 
 
-# ---- dry run --------------------------------------------------------------------------------------
+# ---- dry run -------------------------------------------------------------------------------------
 
 
 async def test_dry_run_records_what_it_would_do_once_and_changes_nothing(
