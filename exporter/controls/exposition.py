@@ -62,12 +62,13 @@ SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL AND dea
 class ControlsSource:
     name = "controls"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, probe_margin: float = 40.0) -> None:
         self._exchanges = list(config.exchanges)
         self._windows = [format_duration(w) for w in config.purchases.windows]
         self._seconds = list(config.purchases.windows)
-        # The margin before the first failed probe round: one interval and one timeout.
-        self._margin = config.kraken.probe_interval + config.kraken.timeout
+        # The margin before the first failed probe round: one interval and one timeout (the
+        # wiring computes it from the exchanges' probe settings).
+        self._margin = probe_margin
 
     def _families(self) -> dict[str, LabelledValues]:
         x = self._exchanges

@@ -27,6 +27,9 @@ def cut(text: str | None, width: int = CAUSE_WIDTH) -> str:
     if not text:
         return "-"
     text = " ".join(text.split())
+    if len(text) > width:
+        # Automatic causes lead with the cause in words; the evidence after it gives way first.
+        text = text.split("; evidence: ")[0]
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -107,8 +110,9 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
     name, purchases, incident = exchange["exchange"], exchange["purchases"], exchange["incident"]
     lines = [f"{name}:"]
     if incident["phase"] != "normal":
+        why = incident.get("reason") or incident["cause"]
         lines.append(f"  incident {incident['phase']} since {when(incident['since'], at)}: "
-                     f"{incident['cause']}, {incident['relapses']} relapse(s)")  # fmt: skip
+                     f"{why}, {incident['relapses']} relapse(s)")  # fmt: skip
     if incident["probationUntil"]:
         lines.append(f"  on probation until {when(incident['probationUntil'], at)}")
     if purchases["paused"]:

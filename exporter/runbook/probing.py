@@ -1,21 +1,20 @@
 """The incident loop of one exchange: probe, record the round, let the model decide, verify.
 
-It owns the probe's cadence: the runbook's 30-second health check while all is well, a quick
-second look after a round the API did not answer (`kraken.doubt_interval`), and a round every
-`kraken.incident_interval` while an incident is open, so recovery and relapses are seen within
-seconds. An exchange nobody probes still gets decisions: on wake-ups (alerts) and, during an
-incident, on the same short interval.
+It owns the probe's cadence, from the exchange's own settings (signals/exchange.py): the
+runbook's 30-second health check while all is well (`probe_interval`), a quick second look after
+a round the API did not answer (`doubt_interval`), and a round every `incident_interval` while an
+incident is open, so recovery and relapses are seen within seconds. An exchange nobody probes
+still gets decisions: on wake-ups (alerts) and, during an incident, on the same short interval.
 """
 
 from __future__ import annotations
 
 import random
 
-from exporter.config import Config
 from exporter.database.background import Wakeup, run_forever
 from exporter.runbook.incident import NORMAL, Incident, IncidentModel
 from exporter.runbook.recovery import Verifier, verify
-from exporter.signals.kraken.probe import ExchangeProbe, RoundResult
+from exporter.signals.exchange import UNPROBED, Probe, ProbeSettings, RoundResult
 
 # Without a probe and without an incident, decide now and then anyway (a lost wake-up).
 _IDLE_EVALUATION = 60.0
@@ -26,15 +25,15 @@ class IncidentLoop:
         self,
         exchange: str,
         model: IncidentModel,
-        config: Config,
-        probe: ExchangeProbe | None = None,
+        settings: ProbeSettings = UNPROBED,
+        probe: Probe | None = None,
         verifier: Verifier | None = None,
     ) -> None:
         self.exchange = exchange
         self._model = model
-        self._config = config.kraken
+        self._settings = settings
         self._probe = probe
-        self._verifier = verifier
+        self._verifier = verifier if verifier is not None or probe is None else probe.recovery_check
         self._wakeup = Wakeup()
 
     def wake(self) -> None:
@@ -43,7 +42,7 @@ class IncidentLoop:
     async def run(self) -> None:
         await run_forever(
             f"incident-{self.exchange}", self.iteration, wakeup=self._wakeup,
-            retry_after=self._config.probe_interval if self._probe else _IDLE_EVALUATION,
+            retry_after=self._settings.probe_interval if self._probe else _IDLE_EVALUATION,
         )  # fmt: skip
 
     async def iteration(self) -> float:
@@ -55,14 +54,14 @@ class IncidentLoop:
             incident, lease = await self._model.evaluate(self.exchange)
         if lease is not None:
             await verify(self._model, lease, self._verifier)
-            return self._config.incident_interval
+            return self._settings.incident_interval
         return self._next_delay(result, incident)
 
     def _next_delay(self, result: RoundResult | None, incident: Incident) -> float:
         if result is not None and not result.available:
-            return self._config.doubt_interval
+            return self._settings.doubt_interval
         if incident.phase != NORMAL or incident.rate_lowered_at is not None:
-            return self._config.incident_interval
+            return self._settings.incident_interval
         if self._probe is None:
             return _IDLE_EVALUATION
-        return self._config.probe_interval * random.uniform(0.9, 1.1)
+        return self._settings.probe_interval * random.uniform(0.9, 1.1)

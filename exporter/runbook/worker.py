@@ -3,9 +3,9 @@
 The webhook only records alert states (receiver.py); this worker takes unprocessed ones
 (`FOR UPDATE SKIP LOCKED`, so replicas share the work) and acts on each alert's own status:
 
-- firing: an outage alert is evidence for the incident model (incident.py), which stops
+- firing: an outage alert is evidence for the incident model (incident/), which stops
   purchases unless the replicas' probes contradict it; queue retry-eligible purchases; lower the
-  API rate;
+  API rate. Every action goes through the model's executor, so dry run is decided there alone;
 - resolved: a hint, not proof: the incident model looks again at once; its recovery verification
   alone closes the breaker and resumes purchases, and its evidence restores the API rate.
 
@@ -16,7 +16,6 @@ resolution was already recorded is ignored.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from exporter.config import Config
-from exporter.controls import audit, retry_queue
+from exporter.controls import audit
 from exporter.controls.breaker import ACTOR_AUTOMATION
 from exporter.database.background import Wakeup, run_forever
 from exporter.database.transactions import after_commit, transaction
@@ -35,7 +34,6 @@ from exporter.runbook.alert_states import (
 )
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
-from exporter.signals.classify import ReasonClassifier
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +103,12 @@ class ActionWorker:
         incidents: IncidentModel,
         metrics: ActionMetrics,
         wake_incident: Callable[[str], None] = lambda exchange: None,
-        rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
         self._incidents = incidents
-        self._classifier = ReasonClassifier(config.purchases.failure_reasons)
         self.metrics = metrics
         self._wake_incident = wake_incident
-        self._rng = rng or random.Random()
         self._wakeup = Wakeup()
 
     def wake(self) -> None:
@@ -243,13 +238,12 @@ class ActionWorker:
             await self._skip(connection, state, actions, "already resolved (stale firing)")
             return []
         errors: list[str] = []
-        if OUTAGE_ACTIONS & set(actions) and not self._config.receiver.dry_run:
+        if OUTAGE_ACTIONS & set(actions):
             # The incident model decides: it opens the breaker, pauses and queues retries in
             # one commit, or records why the evidence contradicts the alert.
             error = await self._do(
-                "open_breaker", partial(self._outage, connection, state), connection, state,
-                count_success=False,
-            )  # fmt: skip
+                "open_breaker", partial(self._outage, connection, state), connection, state
+            )
             errors += [error] if error else []
             actions = [a for a in actions if a not in (*OUTAGE_ACTIONS, "queue_retries")]
         for action in actions:
@@ -270,18 +264,13 @@ class ActionWorker:
             await self._skip(connection, state, [], contradicted)
 
     async def _fire(self, connection: asyncpg.Connection, action: str, state: AlertState) -> None:
-        exchange, cause, fp = state.exchange, state.cause, state.fingerprint
         if action == "queue_retries":
-            await retry_queue.enqueue_retry_eligible(
-                connection, exchange=exchange, classifier=self._classifier,
-                purchases_config=self._config.purchases, retry_config=self._config.retry,
-                cause=cause, fingerprint=fp, rng=self._rng,
-            )  # fmt: skip
+            await self._incidents.queue_retries(connection, state)
             return
-        if exchange is None:
+        if state.exchange is None:
             raise ValueError(f"{state.alertname} has no exchange label: cannot {action}")
         if action == "lower_api_rate":
-            await self._incidents.lower_rate(connection, exchange, cause)
+            await self._incidents.lower_rate(connection, state)
 
     async def _on_resolved(
         self, connection: asyncpg.Connection, state: AlertState, actions: list[str]
@@ -296,27 +285,15 @@ class ActionWorker:
         return []
 
     async def _do(
-        self,
-        action: str,
-        run: Callable[[], Awaitable[Any]],
-        connection: asyncpg.Connection,
+        self, action: str, run: Callable[[], Awaitable[Any]], connection: asyncpg.Connection,
         state: AlertState,
-        *,
-        count_success: bool = True,
-    ) -> str | None:
-        """Run one action, or only record it in dry-run mode; count it either way (a success
-        once it committed; the incident model counts what it did itself).
+    ) -> str | None:  # fmt: skip
+        """Run one action through the incident model (whose executor applies it, or in dry run
+        records it, and counts what it did); count its failures here.
 
         Returns the message of a permanent failure (recorded, the other actions go on); other
         errors propagate and roll the notification back for a retry.
         """
-        if self._config.receiver.dry_run:
-            self.metrics.actions.labels(action, "dry_run").inc()
-            await audit.record(
-                connection, actor=ACTOR_AUTOMATION, action=action, exchange=state.exchange,
-                result="dry_run", cause=state.cause, fingerprint=state.fingerprint,
-            )  # fmt: skip
-            return None
         try:
             # A savepoint: a failed action leaves the notification's transaction usable.
             async with connection.transaction():
@@ -329,6 +306,4 @@ class ActionWorker:
         except Exception:
             self.metrics.actions.labels(action, "failure").inc()
             raise
-        if count_success:
-            after_commit(lambda: self.metrics.actions.labels(action, "success").inc())
         return None

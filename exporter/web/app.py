@@ -47,8 +47,8 @@ from exporter.signals.collectors.base import (
     snapshot_sections,
 )
 from exporter.signals.collectors.purchases import PurchasesSource
-from exporter.signals.kraken.client import KrakenClient
-from exporter.signals.kraken.probe import ExchangeProbe
+from exporter.signals.exchange import Probe, Registry
+from exporter.signals.integrations import default_registry
 from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import build_admin_app
@@ -62,12 +62,13 @@ from exporter.web.keys import (
     CONFIG,
     CONNECTION,
     DB_MONITOR,
+    EXCHANGES,
     EXPOSITION,
     INCIDENT_LOOPS,
     INCIDENTS,
     LIVE_METRICS,
     POOL,
-    PROBE,
+    PROBES,
     REGISTRY,
     RELOADER,
     REPLICA,
@@ -84,12 +85,21 @@ from exporter.web.webconfig import WebSecurity, load_web_config, unauthorized
 
 log = logging.getLogger(__name__)
 
-KRAKEN = "kraken"  # the exchange the live probe watches
 
-
-def build_sources(config: Config) -> list[Source]:
+def build_sources(config: Config, exchanges: Registry | None = None) -> list[Source]:
     classifier = ReasonClassifier(config.purchases.failure_reasons)
-    return [PurchasesSource(config, classifier), ApiCallsSource(config), ControlsSource(config)]
+    registry = exchanges or default_registry()
+    # Handled failures leave a margin before the first failed probe round: one interval and one
+    # timeout of the slowest probe.
+    margin = max(
+        s.probe_interval + s.timeout
+        for s in (registry.settings(config, name) for name in config.exchanges)
+    )
+    return [
+        PurchasesSource(config, classifier),
+        ApiCallsSource(config),
+        ControlsSource(config, probe_margin=margin),
+    ]
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -149,40 +159,29 @@ async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Kraken client and its probe (run by the incident loop, which also verifies with it)."""
-    config, secrets = app[CONFIG].kraken, app[SECRETS]
+    """Each probed exchange's probe, from its integration (signals/integrations.py): the incident
+    loop runs its rounds when the probe is enabled, and verifies recovery with it either way."""
+    config, secrets, exchanges = app[CONFIG], app[SECRETS], app[EXCHANGES]
     async with aiohttp.ClientSession() as session:
-        client = KrakenClient(
-            session, config.base_url, config.timeout, secrets.kraken_api_key,
-            secrets.kraken_api_secret,
-        )  # fmt: skip
-        app[PROBE] = ExchangeProbe(
-            app[REGISTRY], client, exchange=KRAKEN, slow_threshold=config.slow_threshold,
-            call_spacing=config.call_spacing,
-        )  # fmt: skip
+        app[PROBES] = {
+            name: integration.probe(config, secrets, session, app[REGISTRY])
+            for name in config.exchanges
+            if (integration := exchanges.get(name)) is not None
+        }
         yield
 
 
 async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One incident model, and one incident loop per exchange (probing Kraken when enabled)."""
-    config = app[CONFIG]
+    """One incident model, and one incident loop per exchange (probing it when enabled)."""
+    config, exchanges = app[CONFIG], app[EXCHANGES]
     app[ACTION_METRICS] = ActionMetrics(app[REGISTRY])
     model = IncidentModel(
         app[POOL], config, app[BREAKERS], app[ACTION_METRICS],
         IncidentMetrics(app[REGISTRY], list(config.exchanges)), replica=app[REPLICA],
+        exchanges=exchanges,
     )  # fmt: skip
     app[INCIDENTS] = model
-    probe = app[PROBE] if config.kraken.enabled else None
-    loops = {
-        exchange: IncidentLoop(
-            exchange,
-            model,
-            config,
-            probe=probe if exchange == KRAKEN else None,
-            verifier=app[PROBE].recovery_check if exchange == KRAKEN else None,
-        )  # fmt: skip
-        for exchange in config.exchanges
-    }
+    loops = {exchange: _incident_loop(app, model, exchange) for exchange in config.exchanges}
     app[INCIDENT_LOOPS] = loops
     async with contextlib.AsyncExitStack() as stack:
         for exchange, loop in loops.items():
@@ -191,6 +190,16 @@ async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
     # A replica that leaves cleanly takes its vote with it (a killed one's goes stale).
     with contextlib.suppress(*DATABASE_ERRORS):
         await model.withdraw()
+
+
+def _incident_loop(app: web.Application, model: IncidentModel, exchange: str) -> IncidentLoop:
+    config, exchanges = app[CONFIG], app[EXCHANGES]
+    probe: Probe | None = app[PROBES].get(exchange)
+    return IncidentLoop(
+        exchange, model, exchanges.settings(config, exchange),
+        probe=probe if exchanges.probed(config, exchange) else None,
+        verifier=probe.recovery_check if probe is not None else None,
+    )  # fmt: skip
 
 
 async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -234,7 +243,7 @@ def _webhook(app: web.Application) -> WebhookHandler:
 
 async def _runners_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    sources = build_sources(config)
+    sources = build_sources(config, app[EXCHANGES])
     metrics = SelfMetrics(app[REGISTRY], [s.name for s in sources])
     collectors = config.collectors
     runners = [
@@ -364,10 +373,13 @@ def create_app(
     secrets: Secrets | None = None,
     replica: str | None = None,
     options: WebOptions | None = None,
+    exchanges: Registry | None = None,
 ) -> web.Application:
     """The exporter; `replica` names this process among the replicas (default: host and a
     random suffix), so that a restart on the same address keeps its vote. `options` are what
-    `serve`'s web flags decide (the defaults suit tests)."""
+    `serve`'s web flags decide (the defaults suit tests). `exchanges` are the integrations that
+    probe and verify exchanges (default: every shipped one, signals/integrations.py): this is
+    the one place the exporter chooses them."""
     options = options or WebOptions()
     webhook_path = config.receiver.path
     quiet_malformed_requests()  # no client can put a header value (a token) into the log
@@ -382,6 +394,7 @@ def create_app(
     app[CONFIG] = config
     app[CONNECTION] = connection
     app[SECRETS] = secrets or Secrets()
+    app[EXCHANGES] = exchanges or default_registry()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     app[WEB_SECURITY] = options.security
     app[TELEMETRY_PATH] = options.telemetry_path

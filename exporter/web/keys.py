@@ -16,7 +16,7 @@ from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
-from exporter.signals.kraken.probe import ExchangeProbe
+from exporter.signals.exchange import Probe, Registry
 from exporter.web.exposition import MetricsExposition, RegistrySection
 from exporter.web.reload import Reloader
 from exporter.web.webconfig import WebSecurity
@@ -27,7 +27,9 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 POOL = web.AppKey("pool", asyncpg.Pool)
 DB_MONITOR = web.AppKey("db_monitor", DatabaseMonitor)
 SECRETS = web.AppKey("secrets", Secrets)
-PROBE = web.AppKey("probe", ExchangeProbe)
+# The exchange integrations, and the probe each probed exchange has (exporter/signals/exchange.py).
+EXCHANGES = web.AppKey("exchanges", Registry)
+PROBES = web.AppKey("probes", dict[str, Probe])
 RUNNERS = web.AppKey("runners", list[SnapshotRunner])
 BREAKERS = web.AppKey("breakers", BreakerStore)
 ACTION_WORKER = web.AppKey("action_worker", ActionWorker)

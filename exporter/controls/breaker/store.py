@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -117,6 +117,18 @@ class BreakerStore:
         decide = decide_force(target, actor, cause)
         outcome = await self._mutate(exchange, decide, fingerprint, db=db)
         return outcome.transitions[0] if outcome.transitions else None
+
+    async def force_locked(
+        self, connection: asyncpg.Connection, before: Snapshot, now: datetime, state: State,
+        actor: str, cause: str, fingerprint: str | None = None,
+    ) -> Snapshot:  # fmt: skip
+        """force_state for a caller that read and locked the row (`state()`) and the clock in
+        this transaction already: one decision reads each once. Returns the row as written."""
+        plan = Plan(before)
+        decide_force(state, actor, cause)(plan, now)
+        transitions = await self._write(connection, before, plan, now, fingerprint)
+        after_commit(lambda: self._announce(transitions))
+        return replace(plan.snapshot, version=before.version + (plan.snapshot != before))
 
     async def reset(
         self, exchange: str, actor: str, cause: str, *, db: Executor | None = None

@@ -1,4 +1,5 @@
-"""Live probe of the Kraken REST API, and the recovery checks the incident model runs.
+"""Live probe of the Kraken REST API, and the recovery checks the incident model runs; its results
+are the exchange-neutral ones of exporter/signals/exchange.py.
 
 A round calls SystemStatus, Ticker, Depth, Time (and Balance when keys are configured) one after
 the other, never in parallel: Kraken throttles public calls per IP, and that IP may be the one the
@@ -13,19 +14,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
+
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 from .outcomes import OUTCOMES, Outcome
-
-# Outcomes that mean the API did not answer: the evidence of an exchange being down. Rate limits
-# and auth errors are answers (the exchange is up and says no), judged separately.
-UNAVAILABLE: Final = frozenset(
-    {Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.SERVICE_UNAVAILABLE, Outcome.SERVER_ERROR}
-)
 
 # Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -86,64 +82,19 @@ class ProbeMetrics:
         for gauge in (self.up, self.consecutive_failures, self.last_success):
             gauge.labels(exchange)
 
-    def observe(self, endpoint: str, outcome: Outcome, seconds: float) -> None:
+    def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.duration.labels(self._exchange, endpoint).observe(seconds)
-        self.requests.labels(self._exchange, endpoint, outcome.value).inc()
+        self.requests.labels(self._exchange, endpoint, str(outcome)).inc()
 
     def set_status(self, status: str) -> None:
         for state in SYSTEM_STATUSES:
             self.status.labels(self._exchange, state).set(1 if state == status else 0)
 
 
-@dataclass(frozen=True)
-class CallResult:
-    endpoint: str
-    outcome: Outcome
-    value: Any = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """One probe round: `outcome` is success or the first failure; `status` None if unknown."""
-
-    ok: bool
-    outcome: str
-    calls: tuple[CallResult, ...]
-    status: str | None
-
-    @property
-    def available(self) -> bool:
-        """The API answered every call (its answer may still be an error)."""
-        return not any(c.outcome in UNAVAILABLE for c in self.calls)
-
-    @property
-    def rate_limited(self) -> bool:
-        return any(c.outcome is Outcome.RATE_LIMITED for c in self.calls)
-
-    @property
-    def auth_failed(self) -> bool:
-        """Our own credentials were refused: auth evidence, never availability."""
-        return any(c.outcome is Outcome.AUTH_ERROR for c in self.calls)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class RecoveryResult:
-    ok: bool
-    checks: tuple[Check, ...] = field(default_factory=tuple)
-
-
 class ExchangeProbe:
     """Probes one exchange, a round at a time, and keeps its metrics current.
 
-    The incident loop (exporter/runbook/incident.py) decides when the next round runs.
+    The incident loop (exporter/runbook/probing.py) decides when the next round runs.
 
     `exchange_up` means "the API answered every call"; whether Kraken accepts orders is the
     `status` state set (cancel_only keeps the API up but stops purchases), so alert on both.
@@ -232,7 +183,7 @@ class ExchangeProbe:
                 break
         failures = [c for c in done if c.outcome is not Outcome.SUCCESS]
         status = done[0].value if done[0].outcome is Outcome.SUCCESS else None
-        outcome = failures[0].outcome.value if failures else Outcome.SUCCESS.value
+        outcome = str(failures[0].outcome) if failures else Outcome.SUCCESS.value
         return RoundResult(not failures, outcome, tuple(done), status)
 
     async def _space(self, *, first: bool) -> None:
