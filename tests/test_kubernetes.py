@@ -193,3 +193,18 @@ def test_each_replica_reads_its_own_kraken_key() -> None:
     assert volumes["kraken"]["secret"]["secretName"] == f"{EXPORTER_JOB}-kraken"
     # The secret keys are valid Secret data keys (the docs' `kubectl create secret` makes them).
     assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", name) for name in files)
+
+
+def test_make_kubernetes_needs_only_what_make_run_installs(tmp_path: Path) -> None:
+    """A virtualenv with the run requirements only: `make kubernetes` installs nothing more."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / ".run-installed").touch()  # newer than the locks: what `make run` left
+    result = subprocess.run(
+        ["make", "--dry-run", "-C", str(REPO), "kubernetes", f"VENV={venv}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "requirements/test.txt" not in result.stdout and "pip install" not in result.stdout
+    assert "deploy/kubernetes/generate.py" in result.stdout
