@@ -11,7 +11,11 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
+.PHONY: help run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
+
+## help: list the targets (the default)
+help:
+	@awk '/^## [a-z-]+:/ { sub(/^## /, ""); split($$0, part, ": "); printf "  %-13s %s\n", part[1], substr($$0, length(part[1]) + 3); next } /^## / { sub(/^## /, ""); printf "  %-13s %s\n", "", $$0 }' $(MAKEFILE_LIST)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +49,12 @@ demo: $(RUN_STAMP)
 drill: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter drill $(ARGS)
 
+## lint: ruff check and format check
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench deploy grafana
 	$(BIN)/ruff format --check exporter tests bench deploy grafana
 
+## typecheck: mypy
 typecheck: $(STAMP)
 	$(BIN)/mypy exporter
 
@@ -81,16 +87,18 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -c requirements/test.txt -o requirements/image.txt
 
 ## dashboards: regenerate the generated dashboards in grafana/dashboards from grafana/*.py
-dashboards: $(STAMP)
+dashboards: $(RUN_STAMP)
 	$(BIN)/python grafana/generate.py
 
 ## slo-rules: regenerate alerts/slo.rules.yml from the objectives (the defaults; CONFIG=file for yours)
 slo-rules: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter slo-rules $(if $(CONFIG),--config.file=$(CONFIG))
 
-## kubernetes: regenerate deploy/kubernetes from alerts/, grafana/ and deploy/kubernetes.yml
+## kubernetes: regenerate deploy/kubernetes/manifests from alerts/, grafana/ and deploy/kubernetes/exporter.yml
+## (needs only what `make run` installs)
 kubernetes: dashboards
 	$(BIN)/python deploy/kubernetes/generate.py
 
+## clean: remove the virtualenvs and .data
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .data

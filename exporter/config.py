@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -401,17 +402,24 @@ class AdminConfig(_Model):
     impact_report_max_range: Duration = 31 * 86400.0
 
 
+# Where the shipped alerts' runbook_url points unless Prometheus' runbook_base_url overrides it.
+DEFAULT_RUNBOOK_BASE = "https://github.com/liquid-abt/liquid-abt-exporter/blob/main/docs/runbooks"
+
+
 class WebConfig(_Model):
     # Where the landing page's "Documentation" link points (the README and docs/ of this
     # exporter, as your team publishes them); without one the page names the files instead.
     docs_url: str | None = None
+    # The runbooks the landing page links each state and firing alert to: the base of the
+    # alerts' `runbook_url` (Prometheus' `runbook_base_url` external label, when you set one).
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE
 
-    @field_validator("docs_url")
+    @field_validator("docs_url", "runbook_base_url")
     @classmethod
-    def _http_url(cls, url: str | None) -> str | None:
+    def _http_url(cls, url: str | None, info: ValidationInfo) -> str | None:
         if url is not None and not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"invalid docs_url {url!r}: expected http(s)://host/path")
-        return url
+            raise ValueError(f"invalid {info.field_name} {url!r}: expected http(s)://host/path")
+        return url.rstrip("/") if url is not None and info.field_name == "runbook_base_url" else url
 
 
 # The multi-window, multi-burn-rate alerts (the Google SRE workbook's): the fastest burn the

@@ -452,7 +452,7 @@ async def test_hostile_bodies_are_refused_naming_the_problem(
 async def test_an_unknown_admin_path_is_a_json_404(client: TestClient) -> None:
     payload = await call(client, "GET", "/api/admin/circuit-breakers", status=404)
     assert payload["error"] == (
-        "no admin endpoint /api/admin/circuit-breakers: the README's Admin API section lists them"
+        "no admin endpoint /api/admin/circuit-breakers: docs/admin.md lists them"
     )
     assert (await call(client, "GET", "/api/admin", status=404))["error"].startswith("no admin")
 

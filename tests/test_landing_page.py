@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+import yaml
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -25,11 +26,14 @@ from exporter.database.embedded import free_port
 from exporter.database.pool import Connection
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
+from exporter.web.pages import alert_runbook
 from tests.admin_exporter import admin_config, running_exporter
-from tests.harness import REPO
+from tests.harness import REPO, RULE_FILES, wait_until
+from tests.test_docs_links import anchors
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 DOCS_URL = "https://docs.example.com/liquid-abt-exporter/"
+RUNBOOKS = "https://wiki.example.com/liquid-abt/runbooks"  # configured with a trailing /
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -84,6 +88,20 @@ INSERT INTO liquid_abt.retry_queue (purchase_id, exchange, amount_aud, next_atte
                                     enqueued_at)
 SELECT 'p' || n, 'kraken', 20, now() + interval '1 hour', now() - interval '10 minutes'
 FROM generate_series(1, 3) AS n;
+-- What Alertmanager reported: maintenance firing; an ExchangeApiDown that fired and resolved.
+INSERT INTO liquid_abt.notifications (fingerprint, status, starts_at, alertname, exchange, labels,
+                                      processed_at)
+VALUES ('fp-maintenance', 'firing', now() - interval '19 minutes', 'ExchangeMaintenance',
+        'kraken', '{"alertname": "ExchangeMaintenance", "exchange": "kraken"}', now()),
+       ('fp-down', 'firing', now() - interval '30 minutes', 'ExchangeApiDown', 'kraken',
+        '{"alertname": "ExchangeApiDown", "exchange": "kraken"}', now()),
+       ('fp-down', 'resolved', now() - interval '30 minutes', 'ExchangeApiDown', 'kraken',
+        '{"alertname": "ExchangeApiDown", "exchange": "kraken"}', now());
+-- 2 of 8 settled purchases failed in the last 15 minutes (a pending one does not count).
+INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, created_at)
+SELECT 't' || n, 50, CASE WHEN n <= 2 THEN 'failed' WHEN n = 9 THEN 'pending' ELSE 'completed' END,
+       CASE WHEN n <= 2 THEN 'Kraken API maintenance' END, now() - interval '5 minutes'
+FROM generate_series(1, 9) AS n;
 """
 
 
@@ -100,7 +118,7 @@ def exporter_url(
     pg_server_dsn: str, template_db: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """An exporter with no admin token, kraken in an outage held by an admin."""
-    config = admin_config(web={"docs_url": DOCS_URL})
+    config = admin_config(web={"docs_url": DOCS_URL, "runbook_base_url": RUNBOOKS + "/"})
     with running_exporter(pg_server_dsn, template_db, tmp_path_factory.mktemp("page"),
                           config_yaml=config, token=None) as running:  # fmt: skip
         asyncio.run(_arrange(running.dsn))
@@ -115,7 +133,11 @@ def cells(browser: webdriver.Chrome, exchange: str) -> list[str]:
 def test_the_landing_page_shows_each_exchange_s_state(
     browser: webdriver.Chrome, exporter_url: str
 ) -> None:
-    browser.get(f"{exporter_url}/")
+    def measured() -> bool:  # the purchases collector refreshes every second
+        browser.get(f"{exporter_url}/")
+        return cells(browser, "kraken")[1] == "25.0 %"
+
+    wait_until(measured, timeout=60, what="the page showing the failure ratio")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "landing-page.png"))
     assert browser.title == "LIQUID ABT exporter"
@@ -124,17 +146,22 @@ def test_the_landing_page_shows_each_exchange_s_state(
     assert browser.find_element(By.CSS_SELECTOR, "[role=alert]").text == (
         "Purchases paused on kraken."
     )
-    purchases, incident, breaker, rate, queue = cells(browser, "kraken")
+    purchases, ratio, incident, breaker, rate, queue, firing = cells(browser, "kraken")
     # Ages are floored to the minute: a slow machine may read a minute more.
     assert re.fullmatch(
-        r"paused\npaused 1[23] min ago\nmanual hold: an admin resumes them", purchases
+        r"paused\npaused 1[23] min ago\nmanual hold: an admin resumes them\nhow to resume",
+        purchases,
     )
+    assert ratio == "25.0 %"  # 2 failed of 8 settled, as liquid_abt_purchase_failure_ratio
     assert incident.splitlines() == ["down", "cause: maintenance",
-                                     "purchases stopped until recovery is verified"]  # fmt: skip
+                                     "purchases stopped until recovery is verified",
+                                     "runbook"]  # fmt: skip
     assert breaker.splitlines() == ["OPEN", "2 replicas see the API down", "held open by an admin"]
     assert rate == "100 %" and re.fullmatch(r"3 waiting\noldest 1[01] min ago", queue)
+    # The alert still firing, with its age; the resolved one is gone.
+    assert re.fullmatch(r"ExchangeMaintenance\nsince (19|20) min ago", firing), firing
     assert cells(browser, "independent_reserve") == [
-        "flowing", "normal", "CLOSED", "100 %", "empty",
+        "flowing", "0.0 %", "normal", "CLOSED", "100 %", "empty", "none",
     ]  # fmt: skip
 
 
@@ -150,6 +177,36 @@ def test_the_page_is_readable(browser: webdriver.Chrome, exporter_url: str) -> N
     )
     assert fits, "no sideways scrolling at 1280 pixels"
     assert browser.find_elements(By.TAG_NAME, "script") == [], "plain HTML, no JavaScript"
+
+
+def test_each_state_links_its_runbook_section(browser: webdriver.Chrome, exporter_url: str) -> None:
+    browser.get(f"{exporter_url}/")
+    row = browser.find_element(By.XPATH, "//tbody/tr[th[normalize-space()='kraken']]")
+    links = {a.text: a.get_attribute("href") for a in row.find_elements(By.TAG_NAME, "a")}
+    assert links == {
+        "how to resume": f"{RUNBOOKS}/exchange-api-failures.md#resume-purchases",
+        "runbook": f"{RUNBOOKS}/exchange-api-failures.md#exchangemaintenance",
+        "ExchangeMaintenance": f"{RUNBOOKS}/exchange-api-failures.md#exchangemaintenance",
+    }
+    # Each section exists in the shipped runbooks.
+    for href in links.values():
+        page, _, heading = href.removeprefix(RUNBOOKS + "/").partition("#")
+        assert heading in anchors(REPO / "docs" / "runbooks" / page), href
+
+
+def test_every_shipped_alert_links_the_runbook_its_rule_names() -> None:
+    """The page's alert -> runbook table agrees with each rule's runbook_url annotation."""
+    checked = 0
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule:
+                    continue
+                url = " ".join(rule["annotations"]["runbook_url"].split())
+                assert url.endswith("/" + str(alert_runbook(rule["alert"]))), rule["alert"]
+                checked += 1
+    assert checked > 20
+    assert alert_runbook("SomeoneElsesAlert") is None
 
 
 def test_the_links_lead_where_they_say(browser: webdriver.Chrome, exporter_url: str) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ import pytest
 
 from exporter.database.embedded import free_port
 from exporter.operator.commands import build_parser
-from tests.admin_exporter import RunningExporter, running_exporter
+from tests.admin_exporter import RunningExporter, admin_config, running_exporter
+from tests.harness import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +215,8 @@ def test_the_token_from_a_file_and_the_url_from_the_flag(
         (["status"], "",
          "error: no admin token: set LIQUID_ABT_ADMIN_TOKEN or LIQUID_ABT_ADMIN_TOKEN_FILE (the "
          "exporter's admin token)"),
-        (["impact-report", "--start", "yesterday"], None,
-         "error: start: not an ISO 8601 time: 'yesterday' (400)"),
+        (["impact-report", "--start", "2025-01-15T09:30:00"], None,
+         "error: start: add a time zone offset (Z or +10:00) to '2025-01-15T09:30:00' (400)"),
         (["status", "--exporter.url", "{url}/not-here"], None,
          "error: {url}/not-here answered 404 without the admin API's JSON: is this a "
          "liquid-abt-exporter?"),
@@ -231,6 +235,30 @@ def test_bad_flags_are_usage_errors(exporter: RunningExporter) -> None:
     result = admin(exporter, "breaker", "config", "kraken", "--recovery-timeout", "45")
     assert result.returncode == 2
     assert "argument --recovery-timeout: '45': give a unit, like 45s or 10m" in result.stderr
+    result = admin(exporter, "impact-report", "--start", "yesterday")
+    assert result.returncode == 2
+    assert ("argument --start: 'yesterday': give how long ago (90m, 2h, 3d) or an ISO 8601 time "
+            "with an offset (2025-01-15T09:30:00+10:00)") in result.stderr  # fmt: skip
+
+
+def test_flags_go_before_the_command_as_well_as_after_it(exporter: RunningExporter) -> None:
+    """`admin --exporter.url X status`: the URL before the command wins over the environment."""
+    env = {"LIQUID_ABT_EXPORTER_URL": "http://127.0.0.1:1"}
+    assert as_json(admin(exporter, "--exporter.url", exporter.url, "--json", "status", env=env))[
+        "version"]  # fmt: skip
+    # After the command it still works, and wins over a value given before it.
+    result = admin(exporter, "--exporter.url", "http://127.0.0.1:1", "status", "--json",
+                   "--exporter.url", exporter.url)  # fmt: skip
+    assert as_json(result)["version"]
+
+
+def test_a_long_range_is_refused_in_days_not_microseconds(exporter: RunningExporter) -> None:
+    result = admin(exporter, "impact-report", "--start", "40d")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: range too long: 40d from start to end, at most 31d "
+        "(admin.impact_report_max_range): split the report (400)\n"
+    )
 
 
 # ---- help ----
@@ -263,3 +291,90 @@ def test_help_names_where_the_token_and_the_url_come_from() -> None:
     assert "--json print the admin API's JSON answer as is, for scripts" in text
     description = " ".join(build_parser().description.split())
     assert "LIQUID_ABT_ADMIN_TOKEN or LIQUID_ABT_ADMIN_TOKEN_FILE" in description
+
+
+# ---- a pause that gets no answer in time ----
+
+
+@contextlib.contextmanager
+def kraken_controls_locked(dsn: str) -> Iterator[None]:
+    """Hold kraken's exchange_controls row (as a stuck replica would): a pause waits on it."""
+    locked, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            async with connection.transaction():
+                await connection.execute("INSERT INTO liquid_abt.exchange_controls (exchange) "
+                                         "VALUES ('kraken') ON CONFLICT DO NOTHING")  # fmt: skip
+                await connection.execute("SELECT 1 FROM liquid_abt.exchange_controls "
+                                         "WHERE exchange = 'kraken' FOR UPDATE")  # fmt: skip
+                locked.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await connection.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert locked.wait(30), "the row lock was not taken"
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def _pause_waiting(dsn: str) -> bool:
+    """A statement of the exporter waiting on a row lock (a row lock's wait is on the holder's
+    transaction, so pg_stat_activity shows it, not pg_locks' relation entries)."""
+    sql = ("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+           "AND wait_event_type = 'Lock' AND query LIKE '%exchange_controls%'")  # fmt: skip
+    return bool(query(RunningExporter(None, dsn, ""), sql))  # type: ignore[arg-type]
+
+
+def _pause_in_background(exporter: RunningExporter) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LIQUID_ABT_")}
+    environment |= {"LIQUID_ABT_EXPORTER_URL": exporter.url,
+                    "LIQUID_ABT_ADMIN_TOKEN": exporter.token}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "admin", "--exporter.timeout", "500ms", "pause",
+         "kraken", "--reason", "slow database"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+    )  # fmt: skip
+
+
+def test_a_timed_out_pause_that_committed_later_says_it_was_applied(
+    pg_server_dsn: str, template_db: str, tmp_path: Path
+) -> None:
+    # Locks wait long enough here for the pause to commit once the row is free.
+    config = admin_config(database={"statement_timeout": "20s", "lock_timeout": "15s"})
+    with running_exporter(pg_server_dsn, template_db, tmp_path, config_yaml=config) as slow:
+        with kraken_controls_locked(slow.dsn):
+            cli = _pause_in_background(slow)
+            wait_until(lambda: _pause_waiting(slow.dsn), timeout=60, what="the pause waiting")
+            # The CLI's 0.5 s started before the exporter got the request, which was before the
+            # wait showed: 1.5 s on, the CLI has given up. Then the row is released.
+            time.sleep(1.5)
+        stdout, stderr = cli.communicate(timeout=60)
+        assert (cli.returncode, stdout) == (1, ""), stderr
+        assert stderr == (
+            f"error: the exporter at {slow.url} did not answer within 0.5s, but the pause was "
+            "applied: purchases on kraken are paused (manual hold)\n"
+        )
+        [row] = query(
+            slow, "SELECT purchases_paused, manual_hold FROM liquid_abt.exchange_controls"
+        )
+        assert tuple(row) == (True, True)
+
+
+def test_a_timed_out_pause_that_failed_says_it_was_not_applied(exporter: RunningExporter) -> None:
+    ok(admin(exporter, "resume", "kraken"))
+    # The row stays locked past the exporter's lock_timeout (2 s): its pause fails.
+    with kraken_controls_locked(exporter.dsn):
+        cli = _pause_in_background(exporter)
+        stdout, stderr = cli.communicate(timeout=60)
+    assert (cli.returncode, stdout) == (1, ""), stderr
+    assert stderr == (
+        f"error: the exporter at {exporter.url} did not answer within 0.5s, and the pause was NOT "
+        "applied (6s later it still shows): run it again\n"
+    )

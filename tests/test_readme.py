@@ -1,7 +1,7 @@
-"""The README's shell blocks, run as written against `make demo`.
+"""The shell blocks of the README and of docs/, run as written against `make demo`.
 
-Every ```sh block of README.md carries a `<!-- readme-test: NAME -->` marker, and a test here
-runs it with bash and checks that it shows what the text around it promises. Blocks the tests
+Every ```sh block of README.md and docs/*.md carries a `<!-- readme-test: NAME -->` marker, and a
+test here runs it with bash and checks that it shows what the text around it promises. Blocks the tests
 cannot run (your database, the test suite itself) are fenced `console` or `text`. The demo is
 `make demo` with free ports and 1-second timing; the README's ports (9898, 9989, 9090, 9093) are
 replaced by the demo's, nothing else in a command changes.
@@ -31,6 +31,9 @@ from tests.harness import (
 from tests.helpers import parse_samples
 
 README = REPO / "README.md"
+# Where the walkthrough's blocks are: the README (the demo) and docs/ (scenarios, admin API, the
+# Kraken-compatible server). The runbooks' blocks are for a real platform and are not run.
+DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]
 SHELL = {"", "sh", "bash", "shell", "zsh"}  # an untagged block counts as shell: mark it
 ADMIN_TOKEN = "demo-admin-token"  # what the demo sets; the Admin API section says $ADMIN_TOKEN
 STEP = 120.0  # a bound on each wait on a loaded 2-core machine; typically a few seconds
@@ -55,6 +58,7 @@ EXERCISED = {
 
 @dataclass(frozen=True)
 class Block:
+    file: str  # relative to the repository
     line: int  # of the opening fence, 1-based
     language: str
     text: str
@@ -62,7 +66,12 @@ class Block:
 
 
 def readme_blocks() -> list[Block]:
-    lines = README.read_text().splitlines()
+    return [block for path in DOCUMENTS for block in _blocks(path)]
+
+
+def _blocks(path: Path) -> list[Block]:
+    lines = path.read_text().splitlines()
+    name = str(path.relative_to(REPO))
     blocks, i = [], 0
     while i < len(lines):
         opening = re.fullmatch(r"(\s*)```(\w*)\s*", lines[i])
@@ -73,7 +82,7 @@ def readme_blocks() -> list[Block]:
         indent = len(opening[1])
         marker = re.fullmatch(r"\s*<!-- readme-test: ([\w-]+) -->", lines[i - 1]) if i else None
         body = "\n".join(line[indent:] for line in lines[i + 1 : end])
-        blocks.append(Block(i + 1, opening[2], body, marker[1] if marker else None))
+        blocks.append(Block(name, i + 1, opening[2], body, marker[1] if marker else None))
         i = end + 1
     return blocks
 
@@ -85,7 +94,7 @@ def block(name: str) -> Block:
 
 def test_every_shell_block_is_run_here_or_marked_as_an_example() -> None:
     shell = [b for b in readme_blocks() if b.language in SHELL]
-    unmarked = [f"README.md:{b.line}" for b in shell if b.name is None]
+    unmarked = [f"{b.file}:{b.line}" for b in shell if b.name is None]
     assert unmarked == [], (
         "shell blocks no test runs: add a `<!-- readme-test: NAME -->` line before the fence and "
         "run it in tests/test_readme.py, or fence it as `console` (an example) or `text`"
@@ -98,6 +107,9 @@ def test_the_block_parser_finds_markers_and_indented_blocks() -> None:
     down = block("kraken-down")
     assert down.language == "sh" and down.text.startswith("curl -s -X POST localhost:9989/")
     assert block("make-demo").text.splitlines()[0].startswith("make demo ")
+    # The demo is the README's; the rest of the walkthrough may live in docs/.
+    assert {block(name).file for name in ("make-demo", "kraken-down", "story")} == {"README.md"}
+    assert block("scenario-slow").file == "docs/drills.md"
 
 
 # --- The demo --------------------------------------------------------------------------------
@@ -125,7 +137,7 @@ class Demo:
             capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
         )  # fmt: skip
         assert result.returncode == 0, (
-            f"README.md:{written.line} ({name}) exited {result.returncode}:\n{command}\n"
+            f"{written.file}:{written.line} ({name}) exited {result.returncode}:\n{command}\n"
             f"{result.stdout}{result.stderr}"
         )
         return result.stdout

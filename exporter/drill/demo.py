@@ -119,7 +119,10 @@ class Demo:
         if self.alertmanager is not None:
             interval = self.timing.interval
             self.prometheus = self.stack.prometheus(
-                [self.exporter.target], shortened_rules(self.folder / "rules", self.timing.alert_for),
+                [self.exporter.target], shortened_rules(
+                    self.folder / "rules", self.timing.alert_for,
+                    keep_firing_for=self.timing.alert_for, say_so=True,
+                ),
                 [self.alertmanager.url], scrape_interval=interval, evaluation_interval=interval,
                 port=self.ports["prometheus"],
             )  # fmt: skip

@@ -23,6 +23,10 @@ class AdminError(Exception):
     """A call that did not succeed; the message says why in one line."""
 
 
+class AdminTimeout(AdminError):
+    """No answer in time: the call may still have been carried out."""
+
+
 def admin_token() -> str:
     token = read_secret(TOKEN_ENV)
     if not token:
@@ -83,10 +87,10 @@ class AdminClient:
         except urllib.error.HTTPError as error:
             raise AdminError(self._refusal(error.code, error.read())) from None
         except TimeoutError:
-            raise AdminError(self._too_slow()) from None
+            raise AdminTimeout(self._too_slow()) from None
         except urllib.error.URLError as error:
             if isinstance(error.reason, TimeoutError):
-                raise AdminError(self._too_slow()) from None
+                raise AdminTimeout(self._too_slow()) from None
             if isinstance(error.reason, ssl.SSLCertVerificationError):
                 raise AdminError(self._untrusted(error.reason)) from None
             raise AdminError(self._unreachable(error.reason)) from None

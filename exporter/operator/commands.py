@@ -12,15 +12,18 @@ import argparse
 import json
 import os
 import sys
+import time
+from argparse import SUPPRESS
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from exporter.config import parse_duration
+from exporter.config import ConfigError, load_config, parse_duration
 from exporter.controls.retry_queue import QUEUE_STATUSES
 from exporter.labels import REASON_CLASSES
-from exporter.operator import render
+from exporter.operator import direct, render
 from exporter.operator.client import (
     CA_FILE_ENV,
     DEFAULT_URL,
@@ -28,21 +31,32 @@ from exporter.operator.client import (
     URL_ENV,
     AdminClient,
     AdminError,
+    AdminTimeout,
     admin_token,
     tls_context,
 )
 from exporter.secrets import SecretError
 
-Command = Callable[[AdminClient, argparse.Namespace], tuple[Any, str]]
+CONFIG_ENV = "LIQUID_ABT_CONFIG_FILE"
+
+Client = AdminClient | direct.DirectClient
+Command = Callable[[Client, argparse.Namespace], tuple[Any, str]]
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common(top: bool) -> argparse.ArgumentParser:
+    """The flags every command takes. They are accepted before the command too
+    (`admin --exporter.url X status`): the top-level copy holds the defaults, and each command's
+    copy defaults to SUPPRESS so that it never overwrites a value given before the command."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=None if top else SUPPRESS)
     url = os.environ.get(URL_ENV, DEFAULT_URL)
+
+    def default(value: Any) -> Any:
+        return value if top else SUPPRESS
+
     common.add_argument(
         "--exporter.url",
         dest="url",
-        default=url,
+        default=default(url),
         metavar="URL",
         help=f"the running exporter (env {URL_ENV}; default: {DEFAULT_URL})",
     )
@@ -50,14 +64,14 @@ def _common() -> argparse.ArgumentParser:
         "--exporter.timeout",
         dest="timeout",
         type=_seconds,
-        default=10.0,
+        default=default(10.0),
         metavar="DURATION",
         help="how long to wait for its answer (default: 10s)",
     )
     common.add_argument(
         "--exporter.ca-file",
         dest="ca_file",
-        default=os.environ.get(CA_FILE_ENV),
+        default=default(os.environ.get(CA_FILE_ENV)),
         metavar="FILE",
         help="PEM file of the CA that signed an https:// exporter's certificate, when it is not in "
         f"the system's trust store (env {CA_FILE_ENV}; default: the system's)",
@@ -75,7 +89,26 @@ def _common() -> argparse.ArgumentParser:
         help="the client certificate's private key (default: in the certificate file)",
     )
     common.add_argument(
-        "--json", action="store_true", help="print the admin API's JSON answer as is, for scripts"
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the admin API's JSON answer as is, for scripts",
+    )
+    common.add_argument(
+        "--database-url",
+        dest="database_url",
+        metavar="DSN",
+        help="no exporter running (every replica down): run status, pause and resume straight "
+        "against this PostgreSQL, in the admin API's audited transactions; the password comes "
+        "from DATABASE_PASSWORD or DATABASE_PASSWORD_FILE, the admin token is not needed",
+    )
+    common.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=default(os.environ.get(CONFIG_ENV)),
+        metavar="FILE",
+        help=f"with --database-url: the exporter's config file, for its exchanges and database "
+        f"timeouts (env {CONFIG_ENV}; default: the runbook defaults)",
     )
     return common  # fmt: skip
 
@@ -83,11 +116,12 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liquid-abt-exporter admin",
+        parents=[_common(top=True)],
         description="Read and change a running exporter's controls through its admin API. "
         f"The admin token comes from {TOKEN_HINT}.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common()
+    common = _common(top=False)
     _add_status(commands, common)
     _add_breaker(commands, common)
     _add_purchases(commands, common)
@@ -209,67 +243,124 @@ def _milliseconds(value: str) -> int:
 
 
 def _time(value: str) -> str:
-    """An ISO 8601 time as given, or a duration ago as an ISO 8601 time."""
+    """How long ago (90m, 2h, 3d) or an ISO 8601 time; `_at` turns it into a time."""
     try:
-        return (datetime.now(UTC) - timedelta(seconds=parse_duration(value))).isoformat()
+        parse_duration(value)
+        return value
     except ValueError:
-        return value  # the exporter checks it and says what is wrong
+        pass
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give how long ago (90m, 2h, 3d) or an ISO 8601 time with an offset "
+            "(2025-01-15T09:30:00+10:00)"
+        ) from None
+    return value  # the exporter checks the rest (an offset, the range) and says what is wrong
+
+
+def _at(value: str, now: datetime) -> str:
+    """`value` as an ISO 8601 time; a duration counts back from `now`, one `now` for --start and
+    --end, so `--start 40d` is a range of exactly 40 days."""
+    try:
+        return (now - timedelta(seconds=parse_duration(value))).isoformat()
+    except ValueError:
+        return value
 
 
 # ---- the commands: (JSON answer, text for a person) ----
 
 
-def _status(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _status(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.get("status")
     return answer, render.status(answer, render.now())
 
 
-def _force(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _force(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     body = _given(state=args.state, reason=args.reason)
     answer = client.post(f"circuit-breaker/{_path(args.exchange)}/force-state", body)
     return answer, render.transition(answer, args.exchange)
 
 
-def _reset(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _reset(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.post(
         f"circuit-breaker/{_path(args.exchange)}/reset", _given(reason=args.reason)
     )
     return answer, render.transition(answer, args.exchange)
 
 
-def _config(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _config(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     body = _given(failureThreshold=args.failure_threshold, recoveryTimeout=args.recovery_timeout,
                   monitoringWindow=args.monitoring_window, reason=args.reason)  # fmt: skip
     answer = client.patch(f"circuit-breaker/{_path(args.exchange)}/config", body)
     return answer, render.breaker_config(answer)
 
 
-def _pause(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _pause(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     body = _given(affectedExchange=args.exchange, reason=args.reason,
                   estimatedDuration=args.estimated_duration)  # fmt: skip
-    answer = client.post("purchases/pause", body)
+    try:
+        answer = client.post("purchases/pause", body)
+    except AdminTimeout as exc:
+        raise AdminError(_outcome(client, exc, args.exchange, paused=True)) from None
     return answer, render.paused(answer, render.now())
 
 
-def _resume(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
-    answer = client.post("purchases/resume", _given(exchange=args.exchange, reason=args.reason))
+def _resume(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    body = _given(exchange=args.exchange, reason=args.reason)
+    try:
+        answer = client.post("purchases/resume", body)
+    except AdminTimeout as exc:
+        raise AdminError(_outcome(client, exc, args.exchange, paused=False)) from None
     return answer, render.resumed(answer)
 
 
-def _retry_queue(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+# How long a call the client gave up on may still commit: the exporter's statements end within
+# `database.statement_timeout` (5 s by default), so after this the answer is final.
+PENDING_LIMIT = 6.0
+
+
+def _outcome(client: Client, timeout: AdminTimeout, exchange: str, *, paused: bool) -> str:
+    """After a pause or resume that got no answer in time: was it applied? The exporter may still
+    commit it after the client gave up, so ask until it shows or it no longer can, and say which."""
+    verb = "pause" if paused else "resume"
+    deadline = time.monotonic() + PENDING_LIMIT
+    while True:
+        try:
+            found = client.get("purchases/status")
+        except AdminError as exc:
+            return f"{timeout}; whether the {verb} was applied is unknown ({exc}): check `admin status`"
+        [state] = [e for e in found["exchanges"] if e["exchange"] == exchange] or [None]
+        if state is None:
+            return f"{timeout}; {exchange} is not in its purchases status: check `admin status`"
+        # An admin's pause is a manual hold; a pause by automation alone is not this one.
+        applied = state["paused"] and state["manualHold"] if paused else not state["paused"]
+        if applied:
+            now = "paused (manual hold)" if paused else "flowing"
+            return f"{timeout}, but the {verb} was applied: purchases on {exchange} are {now}"
+        if time.monotonic() >= deadline:
+            return (
+                f"{timeout}, and the {verb} was NOT applied "
+                f"({PENDING_LIMIT:g}s later it still shows): run it again"
+            )
+        time.sleep(0.5)
+
+
+def _retry_queue(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.get("retry-queue", exchange=args.exchange, status=args.status,
                         limit=args.limit, offset=args.offset)  # fmt: skip
     return answer, render.retry_queue(answer, render.now())
 
 
-def _impact(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
-    end = args.end or datetime.now(UTC).isoformat()
-    answer = client.get("impact-report", start=args.start, end=end, exchange=args.exchange,
+def _impact(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    now = datetime.now(UTC)
+    end = _at(args.end, now) if args.end else now.isoformat()
+    answer = client.get("impact-report", start=_at(args.start, now), end=end, exchange=args.exchange,
                         reason=args.reason)  # fmt: skip
     return answer, render.impact(answer)
 
 
-def _audit_log(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+def _audit_log(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.get("audit-log", exchange=args.exchange, beforeId=args.before_id,
                         limit=args.limit, offset=args.offset)  # fmt: skip
     return answer, render.audit_log(answer, render.now())
@@ -283,13 +374,27 @@ def _path(segment: str) -> str:
     return quote(segment, safe="")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+def _client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Client:
+    if args.database_url is None:
         context = tls_context(args.ca_file, args.cert_file, args.key_file)
-        client = AdminClient(args.url, admin_token(), args.timeout, context)
+        return AdminClient(args.url, admin_token(), args.timeout, context)
+    command = args.command
+    if command not in direct.DIRECT_COMMANDS:
+        parser.error(
+            f"--database-url: `{command}` needs a running exporter; with --database-url only "
+            f"{', '.join(direct.DIRECT_COMMANDS)} work"
+        )
+    config = load_config(Path(args.config_file) if args.config_file else None)
+    return direct.DirectClient(direct.connection(args.database_url), config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = _client(parser, args)
         answer, text = args.run(client, args)
-    except (AdminError, SecretError) as exc:
+    except (AdminError, SecretError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -5,11 +5,13 @@ serialises every decision on an exchange's outage state."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from exporter.config import Config
+from exporter.database.transactions import Executor
 
 OUTAGE_ACTIONS = {"open_breaker", "pause_purchases"}
 
@@ -80,3 +82,31 @@ async def still_firing(connection: asyncpg.Connection, exchange: str, names: lis
 async def resolved_already(connection: asyncpg.Connection, state: AlertState) -> bool:
     """Whether this firing state's resolution was recorded (a stale firing)."""
     return bool(await connection.fetchval(RESOLVED_ALREADY_SQL, state.fingerprint, state.starts_at))
+
+
+# Each alert (name) firing on an exchange by the recorded notifications, since its earliest
+# unresolved firing state: the same "no later resolution" rule as ACTIVE_SQL.
+FIRING_SQL = """
+SELECT f.exchange, f.alertname, min(f.starts_at) AS since
+FROM liquid_abt.notifications f
+WHERE f.status = 'firing' AND f.exchange = ANY($1::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM liquid_abt.notifications r
+      WHERE r.status = 'resolved' AND r.fingerprint = f.fingerprint AND r.starts_at >= f.starts_at)
+GROUP BY f.exchange, f.alertname
+ORDER BY since, f.alertname
+"""
+
+
+@dataclass(frozen=True)
+class FiringAlert:
+    alertname: str
+    since: datetime
+
+
+async def firing_alerts(db: Executor, exchanges: list[str]) -> dict[str, list[FiringAlert]]:
+    """The alerts Alertmanager last reported firing, per exchange, oldest first."""
+    found: dict[str, list[FiringAlert]] = {exchange: [] for exchange in exchanges}
+    for row in await db.fetch(FIRING_SQL, exchanges):
+        found[row["exchange"]].append(FiringAlert(row["alertname"], row["since"]))
+    return found

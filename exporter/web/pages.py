@@ -1,9 +1,11 @@
 """The pages a person or a load balancer reads: the landing page, liveness and readiness.
 
 The landing page shows the live state of each exchange (the admin status, trimmed by
-`public_view` to what /metrics already exposes), the version and the links an on-call engineer
-wants. Plain HTML and CSS, refreshed by the browser every few seconds; it needs no admin token and
-offers no actions.
+`public_view` to what /metrics already exposes), its failure ratio over 15 minutes, the alerts
+Alertmanager reported firing for it (names and since when, as anyone who reads Prometheus' ALERTS
+sees them), a runbook link for each state that has one, the version and the links an on-call
+engineer wants. Plain HTML and CSS, refreshed by the browser every few seconds; it needs no admin
+token and offers no actions.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from exporter import __version__
+from exporter.config import format_duration
 from exporter.database.pool import DATABASE_ERRORS
+from exporter.runbook.alert_states import firing_alerts
+from exporter.signals.collectors.base import SnapshotRunner
 from exporter.web.admin.status import exchange_status, public_view
-from exporter.web.keys import BREAKERS, CONFIG, DB_MONITOR, POOL
+from exporter.web.keys import BREAKERS, CONFIG, DB_MONITOR, POOL, RUNNERS
 
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS: Final = 10
+RATIO_WINDOW: Final = 15 * 60.0  # the window of the runbooks' failure-rate alerts
 STATUS_TIMEOUT: Final = 5.0  # the page answers even when the database does not
 
 STYLE: Final = """
@@ -49,6 +55,8 @@ tbody tr:last-child th, tbody tr:last-child td { border-bottom: none; }
 .banner.good { background: #dafbe1; border-color: var(--ok); }
 .banner.alarm { background: #ffebe9; border-color: var(--bad); }
 .note { margin-top: .75rem; }
+ul.alerts { margin: 0; padding-left: 1rem; } a.runbook { font-size: .9rem; }
+.badge, .nowrap { white-space: nowrap; }
 ul.links { padding-left: 1.2rem; } code { background: #eaeef2; padding: 0 .3rem; border-radius: 4px; }
 """
 
@@ -69,24 +77,54 @@ async def ready(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     view = await _public_status(request)
-    docs_url = request.app[CONFIG].web.docs_url
-    html = _page(view, docs_url, datetime.now(UTC))
+    web_config = request.app[CONFIG].web
+    html = _page(view, web_config.docs_url, datetime.now(UTC), web_config.runbook_base_url)
     return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def _public_status(request: web.Request) -> dict[str, Any] | None:
     """The public view of every exchange's state; None while the database does not answer."""
     app = request.app
+    exchanges = list(app[CONFIG].exchanges)
     try:
         async with asyncio.timeout(STATUS_TIMEOUT):
-            status = await exchange_status(app[POOL], app[CONFIG], app[BREAKERS], recent_actions=0)
+            status, firing = await asyncio.gather(
+                exchange_status(app[POOL], app[CONFIG], app[BREAKERS], recent_actions=0),
+                firing_alerts(app[POOL], exchanges),
+            )
     except DATABASE_ERRORS as exc:
         log.debug("landing page without state: database unavailable", extra={"error": str(exc)})
         return None
-    return public_view(status)
+    view = public_view(status)
+    ratios = failure_ratios(app.get(RUNNERS, []), RATIO_WINDOW)
+    for exchange in view["exchanges"]:
+        name = exchange["exchange"]
+        exchange["failureRatio"] = ratios.get(name)
+        exchange["firing"] = [
+            {"alertname": a.alertname, "since": a.since.isoformat()} for a in firing[name]
+        ]
+    return view
 
 
-def _page(view: dict[str, Any] | None, docs_url: str | None, now: datetime) -> str:
+def failure_ratios(runners: list[SnapshotRunner], window: float) -> dict[str, float]:
+    """`liquid_abt_purchase_failure_ratio{window}` per exchange from the purchases collector's
+    current snapshot, as /metrics serves it; empty before its first refresh or once expired."""
+    label = format_duration(window)
+    for runner in runners:
+        snapshot = runner.current(datetime.now(UTC).timestamp())
+        if runner.name != "purchases" or snapshot is None:
+            continue
+        return {
+            sample.labels["exchange"]: sample.value
+            for family in snapshot.families
+            if family.name == "liquid_abt_purchase_failure_ratio"
+            for sample in family.samples
+            if sample.labels.get("window") == label
+        }
+    return {}
+
+
+def _page(view: dict[str, Any] | None, docs_url: str | None, now: datetime, runbooks: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -96,7 +134,7 @@ def _page(view: dict[str, Any] | None, docs_url: str | None, now: datetime) -> s
 <p class="sub">Keeps Bitcoin purchases flowing: Prometheus exporter and Alertmanager webhook
 receiver. Version {escape(__version__)}.</p></div></header>
 <main>{_summary(view)}<h2>Exchanges</h2>
-{_exchanges(view, now)}
+{_exchanges(view, now, runbooks)}
 <p class="note">As of {now:%Y-%m-%d %H:%M:%S} UTC; this page refreshes every {REFRESH_SECONDS} s.
 Reasons, recent actions and the controls need the admin token:
 <code>liquid-abt-exporter admin status</code>.</p>
@@ -119,26 +157,30 @@ def _summary(view: dict[str, Any] | None) -> str:
     return f'<p class="banner alarm" role="alert">Purchases paused on {names}.</p>'
 
 
-def _exchanges(view: dict[str, Any] | None, now: datetime) -> str:
+def _exchanges(view: dict[str, Any] | None, now: datetime, runbooks: str) -> str:
     if view is None:
         return '<p class="note">No exchange state to show.</p>'
-    rows = "".join(_row(exchange, now) for exchange in view["exchanges"])
+    rows = "".join(_row(exchange, now, runbooks) for exchange in view["exchanges"])
+    window = format_duration(RATIO_WINDOW)
     return (
         '<div class="table"><table><thead><tr><th scope="col">Exchange</th>'
-        '<th scope="col">Purchases</th><th scope="col">Incident</th>'
-        '<th scope="col">Circuit breaker</th>'
-        '<th scope="col">API call rate</th><th scope="col">Retry queue</th></tr></thead>'
+        f'<th scope="col">Purchases</th><th scope="col">Failed ({window})</th>'
+        '<th scope="col">Incident</th><th scope="col">Circuit breaker</th>'
+        '<th scope="col">API call rate</th><th scope="col">Retry queue</th>'
+        '<th scope="col">Firing alerts</th></tr></thead>'
         f"<tbody>{rows}</tbody></table></div>"
     )
 
 
-def _row(exchange: dict[str, Any], now: datetime) -> str:
+def _row(exchange: dict[str, Any], now: datetime, runbooks: str) -> str:
     cells = (
-        _purchases(exchange["purchases"], now),
-        _incident(exchange["incident"]),
+        _purchases(exchange["purchases"], now, runbooks),
+        _ratio(exchange.get("failureRatio")),
+        _incident(exchange["incident"], runbooks),
         _breaker(exchange["breaker"]),
-        _rate(exchange["apiRateMultiplier"]),
+        _rate(exchange["apiRateMultiplier"], runbooks),
         _queue(exchange["retryQueue"], now),
+        _firing(exchange.get("firing", []), now, runbooks),
     )
     tds = "".join(f"<td>{cell}</td>" for cell in cells)
     return f'<tr><th scope="row">{escape(exchange["exchange"])}</th>{tds}</tr>'
@@ -152,13 +194,71 @@ def _detail(text: str) -> str:
     return f'<span class="detail">{escape(text)}</span>'
 
 
-def _purchases(purchases: dict[str, Any], now: datetime) -> str:
+def _purchases(purchases: dict[str, Any], now: datetime, runbooks: str) -> str:
     if not purchases["paused"]:
         return _badge("flowing", "ok")
     since = purchases["since"]
     when = f"paused {_ago(since, now)}" if since else "paused"
-    held = _detail("manual hold: an admin resumes them") if purchases["manualHold"] else ""
+    held = ""
+    if purchases["manualHold"]:
+        held = _detail("manual hold: an admin resumes them") + _runbook(
+            runbooks, "exchange-api-failures.md#resume-purchases", "how to resume"
+        )
     return _badge("paused", "bad") + _detail(when) + held
+
+
+def _ratio(ratio: float | None) -> str:
+    """The failure-rate alerts' measure: failed / settled purchases created in the window."""
+    if ratio is None:
+        return _detail("not measured yet")
+    tone = "bad" if ratio > 0.05 else "warn" if ratio > 0.03 else "ok"  # the runbook's 5 % / 3 %
+    return _badge(f"{ratio * 100:.1f} %", tone)
+
+
+# Which runbook section explains an incident, by its cause (labels.INCIDENT_CAUSES).
+INCIDENT_RUNBOOK: Final = {
+    "unavailable": "exchange-api-failures.md#exchangeapidown",
+    "alert": "exchange-api-failures.md#exchangeapidown",
+    "maintenance": "exchange-api-failures.md#exchangemaintenance",
+    "trading_restricted": "exchange-api-failures.md#exchangetradingrestricted",
+}
+# Which runbook file holds an alert's section (its heading is the alert's name in lower case), by
+# the name's prefix, longest first: the alerts' own runbook_url annotations agree (tested).
+ALERT_RUNBOOKS: Final = (
+    ("LiquidAbtExchangeIsolated", "exchange-api-failures.md"),
+    ("LiquidAbtPurchasesStopped", "exchange-api-failures.md"),
+    ("BitcoinPurchase", "bitcoin-purchase-failures.md"),
+    ("Exchange", "exchange-api-failures.md"),
+    ("LiquidAbt", "liquid-abt-exporter.md"),
+)
+
+
+def alert_runbook(alertname: str) -> str | None:
+    """`file.md#heading` of an alert's runbook section; None for an alert not shipped here."""
+    for prefix, page in ALERT_RUNBOOKS:
+        if alertname.startswith(prefix):
+            return f"{page}#{alertname.lower()}"
+    return None
+
+
+def _runbook(base: str, section: str, text: str = "runbook") -> str:
+    href = escape(f"{base}/{section}")
+    return f'<a class="runbook detail" href="{href}">{escape(text)}</a>'
+
+
+def _firing(alerts: list[dict[str, Any]], now: datetime, runbooks: str) -> str:
+    if not alerts:
+        return _detail("none")
+    items = []
+    for alert in alerts:
+        name, section = alert["alertname"], alert_runbook(alert["alertname"])
+        label = (
+            f'<a href="{escape(f"{runbooks}/{section}")}">{escape(name)}</a>'
+            if section else escape(name)
+        )  # fmt: skip
+        since = _detail(f"since {_ago(alert['since'], now)}")
+        items.append(f"<li>{label} {since}</li>")
+    return '<ul class="alerts">' + "".join(items) + "</ul>"
 
 
 INCIDENT: Final = {
@@ -172,10 +272,17 @@ INCIDENT: Final = {
 }
 
 
-def _incident(incident: dict[str, Any]) -> str:
-    text, tone, meaning = INCIDENT.get(incident["phase"], (incident["phase"], "warn", ""))
+def _incident(incident: dict[str, Any], runbooks: str) -> str:
+    phase = incident["phase"]
+    text, tone, meaning = INCIDENT.get(phase, (phase, "warn", ""))
     cause = _detail(f"cause: {incident['cause']}") if incident["cause"] else ""
-    return _badge(text, tone) + cause + (_detail(meaning) if meaning else "")
+    section = None
+    if phase == "probation":
+        section = "exchange-api-failures.md#recovery-verification"
+    elif phase != "normal":
+        section = INCIDENT_RUNBOOK.get(incident["cause"] or "", INCIDENT_RUNBOOK["unavailable"])
+    link = _runbook(runbooks, section) if section else ""
+    return _badge(text, tone) + cause + (_detail(meaning) if meaning else "") + link
 
 
 def _breaker(breaker: dict[str, Any]) -> str:
@@ -190,9 +297,12 @@ def _breaker(breaker: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _rate(multiplier: float) -> str:
+def _rate(multiplier: float, runbooks: str) -> str:
     percent = f"{multiplier * 100:g} %"
-    return escape(percent) if multiplier == 1 else _badge(percent, "warn") + _detail("lowered")
+    if multiplier == 1:
+        return f'<span class="nowrap">{escape(percent)}</span>'
+    section = "exchange-api-failures.md#exchangeapiratelimited"
+    return _badge(percent, "warn") + _detail("lowered") + _runbook(runbooks, section)
 
 
 def _queue(queue: dict[str, Any], now: datetime) -> str:

@@ -8,7 +8,6 @@ shipped inhibitions, and nowhere else.
 from __future__ import annotations
 
 import json
-import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -47,16 +46,42 @@ def rule_files(*, slo: bool = True) -> list[Path]:
     return sorted(p for p in alerts_dir().glob("*.rules.yml") if slo or p.name != SLO_RULES)
 
 
-def shortened_rules(folder: Path, alert_for: str) -> list[Path]:
+def shortened_rules(
+    folder: Path, alert_for: str, *, keep_firing_for: str | None = None, say_so: bool = False
+) -> list[Path]:
     """Copies of the shipped runbook rules in `folder` with every `for:` set to `alert_for`
-    (the SLO rules left out: see SLO_RULES)."""
+    (the SLO rules left out: see SLO_RULES). `keep_firing_for` cuts that too, so that a page
+    does not linger minutes after its evidence cleared (the demo, between scenarios); `say_so`
+    ends each changed alert's summary and description with what was cut, so that a text such as
+    "sustained for 10 minutes" does not mislead whoever reads the page."""
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
     for path in rule_files(slo=False):
+        document = yaml.safe_load(path.read_text())
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                _shorten(rule, alert_for, keep_firing_for, say_so)
         target = folder / path.name
-        target.write_text(re.sub(r"(\n\s+for:\s*)\S+", rf"\g<1>{alert_for}", path.read_text()))
+        target.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
         copies.append(target)
     return copies
+
+
+def _shorten(
+    rule: dict[str, Any], alert_for: str, keep_firing_for: str | None, say_so: bool
+) -> None:
+    changed = []
+    for key, value in (("for", alert_for), ("keep_firing_for", keep_firing_for)):
+        if value is None or key not in rule:
+            continue
+        if str(rule[key]) != value:
+            changed.append(f"{key} {value} instead of {rule[key]}")
+        rule[key] = value
+    annotations = rule.get("annotations", {})
+    if say_so and changed and "alert" in rule:
+        for key in ("summary", "description"):
+            if key in annotations:
+                annotations[key] = f"{annotations[key].rstrip()} (demo: {', '.join(changed)})"
 
 
 def webhook_alertmanager_config(

@@ -81,7 +81,7 @@ def _as_json(request: web.Request, exc: web.HTTPException) -> web.Response:
         message = f"{request.method} is not allowed on {request.path}: use {allowed}"
         return json_error(405, message, headers={"Allow": allowed})
     if isinstance(exc, web.HTTPNotFound):
-        message = f"no admin endpoint {request.path}: the README's Admin API section lists them"
+        message = f"no admin endpoint {request.path}: docs/admin.md lists them"
         return json_error(404, message)
     return json_error(exc.status, exc.text or exc.reason)
 

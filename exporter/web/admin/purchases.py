@@ -6,7 +6,8 @@ exporter.controls.pause; a manual pause is a hold that automation never lifts.
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
@@ -90,12 +91,21 @@ def _pool(request: web.Request) -> asyncpg.Pool:
 async def pause_purchases(request: web.Request) -> web.Response:
     body = await inputs.body(request, PauseBody)
     exchange = inputs.known_exchange(request, body.named)
+    answer = await pause_answer(_pool(request), exchange, body.reason, body.estimated_duration)
+    return web.json_response(answer)
+
+
+async def pause_answer(
+    pool: asyncpg.Pool, exchange: str, reason: str, estimated_duration: str | None
+) -> dict[str, Any]:
+    """An admin's pause (a manual hold) and its answer; `admin --database-url pause` runs this
+    same transaction when no exporter is up."""
     changed = await controls.pause(
-        _pool(request), exchange, reason=body.reason, estimated_duration=body.estimated_duration,
-        actor=ACTOR_ADMIN, cause=body.reason, manual=True,
+        pool, exchange, reason=reason, estimated_duration=estimated_duration,
+        actor=ACTOR_ADMIN, cause=reason, manual=True,
     )  # fmt: skip
-    status = await controls.status(_pool(request), exchange)
-    return web.json_response({"changed": changed, "status": status.as_json()})
+    status = await controls.status(pool, exchange)
+    return {"changed": changed, "status": status.as_json()}
 
 
 @routes.post("/purchases/resume")
@@ -103,12 +113,13 @@ async def resume_purchases(request: web.Request) -> web.Response:
     body = await inputs.body(request, ResumeBody)
     exchange = inputs.known_exchange(request, body.named)
     cause = body.reason or "manual resume through the admin API"
-    result = await controls.resume(
-        _pool(request), exchange, actor=ACTOR_ADMIN, cause=cause, manual=True
-    )
-    return web.json_response(
-        {"changed": result.changed, "message": result.message, "status": result.status.as_json()}
-    )
+    return web.json_response(await resume_answer(_pool(request), exchange, cause))
+
+
+async def resume_answer(pool: asyncpg.Pool, exchange: str, cause: str) -> dict[str, Any]:
+    """An admin's resume (lifting any hold) and its answer, for the API and `--database-url`."""
+    result = await controls.resume(pool, exchange, actor=ACTOR_ADMIN, cause=cause, manual=True)
+    return {"changed": result.changed, "message": result.message, "status": result.status.as_json()}
 
 
 @routes.get("/purchases/status")
@@ -150,6 +161,17 @@ def _check_range(params: ImpactQuery, max_range: float) -> None:
         raise bad_request(f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
     if (end - start).total_seconds() > max_range:
         raise bad_request(
-            f"range too long: {end - start} from start to end, at most "
+            f"range too long: {_span(end - start)} from start to end, at most "
             f"{format_duration(max_range)} (admin.impact_report_max_range): split the report"
         )
+
+
+def _span(span: timedelta) -> str:
+    """`40d`, `31d12h`: the range to the second (what a person typed), not to the microsecond."""
+    seconds = max(1, round(span.total_seconds()))
+    parts, rest = [], seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
