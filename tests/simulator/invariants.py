@@ -58,6 +58,9 @@ class Invariants:
     skip: frozenset[str] = frozenset()
     # Purchases an admin let flow again during an incident are the admin's call (KNOWN_GAPS).
     admin_release_exempts: bool = True
+    # Read the evidence with the production's judge here too, rather than trusting the verdict
+    # the core decided on: catches a core that misreads it, at the price of a second judge.
+    independent: bool = True
     phase: str = NORMAL  # the checker's own: normal, down, probation
     opened_at: float = 0.0
     failures: int = 0  # relapses and failed verifications, carried over like the core's
@@ -181,7 +184,8 @@ class Invariants:
             )
         if self.phase != NORMAL:
             self.paged.add(cause)
-            injected = {c for f in world.faults if f.start <= now and f.end >= lookback
+            since = self.opened_at - (now - lookback)
+            injected = {c for f in world.faults if f.start <= now and f.end >= since
                         for c in PAGE_CAUSES.get(f.kind, ())}  # fmt: skip
             if len(self.paged) > max(1, len(injected)):
                 self.fail(

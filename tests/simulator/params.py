@@ -42,9 +42,12 @@ class Params:
     alert_keep_firing: float = 180.0
     status_alert_delay: float = 90.0  # maintenance / trading restricted: `for: 1m` + the same
     auth_alert_delay: float = 90.0
-    # When a replica lets the platform's failing calls wake its loop (0: not at all, as shipped;
-    # the moonshot's proposal is measured with a value here, see bench/stop_times.py).
+    # Whether the platform's failing calls wake the replicas' loops for a round at once: not in
+    # the shipped code; the proposal bench/stop_times.py measures.
     platform_wakeup: bool = False
+    # Whether a round stops at its first unanswered call, 503 included (shipped: only timeouts,
+    # network errors and rate limits stop it, so a 503 round takes its 4 call spacings).
+    abort_on_unavailable: bool = False
 
     @classmethod
     def shipped(cls, config: Config | None = None, **world: Any) -> Params:

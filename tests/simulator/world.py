@@ -25,7 +25,14 @@ from exporter.runbook.evidence import Observation, PlatformCalls, Verdict, judge
 from exporter.runbook.incident import effects as fx
 from exporter.runbook.incident.state import NORMAL, Incident
 from exporter.signals.classify import ReasonClassifier
-from exporter.signals.exchange import AUTH_OUTCOMES, CallResult, Check, RecoveryResult, RoundResult
+from exporter.signals.exchange import (
+    AUTH_OUTCOMES,
+    UNAVAILABLE_OUTCOMES,
+    CallResult,
+    Check,
+    RecoveryResult,
+    RoundResult,
+)
 from exporter.signals.kraken.outcomes import Outcome, classify_error
 from tests.simulator.core import EPOCH, Core, decisions
 from tests.simulator.faults import Fault, Kind
@@ -72,14 +79,12 @@ def at(t: float) -> datetime:
     return EPOCH + timedelta(seconds=t)
 
 
-def seconds(when: datetime | None) -> float | None:
-    return None if when is None else (when - EPOCH).total_seconds()
-
-
 @dataclass
 class Replica:
     slot: int
-    generation: int = 0
+    generation: int = 0  # a restart is a new process, with a new name
+    scheduled: int = 0  # the round due next (a wake-up replaces it with an earlier one)
+    busy: bool = False  # in a round or a verification
 
     @property
     def name(self) -> str:
@@ -161,8 +166,11 @@ class World:
         self._seq = 0
         self.verdict: Verdict | None = None  # the checker's reading of the latest step
         starts = first_rounds or [self.rng.uniform(0, params.probe_interval) for _ in self.replicas]
+        self._woken = False
+        if params.platform_wakeup and params.purchase_rate > 0:
+            self._at(0.0, "platform_check")
         for replica, start in zip(self.replicas, starts, strict=True):
-            self._at(start, "round", replica.slot, replica.generation)
+            self._schedule_round(replica, start)
         for fault in self.faults:
             if fault.kind is Kind.RESTART:
                 self._at(fault.start, "restart", fault.replica)
@@ -245,7 +253,9 @@ class World:
             done.append(CallResult(endpoint, outcome, value))
             if outcome in AUTH_OUTCOMES:
                 self._auth_errors.append(t)
-            if outcome in _ABORTING:
+            if outcome in _ABORTING or (
+                self.p.abort_on_unavailable and outcome in UNAVAILABLE_OUTCOMES
+            ):
                 break
         failures = [c for c in done if c.outcome is not Outcome.SUCCESS]
         status = done[0].value if done[0].outcome is Outcome.SUCCESS else None
@@ -292,6 +302,8 @@ class World:
     def _platform_until(self, t: float) -> None:
         """The purchases made up to `t` (the pause only changes at steps, so this is exact).
         Only the latest calls can still be evidence, so a long stretch skips to them."""
+        if self.p.purchase_rate <= 0:
+            return  # no purchases: no platform evidence at all
         every = 1.0 / (self.p.purchase_rate * (0.5 if self.controls.rate_lowered else 1.0))
         start = self._platform_next
         if start > t:
@@ -370,7 +382,9 @@ class World:
     def _decide(self, replica: Replica | None, event: decisions.Event) -> decisions.Decision:
         name = replica.name if replica else "alertmanager"
         platform = self.platform()
-        self.verdict = self.judge(platform, name)
+        if self._woken and not platform.failing(self.p.platform_min_calls):
+            self._woken = False
+        self.verdict = self.judge(platform, name) if self.invariants.independent else None
         c = self.controls
         decision = self.core.decide(
             self.incident, at(self.now), event, tuple(self.live()), platform, c.breaker,
@@ -378,6 +392,8 @@ class World:
         )  # fmt: skip
         self.decision = decision
         self.incident = decision.incident
+        if self.verdict is None:
+            self.verdict = decision.verdict
         for effect in decision.effects:
             self.apply(effect)
         if replica is not None:
@@ -386,10 +402,15 @@ class World:
         self.invariants.after_step(self, event, decision)
         return decision
 
-    def _on_round(self, slot: int, generation: int) -> None:
+    def _schedule_round(self, replica: Replica, t: float) -> None:
+        replica.scheduled += 1
+        self._at(t, "round", replica.slot, replica.generation, replica.scheduled)
+
+    def _on_round(self, slot: int, generation: int, scheduled: int) -> None:
         replica = self.replicas[slot]
-        if replica.generation != generation:
-            return  # the process that scheduled it was restarted
+        if replica.generation != generation or replica.scheduled != scheduled:
+            return  # the process that scheduled it was restarted, or woken up since
+        replica.busy = True
         result, end = self.probe_round(slot, self.now)
         self._at(end, "round_end", slot, generation, result)
 
@@ -403,7 +424,8 @@ class World:
             check, end = self.recovery_check(slot, self.now)
             self._at(end, "verified", slot, generation, decision.lease.token, check)
             return
-        self._at(self.now + self._next_delay(result), "round", slot, generation)
+        replica.busy = False
+        self._schedule_round(replica, self.now + self._next_delay(result))
 
     def _next_delay(self, result: RoundResult) -> float:
         """probing.IncidentLoop._next_delay."""
@@ -420,12 +442,14 @@ class World:
             return  # died while verifying: the lease runs out
         self.record.verifications.append((self.now, result.ok))
         self._decide(replica, decisions.VerificationDone(token, result))
-        self._at(self.now + self.p.incident_interval, "round", slot, generation)
+        replica.busy = False
+        self._schedule_round(replica, self.now + self.p.incident_interval)
 
     def _on_restart(self, slot: int) -> None:
         replica = self.replicas[slot]
         replica.generation += 1  # a new name; the old row goes stale
-        self._at(self.now + self.p.restart_delay, "round", slot, replica.generation)
+        replica.busy = False
+        self._schedule_round(replica, self.now + self.p.restart_delay)
 
     def _on_hold(self, on: bool) -> None:
         """An admin: pause with a hold and force the breaker open; later resume and reset."""
@@ -437,6 +461,19 @@ class World:
             c.paused = c.pause_hold = False
             c.breaker, c.breaker_hold = State.CLOSED, False
         self.invariants.on_admin(self, on)
+
+    def _on_platform_check(self) -> None:
+        """The proposal measured by bench/stop_times.py (Params.platform_wakeup): once the
+        platform's latest calls fail, every idle replica that saw the exchange answer probes at
+        once instead of waiting out its 30 s interval."""
+        self._at(self.now + 1.0 / self.p.purchase_rate, "platform_check")
+        failing = self.platform().failing(self.p.platform_min_calls)
+        if failing and not self._woken:
+            for replica in self.replicas:
+                mine = self.observations.get(replica.name)
+                if not replica.busy and (mine is None or mine.available):
+                    self._schedule_round(replica, self.now)
+        self._woken = failing
 
     def _on_alert_check(self) -> None:
         self._alerts()
