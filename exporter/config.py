@@ -301,7 +301,7 @@ class BreakerConfig(_Model):
 
 
 class IncidentConfig(_Model):
-    """The incident model's patience (exporter/runbook/incident.py)."""
+    """The incident model's patience (exporter/runbook/incident/)."""
 
     # Health after a verified recovery before purchases resume (breaker closed, still paused).
     probation: Duration = 90.0

@@ -19,7 +19,7 @@ REASON_CLASSES: Final = (
 )
 
 BREAKER_STATES: Final = ("closed", "open", "half_open")
-# The incident model's phases (exporter/runbook/incident.py) and causes; "alert" is an incident
+# The incident model's phases (exporter/runbook/incident/) and causes; "alert" is an incident
 # opened by an Alertmanager notification nothing probed.
 INCIDENT_PHASES: Final = ("normal", "down", "probation")
 INCIDENT_CAUSES: Final = ("none", "unavailable", "maintenance", "trading_restricted", "alert")

@@ -17,6 +17,7 @@ from exporter.config import parse_config
 from exporter.controls import audit
 from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection
+from exporter.operator import render
 from exporter.secrets import Secrets
 from exporter.web.admin.status import (
     PUBLIC_FIELDS,
@@ -121,8 +122,27 @@ async def test_status_tells_every_exchange_s_state_in_one_call(
     assert reserve["retryQueue"] == {"queued": 0, "inProgress": 0, "failed": 0,
                                      "oldestWaitingSince": None, "nextAttemptAt": None}  # fmt: skip
     assert reserve["lastVerification"] is None and reserve["recentActions"] == []
-    assert reserve["incident"] == {"phase": "normal", "cause": None, "since": None, "relapses": 0,
-                                   "nextVerificationAt": None, "probationUntil": None}  # fmt: skip
+    assert reserve["incident"] == {"phase": "normal", "cause": None, "reason": None, "since": None,
+                                   "relapses": 0, "nextVerificationAt": None,
+                                   "probationUntil": None}  # fmt: skip
+
+
+async def test_status_says_why_purchases_stopped_in_words(
+    client: TestClient, db: asyncpg.Connection
+) -> None:
+    await incident(client, db)
+    words = "kraken refuses connections on 2 of 2 replicas for 18 s"
+    await audit.record(db, actor=audit.ACTOR_AUTOMATION, action="incident_opened",
+                       result="success", exchange="kraken",
+                       cause=f"{words}; evidence: 2 of 2 live replicas saw 2+ failed rounds in a "
+                             "row; replicas answered: 0; status: online")  # fmt: skip
+    answer = await call(client, "GET", "status")
+    kraken = answer["exchanges"][0]
+    assert kraken["incident"]["reason"] == words
+    screen = render.status(answer, datetime.fromisoformat(answer["at"]))
+    assert "incident down since" in screen and f": {words}, 1 relapse(s)" in screen
+    opened = re.search(rf"incident_opened +success +{words}$", screen, re.MULTILINE)
+    assert opened, "the CLI cuts the evidence, not why"
 
 
 async def test_status_writes_nothing(database: Connection, db: asyncpg.Connection) -> None:

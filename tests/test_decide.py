@@ -124,7 +124,7 @@ def of(decision: Decision, kind: type[Effect]) -> list:
     return [e for e in decision.effects if isinstance(e, kind)]
 
 
-# ---- stopping -------------------------------------------------------------------------------------
+# ---- stopping ------------------------------------------------------------------------------------
 
 
 def test_every_replica_refused_stops_purchases_with_the_cause_in_words() -> None:
@@ -235,7 +235,7 @@ def test_an_alert_without_open_breaker_only_pauses() -> None:
     assert of(decision, SetBreaker) == [] and len(of(decision, Pause)) == 1
 
 
-# ---- recovery ---------------------------------------------------------------------------------------
+# ---- recovery ------------------------------------------------------------------------------------
 
 
 def test_recovery_waits_for_the_recovery_timeout_then_verifies_under_a_lease() -> None:
@@ -379,7 +379,7 @@ def test_a_verification_outranks_automation_while_it_runs() -> None:
     assert world.breaker.state is State.HALF_OPEN
 
 
-# ---- the API rate -------------------------------------------------------------------------------------
+# ---- the API rate --------------------------------------------------------------------------------
 
 
 def test_rate_limits_lower_the_rate_once_and_quiet_restores_it() -> None:
@@ -418,7 +418,7 @@ def test_a_rate_alert_lowers_now_and_the_evidence_restores() -> None:
     assert [e.multiplier for e in of(world.decide(), SetApiRate)] == [1.0]
 
 
-# ---- words ---------------------------------------------------------------------------------------------
+# ---- words ---------------------------------------------------------------------------------------
 
 
 def test_durations_read_as_a_person_would_say_them() -> None:

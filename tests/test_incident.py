@@ -18,6 +18,7 @@ from exporter.config import parse_config
 from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection, create_pool
 from exporter.runbook.alert_states import AlertState
+from exporter.runbook.evidence import Observation, observe_round
 from exporter.runbook.incident import IncidentModel, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.recovery import verify
@@ -389,7 +390,7 @@ async def test_an_admin_hold_on_the_breaker_is_never_verified_away(
     assert await count(db, "breaker_force_state") == 0, "no refusal written per attempt"
 
 
-# ---- alerts as evidence ---------------------------------------------------------------------------
+# ---- alerts as evidence --------------------------------------------------------------------------
 
 
 def down_alert(fingerprint: str = "fp") -> AlertState:
@@ -423,7 +424,7 @@ async def test_an_alert_opens_when_nothing_probes(
     assert pause["fingerprint"] == "fp-1"
 
 
-# ---- atomic -------------------------------------------------------------------------------------------
+# ---- atomic --------------------------------------------------------------------------------------
 
 
 async def test_breaker_pause_and_retries_commit_together_or_not_at_all(
@@ -453,3 +454,51 @@ async def test_breaker_pause_and_retries_commit_together_or_not_at_all(
     current = await state(db)
     assert (current["phase"], current["breaker"], current["paused"]) == ("down", "open", True)
     assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 3
+
+
+# ---- the pure twins ------------------------------------------------------------------------------
+
+
+async def test_observe_round_is_the_sql_upsert_as_a_pure_function(
+    a: Replica, db: asyncpg.Connection
+) -> None:
+    previous = None
+    for result in (HEALTHY, DOWN, HANGING, MAINTENANCE, RATE_LIMITED, AUTH, DOWN, HEALTHY):
+        await a.sees(result)
+        row = await db.fetchrow(
+            "SELECT * FROM liquid_abt.probe_observations WHERE replica = 'replica-a'"
+        )
+        recorded = Observation.from_row(
+            {k: row[k] for k in Observation.__dataclass_fields__}  # type: ignore[arg-type]
+        )
+        expected = observe_round(previous, result, "replica-a", recorded.observed_at)
+        if previous is not None and previous.failing_since is not None and not result.available:
+            assert recorded.failing_since == previous.failing_since
+        assert recorded == expected
+        previous = recorded
+
+
+# ---- dry run -------------------------------------------------------------------------------------
+
+
+async def test_dry_run_records_what_it_would_do_once_and_changes_nothing(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await seed_failures(db)
+    config = CONFIG.model_copy(
+        update={"receiver": CONFIG.receiver.model_copy(update={"dry_run": True})}
+    )
+    lone = make_replica(pool, "replica-a", config)
+    await lone.sees(DOWN, 5)
+    current = await state(db)
+    assert (current["phase"], current["breaker"], current["paused"], current["rate"]) == (
+        "normal", "closed", False, 1.0,
+    )  # fmt: skip
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.incidents") == 0
+    assert await db.fetchval("SELECT count(*) FROM liquid_abt.retry_queue") == 0
+    dry = await db.fetch(
+        "SELECT action, cause FROM liquid_abt.audit_log WHERE result = 'dry_run' ORDER BY id"
+    )
+    assert [r["action"] for r in dry] == ["open_breaker", "pause_purchases", "queue_retries"]
+    assert dry[0]["cause"].startswith("kraken refuses connections on 1 of 1 replicas")
+    assert lone.actions.actions.labels("open_breaker", "dry_run")._value.get() == 1

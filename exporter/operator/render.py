@@ -110,8 +110,9 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
     name, purchases, incident = exchange["exchange"], exchange["purchases"], exchange["incident"]
     lines = [f"{name}:"]
     if incident["phase"] != "normal":
+        why = incident.get("reason") or incident["cause"]
         lines.append(f"  incident {incident['phase']} since {when(incident['since'], at)}: "
-                     f"{incident['cause']}, {incident['relapses']} relapse(s)")  # fmt: skip
+                     f"{why}, {incident['relapses']} relapse(s)")  # fmt: skip
     if incident["probationUntil"]:
         lines.append(f"  on probation until {when(incident['probationUntil'], at)}")
     if purchases["paused"]:

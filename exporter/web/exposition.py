@@ -6,7 +6,7 @@ that changes when its content does:
 
 - each collector's snapshot (signals/collectors/base.py): a new version per refresh;
 - the snapshot ages: a new version each second;
-- a registry of live metrics (the Kraken probe, the receiver, the actions, the breaker, the
+- a registry of live metrics (the exchange probes, the receiver, the actions, the breaker, the
   collectors' own metrics): a new version when told it changed (`changed()`: after a probe round,
   a refresh, a request that may have changed something) and at most `max_age` after anything else,
   which covers values that change on their own (`liquid_abt_db_up`, process metrics).

@@ -1,6 +1,6 @@
 """The circuit breaker of each exchange: one PostgreSQL row shared by the platform and all replicas.
 
-The breaker holds state only: the incident model (exporter/runbook/incident.py) decides when it
+The breaker holds state only: the incident model (exporter/runbook/incident/) decides when it
 opens (every live replica saw `failure_threshold` probe rounds in a row unanswered), when it goes
 HALF_OPEN (healthy for `recovery_timeout`: the recovery verification runs) and when it closes
 (verification passed); `monitoring_window` is its relapse window. `failure_count` / `call_count`

@@ -2,7 +2,7 @@
 
 Each records on a Plan what a force, a reset or a config change causes: the transitions, and the
 audit notes that are not transitions. Whether to force a state is the incident model's decision
-(exporter/runbook/incident.py) or an admin's; the breaker only keeps the state and its holds.
+(exporter/runbook/incident/) or an admin's; the breaker only keeps the state and its holds.
 """
 
 from __future__ import annotations

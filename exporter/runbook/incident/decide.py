@@ -183,8 +183,7 @@ def _tick(
         words = f"{incident.exchange} {verdict.reason}"
         incident = _open(
             incident, verdict.cause, words, verdict.detail, now, verdict.failing_since, breaker,
-            policy, effects,
-            replica=evidence.replica,
+            policy, effects, replica=evidence.replica,
         )  # fmt: skip
     elif incident.phase == DOWN:
         incident, lease = _while_down(incident, evidence, verdict, now, policy, effects)
@@ -213,8 +212,9 @@ def _outage_alert(
         words = f"{incident.exchange}: {firing}; no replica probes it"
     effects: list[Effect] = []
     incident = _open(
-        incident, cause, words, verdict.detail, now, None, evidence.breaker, policy, effects, fingerprint=event.fingerprint,
-        open_breaker=event.open_breaker and cause != TRADING_RESTRICTED, replica=evidence.replica,
+        incident, cause, words, verdict.detail, now, None, evidence.breaker, policy, effects,
+        fingerprint=event.fingerprint, replica=evidence.replica,
+        open_breaker=event.open_breaker and cause != TRADING_RESTRICTED,
     )  # fmt: skip
     return Decision(incident, tuple(effects), verdict)
 
@@ -300,9 +300,8 @@ def _while_on_probation(
 
 def _open(
     incident: Incident, cause: str, words: str, detail: str, now: datetime,
-    started_at: datetime | None,
-    breaker: Breaker, policy: Policy, effects: list[Effect], *, fingerprint: str | None = None,
-    open_breaker: bool | None = None, replica: str = "",
+    started_at: datetime | None, breaker: Breaker, policy: Policy, effects: list[Effect], *,
+    fingerprint: str | None = None, open_breaker: bool | None = None, replica: str = "",
 ) -> Incident:  # fmt: skip
     """Stop purchases: breaker OPEN, pause, queue retries, one commit with the audit.
 

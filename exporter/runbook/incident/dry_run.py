@@ -3,7 +3,8 @@
 The decisions are the same (decide.py knows nothing of dry run). The incident row it decides on is
 its own, in memory, started from the database's; every effect that is a runbook action becomes an
 audit entry with result `dry_run`, a `dry_run` count and a log line; nothing else is written (the
-probe rounds are still recorded: they are evidence, not actions).
+probe rounds are still recorded: they are evidence, not actions). The row in memory is this
+replica's: with several replicas in dry run, each records what it alone would have done.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from exporter.controls.breaker import ACTOR_AUTOMATION
 from exporter.database.transactions import after_commit
 from exporter.runbook.incident import store
 from exporter.runbook.incident.effects import Effect, StartVerification
-from exporter.runbook.incident.executor import Executor, _Applying, log
+from exporter.runbook.incident.executor import Applying, Executor, log
 from exporter.runbook.incident.state import Incident
 
 
@@ -34,7 +35,7 @@ class DryRunExecutor(Executor):
     async def _save(self, connection: asyncpg.Connection, incident: Incident) -> None:
         self._incidents[incident.exchange] = incident
 
-    async def _do(self, connection: asyncpg.Connection, applying: _Applying, effect: Effect) -> str:
+    async def _do(self, connection: asyncpg.Connection, applying: Applying, effect: Effect) -> str:
         if isinstance(effect, StartVerification) or effect.action is None:
             return "dry_run"  # a lease is only in memory; audit entries, logs: nothing to write
         cause = getattr(effect, "cause", None)

@@ -16,7 +16,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -56,7 +56,7 @@ log = logging.getLogger("exporter.runbook.incident")
 
 
 @dataclass
-class _Applying:
+class Applying:
     """What one decision's effects change as they are applied: the breaker row."""
 
     exchange: str | None
@@ -105,7 +105,7 @@ class Executor:
         snapshot = await self._breakers.state(connection, exchange)
         evidence = await self._evidence(connection, exchange, event, snapshot, now)
         decision = decide(incident, evidence, now, self._policy(exchange))
-        applying = _Applying(exchange, snapshot, now)
+        applying = Applying(exchange, snapshot, now)
         for effect in decision.effects:
             await self._apply(connection, applying, effect)
         if decision.incident != incident:
@@ -118,7 +118,7 @@ class Executor:
     ) -> None:
         """Apply effects that are not an incident decision (an alert's own runbook action, such
         as queueing retries for a high failure rate), the same way, dry run included."""
-        applying = _Applying(exchange, None, None)
+        applying = Applying(exchange, None, None)
         for effect in effects:
             await self._apply(connection, applying, effect)
 
@@ -150,14 +150,14 @@ class Executor:
     # -- the effects --
 
     async def _apply(
-        self, connection: asyncpg.Connection, applying: _Applying, effect: Effect
+        self, connection: asyncpg.Connection, applying: Applying, effect: Effect
     ) -> None:
         result = await self._do(connection, applying, effect)
         action = effect.action
         if action is not None:
             after_commit(lambda: self._actions.actions.labels(action, result).inc())
 
-    async def _do(self, connection: asyncpg.Connection, applying: _Applying, effect: Effect) -> str:
+    async def _do(self, connection: asyncpg.Connection, applying: Applying, effect: Effect) -> str:
         """Apply one effect; returns its result for the action counter."""
         exchange = applying.exchange
         match effect:
@@ -222,10 +222,15 @@ class Executor:
                     exchange, effect.ended_at,
                 )  # fmt: skip
             case BreakerEvidence():
-                assert exchange
-                await self._breakers.record_evidence(
-                    connection, exchange, (effect.failing, effect.voters, effect.failing_since,
-                                           effect.last_failure_at, effect.last_success_at),
+                assert exchange and applying.snapshot is not None
+                evidence = (effect.failing, effect.voters, effect.failing_since,
+                            effect.last_failure_at, effect.last_success_at)  # fmt: skip
+                await self._breakers.record_evidence(connection, exchange, evidence)
+                # A transition later in this decision writes the row from this snapshot.
+                applying.snapshot = replace(
+                    applying.snapshot, failure_count=effect.failing, call_count=effect.voters,
+                    window_started_at=effect.failing_since,
+                    last_failure_at=effect.last_failure_at, last_success_at=effect.last_success_at,
                 )  # fmt: skip
             case Log():
                 line = effect

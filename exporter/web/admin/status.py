@@ -40,19 +40,20 @@ async def exchange_status(
     """The status of every configured exchange; `recent_actions=0` skips the audit log read
     (the landing page, which does not show them)."""
     exchanges = list(config.exchanges)
-    breaker, pause, queue, recent, incidents = await asyncio.gather(
+    breaker, pause, queue, recent, incidents, reasons = await asyncio.gather(
         breakers.peek_all(),
         controls.statuses(pool, exchanges),
         retry_queue.summaries(pool, exchanges),
         _recent(pool, exchanges, recent_actions),
         read_incidents(pool, exchanges),
+        _reasons(pool, exchanges),
     )
     return {
         "version": __version__,
         "at": datetime.now(UTC).isoformat(),
         "dryRun": config.receiver.dry_run,
         "exchanges": [
-            _one(name, b, p, q, incidents[name], recent[name])
+            _one(name, b, p, q, incidents[name], recent[name], reasons.get(name))
             for name, b, p, q in zip(exchanges, breaker, pause, queue, strict=True)
         ],
     }
@@ -66,6 +67,21 @@ async def _recent(
     return await audit.latest_by_exchange(pool, exchanges, limit=limit)
 
 
+# Why each exchange's incident opened (or last relapsed), in words: its audit entry's cause
+# before the evidence.
+_REASONS_SQL: Final = """
+SELECT x.name, split_part(e.cause, '; evidence: ', 1) AS reason
+  FROM unnest($1::text[]) AS x(name)
+ CROSS JOIN LATERAL (
+     SELECT cause FROM liquid_abt.audit_log
+      WHERE exchange = x.name AND action IN ('incident_opened', 'incident_relapsed')
+      ORDER BY id DESC LIMIT 1) AS e"""
+
+
+async def _reasons(pool: asyncpg.Pool, exchanges: list[str]) -> dict[str, str]:
+    return {row["name"]: row["reason"] for row in await pool.fetch(_REASONS_SQL, exchanges)}
+
+
 def _one(
     name: str,
     breaker: dict[str, Any],
@@ -73,6 +89,7 @@ def _one(
     queue: retry_queue.QueueSummary,
     incident: tuple[Incident, dict[str, Any] | None],
     recent: list[dict[str, Any]],
+    reason: str | None = None,
 ) -> dict[str, Any]:
     purchases = pause.as_json()
     del purchases["exchange"]
@@ -80,7 +97,7 @@ def _one(
     model, last = incident
     return {
         "exchange": name,
-        "incident": _incident(model),
+        "incident": _incident(model, reason),
         "breaker": breaker,
         "purchases": purchases,
         "apiRateMultiplier": rate,
@@ -90,12 +107,13 @@ def _one(
     }
 
 
-def _incident(model: Incident) -> dict[str, Any]:
+def _incident(model: Incident, reason: str | None) -> dict[str, Any]:
     """The incident model's view: phase normal, down (purchases stopped) or probation (verified,
-    purchases resume after a period of health)."""
+    purchases resume after a period of health); `reason` is its cause in words."""
     return {
         "phase": model.phase,
         "cause": model.cause,
+        "reason": reason if model.phase != "normal" else None,
         "since": _iso(model.started_at),
         "relapses": model.relapses,
         "nextVerificationAt": _iso(model.next_attempt_at),
