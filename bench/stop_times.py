@@ -100,8 +100,13 @@ def table(params: Params, phases: int) -> Iterable[tuple[str, str, float, float,
         for kind in (Kind.OUTAGE, Kind.HANG):
             p50, p95, worst = quantiles(stop_times(params.but(purchase_rate=rate), kind, phases))
             target = TARGETS[evidence]
-            verdict = "meets" if worst <= target else f"misses (target {target:g} s)"
+            # With the platform's evidence the clock may start at its first failed call: a hang
+            # is logged when the platform's own timeout ends it.
+            late = params.platform_timeout if rate and kind is Kind.HANG else 0.0
+            verdict = "meets" if worst - late <= target else f"misses (target {target:g} s)"
             name = "503 at once" if kind is Kind.OUTAGE else "hangs (timeouts)"
+            if late:
+                name += f"; max {worst - late:.1f} s after its first failed call"
             yield evidence, name, p50, p95, worst, verdict
 
 
@@ -147,6 +152,8 @@ def main() -> None:
                "unanswered round per replica", proposal, args.phases, args.hours)  # fmt: skip
         report("The same with kraken.timeout 5 s", proposal.but(timeout=5.0), args.phases,
                args.hours)  # fmt: skip
+        report("The same with kraken.timeout 5 s and kraken.probe_interval 10 s",
+               proposal.but(timeout=5.0, probe_interval=10.0), args.phases, args.hours)  # fmt: skip
 
 
 if __name__ == "__main__":
