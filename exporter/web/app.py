@@ -317,7 +317,6 @@ def _security_middleware(options: WebOptions, webhook_path: str, admin_token: st
             verdict = await options.security.authenticate(
                 request.headers.get("Authorization"),
                 queued=connection.set_waiting if connection is not None else None,
-                alive=connection.alive if connection is not None else None,
             )
             if verdict is Verdict.BUSY:
                 return busy()

@@ -145,12 +145,13 @@ class QuietRequestHandler(RequestHandler):
         return quiet
 
 
-# Who goes first when the connection limit needs room: connections that have not shown they are
-# worth keeping (idle before a first good answer, in a TLS handshake, or waiting for a password
-# check), then requests still receiving their body (oldest first), then idle keep-alive
-# connections that were answered well before: the real scraper's.
-UNTRUSTED, RECEIVING, TRUSTED = "untrusted", "receiving", "trusted"
-EVICTION_ORDER = (UNTRUSTED, RECEIVING, TRUSTED)
+# Who goes first when the connection limit needs room, oldest first in each tier: idle
+# connections whose last answer was an error (a wrong password: 401), then those that have not
+# shown yet they are worth keeping (new, in a TLS handshake, sending headers, or waiting for a
+# password check), then requests still receiving their body, then idle keep-alive connections
+# that were answered well before: the real scraper's.
+REFUSED, UNTRUSTED, RECEIVING, TRUSTED = "refused", "untrusted", "receiving", "trusted"
+EVICTION_ORDER = (REFUSED, UNTRUSTED, RECEIVING, TRUSTED)
 
 
 class Connection(asyncio.Protocol):
@@ -172,6 +173,7 @@ class Connection(asyncio.Protocol):
         self.tier: str | None = None
         self.in_flight = 0
         self.trusted = False  # a request on it was answered with a status below 400
+        self.refused = False  # its last answer was 400 or more
         self.waiting = False  # its request waits for a password check
         self._body: StreamReader | None = None  # the body still arriving
         self._started = False  # aiohttp's protocol has the connection
@@ -268,7 +270,8 @@ class Connection(asyncio.Protocol):
 
     def request_finished(self, status: int | None) -> None:
         self.in_flight -= 1
-        if status is not None and status < 400:
+        self.refused = status is None or status >= 400
+        if not self.refused:
             self.trusted = True
         if self.in_flight == 0:
             self._body = None
@@ -297,7 +300,9 @@ class Connection(asyncio.Protocol):
 
     def _tier(self) -> str | None:
         if self.in_flight == 0:
-            return TRUSTED if self.trusted else UNTRUSTED
+            if self.trusted:
+                return TRUSTED
+            return REFUSED if self.refused else UNTRUSTED
         if self.waiting:
             return UNTRUSTED
         if self._body is not None:

@@ -236,6 +236,7 @@ class WebSecurity:
         # bcrypt is slow on purpose: run it off the event loop, a few at a time.
         self._bcrypt_slots = asyncio.Semaphore(2)
         self._queued = 0
+        self._pending: dict[bytes, asyncio.Future[bool]] = {}
         self._max_queued = max_queued
         self._listening: ssl.SSLContext | None = None
 
@@ -263,10 +264,9 @@ class WebSecurity:
         header: str | None,
         *,
         queued: Callable[[bool], None] | None = None,
-        alive: Callable[[], bool] | None = None,
     ) -> Verdict:
-        """Checks basic auth credentials. `queued(True/False)` is told when the check waits for
-        bcrypt (the connection may be closed meanwhile), `alive()` is asked before bcrypt runs."""
+        """Checks basic auth credentials. `queued(True/False)` is told while the check waits for
+        bcrypt (the connection may be closed meanwhile to make room)."""
         user, password = _basic_credentials(header)
         if user is None or password is None:
             return Verdict.DENIED
@@ -279,28 +279,40 @@ class WebSecurity:
         if digest in self._refused:
             self._refused.move_to_end(digest)
             return Verdict.DENIED
-        if self._queued >= self._max_queued:
-            return Verdict.BUSY
-        self._queued += 1
+        pending = self._pending.get(digest)
+        if pending is None:
+            if self._queued >= self._max_queued:
+                return Verdict.BUSY
+            # The same attempt from many connections at once is checked once.
+            self._queued += 1
+            pending = asyncio.ensure_future(self._check(config, user, password, hashed, digest))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
         if queued is not None:
             queued(True)
         try:
+            ok = await asyncio.shield(pending)
+        finally:
+            if queued is not None:
+                queued(False)
+        return Verdict.ALLOWED if ok else Verdict.DENIED
+
+    async def _check(
+        self, config: WebConfig, user: str, password: bytes, hashed: bytes | None, digest: bytes
+    ) -> bool:
+        try:
             async with self._bcrypt_slots:
-                if alive is not None and not alive():
-                    return Verdict.DENIED  # its client is gone: nobody to answer
                 # Unknown users are checked against a dummy hash too: timing reveals no names.
                 ok = await asyncio.to_thread(_checkpw, password, hashed or _dummy_hash())
         finally:
             self._queued -= 1
-            if queued is not None:
-                queued(False)
-        if self.config is not config:  # reloaded meanwhile: remember nothing
-            return Verdict.ALLOWED if ok and hashed is not None else Verdict.DENIED
-        if ok and hashed is not None:
-            _remember(self._verified, digest, self._cache_size)
-            return Verdict.ALLOWED
-        _remember(self._refused, digest, self._failure_cache_size)
-        return Verdict.DENIED
+        ok = ok and hashed is not None
+        if self.config is config:  # not reloaded meanwhile
+            if ok:
+                _remember(self._verified, digest, self._cache_size)
+            else:
+                _remember(self._refused, digest, self._failure_cache_size)
+        return ok
 
 
 def _remember(cache: OrderedDict[bytes, None], digest: bytes, size: int) -> None:
