@@ -115,7 +115,8 @@ async def _slow_body_client(
                 writer.write(b" ")
                 await writer.drain()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(reader.read(4096), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await reader.read(4096)
         except OSError:
             pass
         writer.close()
@@ -138,10 +139,11 @@ async def flood(args: argparse.Namespace) -> Counter[str]:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("flooding", flush=True)  # the tests wait for this line
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), args.seconds)
+        async with asyncio.timeout(args.seconds):
+            await stop.wait()
     for task in clients:
         task.cancel()
-    await asyncio.gather(*clients, return_exceptions=True)
+    await asyncio.wait(clients, timeout=5)
     return tally
 
 
@@ -168,17 +170,28 @@ def stop_flood(process: subprocess.Popen[str]) -> dict[str, int]:
 
 
 class Scraper:
-    """GET /metrics, as Prometheus does (kept alive), or on a new connection each time."""
+    """GET /metrics, as Prometheus does (kept alive), or on a new connection each time; from
+    `source` (127.0.0.2: another address than the flood's, as Prometheus is another host)."""
 
-    def __init__(self, port: int, headers: dict[str, str], context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        port: int,
+        headers: dict[str, str],
+        context: ssl.SSLContext | None,
+        source: str | None = "127.0.0.2",
+    ) -> None:
         self.port, self.headers, self.context = port, headers, context
+        self.source = (source, 0) if source else None
         self._conn: http.client.HTTPConnection | None = None
+        self.errors: list[str] = []  # why each failed scrape failed
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.context is None:
-            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            return http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=10, source_address=self.source
+            )
         return http.client.HTTPSConnection(
-            "127.0.0.1", self.port, timeout=10, context=self.context
+            "127.0.0.1", self.port, timeout=10, context=self.context, source_address=self.source
         )
 
     def scrape(self, keep_alive: bool) -> float | None:
@@ -190,7 +203,12 @@ class Scraper:
             response = conn.getresponse()
             body = response.read()
             ok = response.status == 200 and b"liquid_abt_build_info" in body
-        except (OSError, http.client.HTTPException):
+            if not ok:
+                self.errors.append(f"HTTP {response.status}: {body[:80]!r}")
+        except (OSError, http.client.HTTPException) as exc:
+            self.errors.append(
+                f"{type(exc).__name__}: {exc} after {time.monotonic() - started:.1f}s"
+            )
             ok = False
         if keep_alive and ok:
             self._conn = conn

@@ -429,8 +429,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise too_large
             chunks.append(chunk)
-    except ConnectionError:  # the client went, or the connection was closed to make room
-        raise BodyError(400, "invalid", "connection closed before the body was complete") from None
+    except (ConnectionError, RuntimeError) as exc:
+        # aiohttp says "Connection closed." with a RuntimeError: the client went, or the
+        # connection was closed to make room or at the body timeout. Nobody reads the answer.
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        raise BodyError(400, "invalid", "connection closed before the body was complete") from exc
     except web.RequestPayloadError:
         encoding = _shorten(request.headers.get("Content-Encoding", "identity"), 40)
         raise BodyError(

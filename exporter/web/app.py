@@ -320,11 +320,19 @@ def _security_middleware(options: WebOptions, webhook_path: str, admin_token: st
             )
             if verdict is Verdict.BUSY:
                 return busy()
+            if verdict is Verdict.DENIED_AGAIN and connection is not None:
+                # A client repeating a refused password waits, on a connection that is the first
+                # to go when the limit needs room: a flood of them runs at a second a request.
+                connection.set_refusing(True)
+                await asyncio.sleep(REPEATED_DENIAL_DELAY)
             if verdict is not Verdict.ALLOWED:
                 return unauthorized()
         return await handler(request)
 
     return security
+
+
+REPEATED_DENIAL_DELAY = 1.0
 
 
 def _reload_refused(token_set: bool) -> web.Response:

@@ -14,13 +14,14 @@ are logged once per burst.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import signal
 import socket
 import ssl
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -169,12 +170,14 @@ class Connection(asyncio.Protocol):
         self._inner = inner
         self._tls = tls
         self.role = role
+        self.peer = "unknown"  # the client's address
         self.transport: asyncio.Transport | None = None
         self.tier: str | None = None
         self.in_flight = 0
         self.trusted = False  # a request on it was answered with a status below 400
         self.refused = False  # its last answer was 400 or more
         self.waiting = False  # its request waits for a password check
+        self.refusing = False  # its request is being refused, slowly (a repeated wrong password)
         self._body: StreamReader | None = None  # the body still arriving
         self._started = False  # aiohttp's protocol has the connection
         self._lost = False
@@ -185,6 +188,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol, forwarded to aiohttp ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         if not self._pool.admit(self):
             if self._tls is None:  # a TLS client could not read a plain-text answer
                 transport.write(BUSY_RESPONSE)  # type: ignore[attr-defined]
@@ -271,11 +276,16 @@ class Connection(asyncio.Protocol):
     def request_finished(self, status: int | None) -> None:
         self.in_flight -= 1
         self.refused = status is None or status >= 400
+        self.refusing = False
         if not self.refused:
             self.trusted = True
         if self.in_flight == 0:
             self._body = None
             self._cancel_body_deadline()
+        self._place()
+
+    def set_refusing(self, refusing: bool) -> None:
+        self.refusing = refusing
         self._place()
 
     def set_waiting(self, waiting: bool) -> None:
@@ -303,6 +313,8 @@ class Connection(asyncio.Protocol):
             if self.trusted:
                 return TRUSTED
             return REFUSED if self.refused else UNTRUSTED
+        if self.refusing:
+            return REFUSED
         if self.waiting:
             return UNTRUSTED
         if self._body is not None:
@@ -353,6 +365,7 @@ class Connections:
         self._tiers: dict[str, OrderedDict[Connection, None]] = {
             tier: OrderedDict() for tier in EVICTION_ORDER
         }
+        self._per_peer: Counter[str] = Counter()  # open connections by client address
         self._bursts: dict[str, BurstLog] = {}
 
     def __len__(self) -> int:
@@ -372,9 +385,21 @@ class Connections:
 
         return make
 
+    def _victim(self) -> Connection | None:
+        """The least valuable connection of the address holding the most (a flood comes from
+        somewhere; Prometheus is elsewhere), else the least valuable of all."""
+        evictable = (c for tier in self._tiers.values() for c in tier)
+        if len(self._per_peer) > 1:
+            worst = max(self._per_peer, key=self._per_peer.__getitem__)
+            return next((c for c in evictable if c.peer == worst), None) or self._victim_any()
+        return next(evictable, None)
+
+    def _victim_any(self) -> Connection | None:
+        return next((c for tier in self._tiers.values() for c in tier), None)
+
     def admit(self, connection: Connection) -> bool:
         if len(self._by_transport) >= self.limits.max_connections:
-            victim = next((c for tier in self._tiers.values() for c in tier), None)
+            victim = self._victim()
             if victim is None:
                 self.note("refused_busy")
                 return False
@@ -382,6 +407,7 @@ class Connections:
             self.note("evicted_idle")
             victim.close()
         self._by_transport[connection.transport] = connection
+        self._per_peer[connection.peer] += 1
         self.place(connection, UNTRUSTED)
         return True
 
@@ -402,6 +428,9 @@ class Connections:
     def forget(self, connection: Connection) -> None:
         if self._by_transport.get(connection.transport) is connection:
             del self._by_transport[connection.transport]
+            self._per_peer[connection.peer] -= 1
+            if self._per_peer[connection.peer] <= 0:
+                del self._per_peer[connection.peer]
         if connection.tier is not None:
             self._tiers[connection.tier].pop(connection, None)
             connection.tier = None
@@ -533,8 +562,10 @@ async def _settle_body(
     # aiohttp would read the rest of this body after the answer and fail on it: answer now, with
     # `Connection: close`, then close.
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    if connection.alive():
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write_eof()
     request.protocol.force_close()
     return response
 

@@ -206,6 +206,7 @@ def load_web_config(path: Path | None) -> WebConfig:
 class Verdict(enum.Enum):
     ALLOWED = "allowed"
     DENIED = "denied"
+    DENIED_AGAIN = "denied_again"  # an attempt already refused: no bcrypt, answered late
     BUSY = "busy"  # too many password checks queued: try again
 
 
@@ -278,7 +279,7 @@ class WebSecurity:
             return Verdict.ALLOWED
         if digest in self._refused:
             self._refused.move_to_end(digest)
-            return Verdict.DENIED
+            return Verdict.DENIED_AGAIN
         pending = self._pending.get(digest)
         if pending is None:
             if self._queued >= self._max_queued:
