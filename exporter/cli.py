@@ -339,9 +339,10 @@ def _limits(args: argparse.Namespace) -> Limits:
     )  # fmt: skip
 
 
-# Descriptors kept free for everything but client connections: the database pool, the listeners,
-# the Kraken client, log files.
-RESERVED_FDS = 64
+# Descriptors kept free for everything but client connections: the database pool (20 at most by
+# default), the listeners, the Kraken client, log files, and connections accepted in one turn of
+# the event loop before others are closed to make room for them.
+RESERVED_FDS = 128
 
 
 def _fit_open_files(limits: Limits, open_files: int) -> Limits:

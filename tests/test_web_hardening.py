@@ -166,7 +166,7 @@ def test_tls_connections_that_never_handshake_are_bounded(
 
 def test_the_connection_limit_fits_the_open_files_limit() -> None:
     assert _fit_open_files(Limits(max_connections=512), 1024).max_connections == 512
-    assert _fit_open_files(Limits(max_connections=512), 256).max_connections == 192
+    assert _fit_open_files(Limits(max_connections=512), 256).max_connections == 128
 
 
 # --- 6: slow bodies ---------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class Listener:
             sock.close()
 
 
+LISTEN_BACKLOG = 512  # connections the kernel holds until accepted
+ACCEPT_BATCH = 16  # connections accepted a turn of the event loop
+
+
 def split_host_port(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -82,12 +86,17 @@ def bind(value: str, flag: str, role: str = MAIN) -> Listener:
             if socket.has_dualstack_ipv6():
                 try:
                     sock = socket.create_server(
-                        ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=512
+                        ("", port),
+                        family=socket.AF_INET6,
+                        dualstack_ipv6=True,
+                        backlog=LISTEN_BACKLOG,
                     )
                     return Listener(role, value, [sock])
                 except OSError:  # IPv6 disabled in this container: IPv4 only
                     pass
-            return Listener(role, value, [socket.create_server(("0.0.0.0", port), backlog=512)])
+            return Listener(
+                role, value, [socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)]
+            )
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ConfigError(
@@ -106,7 +115,7 @@ def bind(value: str, flag: str, role: str = MAIN) -> Listener:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)
-            sock.listen(512)
+            sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -140,8 +149,11 @@ class QuietRequestHandler(RequestHandler):
         response = super().handle_error(request, status, exc, message)  # logs, checks the writer
         if status == HTTPStatus.INTERNAL_SERVER_ERROR:
             return response  # aiohttp's 500 page quotes nothing (no debug mode here)
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
-        quiet = web.Response(status=status, text=f"{status} {phrase}\n".replace(" \n", "\n"))
+        try:
+            text = f"{status} {HTTPStatus(status).phrase}\n"
+        except ValueError:
+            text = f"{status}\n"
+        quiet = web.Response(status=status, text=text)
         quiet.force_close()
         return quiet
 
@@ -180,6 +192,7 @@ class Connection(asyncio.Protocol):
         self.refusing = False  # its request is being refused, slowly (a repeated wrong password)
         self._body: StreamReader | None = None  # the body still arriving
         self._started = False  # aiohttp's protocol has the connection
+        self._early: list[bytes] = []  # data that came before it had
         self._lost = False
         self._header_deadline: asyncio.TimerHandle | None = None
         self._body_deadline: asyncio.TimerHandle | None = None
@@ -229,8 +242,14 @@ class Connection(asyncio.Protocol):
     def _start(self, transport: asyncio.Transport) -> None:
         self._started = True
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        if not self._started:  # sent with the end of the TLS handshake, before start_tls returned
+            self._early.append(data)
+            return
         if self.in_flight == 0 and self._header_deadline is None:
             self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
         self._inner.data_received(data)
@@ -602,7 +621,11 @@ class GuardedSite(web.BaseSite):
         # would hide a connection from the limits until its handshake is over.
         factory = self._connections.factory(server, self._listener.role, self._ssl_context)
         for sock in self._listener.sockets:
-            self._servers.append(await loop.create_server(factory, sock=sock))
+            # asyncio accepts up to `backlog` connections a turn of the loop before any of them
+            # can make room by closing another: a small batch keeps the descriptors in use near
+            # the limit. create_server also sets the kernel's queue to it: set that back.
+            self._servers.append(await loop.create_server(factory, sock=sock, backlog=ACCEPT_BATCH))
+            sock.listen(LISTEN_BACKLOG)
         self._server = self._servers[0]  # what aiohttp's runner reads its addresses from
 
     async def stop(self) -> None:
