@@ -147,12 +147,16 @@ async def flood(args: argparse.Namespace) -> Counter[str]:
     return tally
 
 
-def start_flood(kind: str, port: int, clients: int, **options: str) -> subprocess.Popen[str]:
+def start_flood(kind: str, port: int, clients: int, **options: str | bool) -> subprocess.Popen[str]:
     """The flood as a separate process (its own CPU and descriptors), flooding when returned."""
     command = [sys.executable, str(Path(__file__).resolve()), "flood", kind,
                f"--port={port}", f"--clients={clients}",
-               *(f"--{name.replace('_', '-')}={value}" for name, value in options.items())]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+               *(f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
+                 for name, value in options.items())]  # fmt: skip
+    # stderr to a file: a pipe nobody reads would stall the flood once full.
+    errors = tempfile.NamedTemporaryFile(prefix="http-flood-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+    process.errors_path = errors.name  # type: ignore[attr-defined]
     assert process.stdout is not None
     if process.stdout.readline().strip() != "flooding":
         process.kill()
@@ -161,9 +165,13 @@ def start_flood(kind: str, port: int, clients: int, **options: str) -> subproces
 
 
 def stop_flood(process: subprocess.Popen[str]) -> dict[str, int]:
+    """What the flood did: connections, answers by status, connections dropped."""
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
-    return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    if not out.strip():
+        err = Path(process.errors_path).read_text()[-2000:]  # type: ignore[attr-defined]
+        raise RuntimeError(f"the flood said nothing (exit {process.returncode}): {err}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 # --- the scraper -----------------------------------------------------------------------------
@@ -303,7 +311,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     try:
         _wait_serving(scraper, exporter, 120)
         idle = scrape_for(scraper, args.seconds / 2, args.interval)
-        options = {"user": "prom", "password": "wrong", "token": token}
+        options: dict[str, str | bool] = {"user": "prom", "password": "wrong", "token": token}
+        if args.kind == "idle":  # closed ones come back: the flood lasts the whole measurement
+            options["reconnect"] = True
         flooding = start_flood(args.kind, port, args.clients, **options)
         try:
             time.sleep(3)  # the flood at full strength

@@ -121,9 +121,8 @@ def test_a_wrong_password_flood_does_not_starve_the_real_scraper(
         flood_processes.append(flood)
         assert _scrape_all(scraper, 15) == []
         tally = floods.stop_flood(flood)
-        # The flood did flood: its connections closed to make room, over and over (a refused
-        # password is answered a second late, so most go before their 401).
-        assert tally["connections"] > 500, tally
+        # The flood did flood: more clients than room, refused (503) or answered 401.
+        assert tally["connections"] >= 250 and tally.get("503", 0) + tally.get("401", 0), tally
         log = _clean_log(exporter)
         assert "connection limit reached" in log  # and the limit was what it tested
     finally:

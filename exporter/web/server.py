@@ -3,12 +3,14 @@
 Connections are limited the way Go's net/http servers are configured: a header read timeout
 (a client gets that long from the accept to finish its TLS handshake and send a request's
 headers), a body read timeout, an idle keep-alive timeout, and a maximum of open connections,
-TLS handshakes included. At the maximum, one connection is closed to make room, in this order:
-those that have not earned their place (idle before any good answer, in a handshake, sending
-headers, or queued for a password check), then requests still receiving their body, then idle
-keep-alive connections answered well before (the real scraper's), each oldest first. Only when
-every connection is busy is the new one answered 503. Accept errors (out of file descriptors)
-are logged once per burst.
+TLS handshakes included. At the maximum, the client address holding the most connections pays
+(a flood comes from somewhere, Prometheus from elsewhere): a new connection from it is refused,
+and one from elsewhere closes one of its connections, in this order: those answered with an
+error, those that have not earned their place yet (in a handshake, sending headers, or queued
+for a password check), requests still receiving their body, then idle keep-alive connections
+answered well before (the real scraper's), each oldest first. Only when every connection is
+busy is the new one answered 503. Accept errors (out of file descriptors) are logged once per
+burst. docs/security.md has the whole story.
 """
 
 from __future__ import annotations
@@ -404,12 +406,17 @@ class Connections:
 
         return make
 
-    def _victim(self) -> Connection | None:
+    def _worst_peer(self) -> str | None:
+        """The address holding the most connections, when there are several addresses."""
+        if len(self._per_peer) < 2:
+            return None
+        return max(self._per_peer, key=self._per_peer.__getitem__)
+
+    def _victim(self, worst: str | None) -> Connection | None:
         """The least valuable connection of the address holding the most (a flood comes from
         somewhere; Prometheus is elsewhere), else the least valuable of all."""
         evictable = (c for tier in self._tiers.values() for c in tier)
-        if len(self._per_peer) > 1:
-            worst = max(self._per_peer, key=self._per_peer.__getitem__)
+        if worst is not None:
             return next((c for c in evictable if c.peer == worst), None) or self._victim_any()
         return next(evictable, None)
 
@@ -418,7 +425,14 @@ class Connections:
 
     def admit(self, connection: Connection) -> bool:
         if len(self._by_transport) >= self.limits.max_connections:
-            victim = self._victim()
+            worst = self._worst_peer()
+            if worst is not None and connection.peer == worst:
+                # More from the address that holds the most: refused at once, cheaper than
+                # closing one of its own to make room (and the flood's churn stays its own).
+                self.note("refused_flood", {"max_connections": self.limits.max_connections,
+                                            "remote": worst})  # fmt: skip
+                return False
+            victim = self._victim(worst)
             if victim is None:
                 self.note("refused_busy")
                 return False
@@ -466,6 +480,8 @@ class Connections:
 _LIMIT_MESSAGES = {
     "refused_busy": "connection limit reached with every connection busy: refusing new ones",
     "evicted_idle": "connection limit reached: closing the longest-idle connections",
+    "refused_flood": "connection limit reached: refusing new connections from the address "
+    "holding the most",
     "header_timeout": "closing connections that sent no complete request headers in time",
     "body_timeout": "closing connections that sent no complete request body in time",
     "bad_body": "request bodies that cannot be decoded: answered 400 and closed",
