@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -95,12 +96,17 @@ def _web_flags(serve: argparse.ArgumentParser) -> None:
               "path under which to expose metrics", dest="telemetry_path")  # fmt: skip
     defaults = Limits()
     _env_flag(serve, "--web.max-connections", "LIQUID_ABT_MAX_CONNECTIONS",
-              str(defaults.max_connections), "open connections at most; at the limit the "
-              "longest-idle one is closed, or the new one answered 503 when all are busy",
-              dest="max_connections")  # fmt: skip
+              str(defaults.max_connections), "open connections at most, TLS handshakes included; "
+              "at the limit an idle, unauthenticated or slow one is closed, or the new one "
+              "answered 503 when all are busy", dest="max_connections")  # fmt: skip
     _env_flag(serve, "--web.read-header-timeout", "LIQUID_ABT_READ_HEADER_TIMEOUT",
               format_duration(defaults.read_header_timeout),
-              "time a client has to send a request's headers", dest="read_header_timeout")  # fmt: skip
+              "time a client has from the accept to finish its TLS handshake and send a "
+              "request's headers", dest="read_header_timeout")  # fmt: skip
+    _env_flag(serve, "--web.read-body-timeout", "LIQUID_ABT_READ_BODY_TIMEOUT",
+              format_duration(defaults.read_body_timeout),
+              "time a client has to send a request's body once its headers are in",
+              dest="read_body_timeout")  # fmt: skip
     _env_flag(serve, "--web.idle-timeout", "LIQUID_ABT_IDLE_TIMEOUT",
               format_duration(defaults.idle_timeout),
               "keep-alive connections idle this long are closed", dest="idle_timeout")  # fmt: skip
@@ -321,14 +327,35 @@ def _limits(args: argparse.Namespace) -> Limits:
         raise ConfigError(f"--web.max-connections {args.max_connections!r}: expected a number >= 1")
     durations = {}
     for flag, value in [("--web.read-header-timeout", args.read_header_timeout),
-                        ("--web.idle-timeout", args.idle_timeout)]:  # fmt: skip
+                        ("--web.idle-timeout", args.idle_timeout),
+                        ("--web.read-body-timeout", args.read_body_timeout)]:  # fmt: skip
         try:
             durations[flag] = parse_duration(value)
         except ValueError as exc:
             raise ConfigError(f"{flag}: {exc}") from None
     return Limits(
-        max_connections, durations["--web.read-header-timeout"], durations["--web.idle-timeout"]
+        max_connections, durations["--web.read-header-timeout"], durations["--web.idle-timeout"],
+        durations["--web.read-body-timeout"],
+    )  # fmt: skip
+
+
+# Descriptors kept free for everything but client connections: the database pool (20 at most by
+# default), the listeners, the Kraken client, log files, and connections accepted in one turn of
+# the event loop before others are closed to make room for them.
+RESERVED_FDS = 128
+
+
+def _fit_open_files(limits: Limits, open_files: int) -> Limits:
+    """A connection limit the open-files limit can hold: at the limit the exporter makes room,
+    short of it accepts fail and nobody can connect, the real scraper included."""
+    fit = max(1, open_files - RESERVED_FDS)
+    if limits.max_connections <= fit:
+        return limits
+    log.warning(
+        "--web.max-connections lowered to fit the open-files limit",
+        extra={"max_connections": limits.max_connections, "open_files": open_files, "now": fit},
     )
+    return dataclasses.replace(limits, max_connections=fit)
 
 
 def _telemetry_path(value: str) -> str:
@@ -395,7 +422,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         security = WebSecurity(load_web_config(web_config_file))
     except WebConfigError as exc:
         raise ConfigError(f"--web.config.file: {exc}") from None
-    raise_fd_limit()
+    limits = _fit_open_files(limits, raise_fd_limit())
     _install_start_up_signals()
     # Bound first: a taken or unresolvable address fails before PostgreSQL or migrations start.
     listeners = _listeners(args)
@@ -415,7 +442,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             # replaced, not left behind to go stale.
             port = split_host_port(args.listen_address, "--web.listen-address")[1]
             replica = f"{socket.gethostname()}:{port}"
-            app = create_app(config, connection, Secrets.from_env(), replica, options=options)
+            secrets = Secrets.from_env()
+            if not (security.config.users or options.admin_listener or secrets.admin_token):
+                log.warning("POST /-/reload is off: no basic auth, admin listener or admin token "
+                            "guards it; SIGHUP reloads")  # fmt: skip
+            app = create_app(config, connection, secrets, replica, options=options)
             log.info("starting", extra={"database": connection.masked,
                                         "version": build_info().version,
                                         "revision": build_info().revision})  # fmt: skip

@@ -578,14 +578,33 @@ def parse_config(data: Any, source: str = "config") -> Config:
         raise ConfigError(f"{source}: invalid configuration:\n{problems}") from None
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; UnicodeDecodeError (see `not_utf8`) when it is not UTF-8."""
+    return path.read_bytes().decode("utf-8")
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8, for an error message: the byte, its offset, line and column
+    (an editor's way to find it), never the text around it (it may hold a secret)."""
+    data = bytes(exc.object)
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return (
+        f"not UTF-8: byte 0x{data[exc.start]:02x} at position {exc.start} "
+        f"(line {line}, column {column}); save the file as UTF-8"
+    )
+
+
 def load_config(path: Path | None) -> Config:
     """Read and validate the config file; no file means all defaults."""
     if path is None:
         return Config()
     try:
-        text = path.read_text()
+        text = read_utf8(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {not_utf8(exc)}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -18,9 +18,15 @@ def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
     file_name = env.get(f"{name}_FILE")
     if file_name:
         try:
-            return Path(file_name).read_text().rstrip("\r\n")
+            return Path(file_name).read_bytes().decode("utf-8").rstrip("\r\n")
         except OSError as exc:
             raise SecretError(f"{name}_FILE={file_name}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            # The offset only: the bytes around it are the secret.
+            raise SecretError(
+                f"{name}_FILE={file_name}: not UTF-8: byte 0x{exc.object[exc.start]:02x} at "
+                f"position {exc.start}"
+            ) from None
     value = env.get(name)
     return value if value else None
 

@@ -51,6 +51,10 @@ EXPECTED_ERRORS = {
         "database.pool_max_size: Input should be greater than or equal to 2 (got 0)"
     ),
     "invalid-top-level.yml": "the top level must be a mapping, got list",
+    # `exchanges: [kraken]` and a comment holding é in Latin-1 (byte 0xe9).
+    "invalid-not-utf8.yml": (
+        "not UTF-8: byte 0xe9 at position 25 (line 2, column 6); save the file as UTF-8"
+    ),
     "invalid-slo-objective.yml": INVALID + (
         "slo.purchases.0.objective: objective 90 leaves an error budget of 10%: a 14.4x burn "
         "would need more than every purchase to fail; use 93.06 or more"
@@ -147,3 +151,11 @@ def test_bad_log_level_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err.endswith(
         "error: --log.level 'loud': use one of debug, info, warn, error\n"
     )
+
+
+def test_check_config_names_a_file_that_is_not_utf8_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    invalid = TESTDATA / "invalid-not-utf8.yml"
+    assert main(["check-config", "--config.file", str(invalid)]) == 1
+    assert capsys.readouterr().err == f"error: {invalid}: {EXPECTED_ERRORS[invalid.name]}\n"

@@ -401,3 +401,34 @@ def test_malformed_requests_log_one_line_without_header_values(
         ("malformed HTTP request refused with 400", "warn", "127.0.0.1")
     ] * len(MALFORMED)
     assert all(r["error"] for r in server_lines())
+
+
+@pytest.mark.parametrize(("field", "number"), [("startsAt", 0), ("startsAt", -1),
+                                               ("startsAt", 1.5), ("endsAt", 1e12)])  # fmt: skip
+async def test_a_numeric_time_is_refused_naming_the_field(
+    client: TestClient, db: asyncpg.Connection, field: str, number: float
+) -> None:
+    """Alertmanager sends RFC 3339 strings; a number is not read as a Unix time (rows of 1938)."""
+    body = notification([{**alert("X"), field: number}])
+    status, reply = await post(client, body)
+    assert status == 400, reply
+    assert f"alerts.0.{field}: must be an RFC 3339 time string" in reply["message"], reply
+    assert await notifications(db) == []
+
+
+async def test_a_database_outage_logs_once_not_once_per_503(
+    aiohttp_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter.database.embedded import free_port
+
+    nowhere = Connection(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    config = parse_config({"kraken": {"enabled": False}, "database": {"connect_timeout": "1s"}})
+    client = await aiohttp_client(create_app(config, nowhere, Secrets(webhook_token=TOKEN)))
+    with caplog.at_level("INFO", logger="exporter.runbook.receiver"):
+        for index in range(5):
+            status, _ = await post(client, notification([alert(f"Down{index}")]))
+            assert status == 503
+    lines = [r for r in caplog.records if r.name == "exporter.runbook.receiver"]
+    assert [r.getMessage() for r in lines] == [
+        "webhook: cannot record, asking Alertmanager to retry until the database is back"
+    ]

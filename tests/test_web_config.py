@@ -21,6 +21,7 @@ import yaml
 
 from exporter.database.embedded import free_port
 from exporter.database.pool import Connection
+from exporter.web.webconfig import WebConfigError, load_web_config
 from tests.harness import ExporterProcess, exporter_config, start_exporter, wait_until
 
 ADMIN_TOKEN = "admin-token-for-tests"
@@ -300,3 +301,85 @@ def test_admin_listener_and_telemetry_path(tmp_path: Path, database: Connection)
         assert exporter.get("/-/healthy", port=admin, headers=alice).status == 200
     finally:
         assert exporter.process.stop() == 0, exporter.process.log_text()
+
+
+# --- files that cannot be used: exact errors, one line, and a reload that says so ------------
+
+TESTDATA = Path(__file__).parent / "testdata"
+WEB_ERRORS = {
+    "web-invalid-bcrypt.yml": (
+        "invalid web config: basic_auth_users: the password of 'prom' is not a bcrypt hash: "
+        "expected $2a$, $2b$ or $2y$, a two-digit cost from 04 to 31, $ and 53 characters of "
+        "salt and hash (./A-Za-z0-9), 60 characters in all (got 10)"
+    ),
+    "web-invalid-not-utf8.yml": (
+        "not UTF-8: byte 0xe9 at position 24 (line 2, column 4); save the file as UTF-8"
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(WEB_ERRORS.items()))
+def test_an_unusable_web_config_is_named_by_check_config_and_serve(
+    name: str, expected: str
+) -> None:
+    path = TESTDATA / name
+    with pytest.raises(WebConfigError) as error:
+        load_web_config(path)
+    assert str(error.value) == f"{path}: {expected}"
+    for command in (["check-config"], ["serve", f"--web.listen-address=127.0.0.1:{free_port()}"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", *command, f"--web.config.file={path}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == f"error: --web.config.file: {path}: {expected}\n", result.stderr
+
+
+def test_a_secret_file_that_is_not_utf8_is_named_by_its_variable() -> None:
+    path = TESTDATA / "secret-not-utf8.txt"
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", f"--web.listen-address=127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"postgresql://app@127.0.0.1:{free_port()}/x",
+             "LIQUID_ABT_WEBHOOK_TOKEN_FILE": str(path)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    expected = f"LIQUID_ABT_WEBHOOK_TOKEN_FILE={path}: not UTF-8: byte 0xe9 at position 6"
+    assert result.stderr.splitlines()[-1] == f"error: {expected}", result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reload_of_a_file_that_is_not_utf8_is_refused_cleanly(tls_exporter: TLSExporter) -> None:
+    alice = basic("alice", "right-password")
+    tls_exporter.config.write_bytes((TESTDATA / "invalid-not-utf8.yml").read_bytes())
+    answer = tls_exporter.get("/-/reload", method="POST", headers=alice)
+    assert answer.status == 409, answer.body
+    assert json.loads(answer.body)["problems"] == [
+        f"{tls_exporter.config}: not UTF-8: byte 0xe9 at position 25 (line 2, column 6); save "
+        "the file as UTF-8"
+    ]
+    assert _metric(tls_exporter, "liquid_abt_config_last_reload_successful",
+                   ("alice", "right-password")) == 0.0  # fmt: skip
+    # SIGHUP: one error line, no task exception, the gauge stays 0 (a success would set 1).
+    tls_exporter.config.write_text(exporter_config())
+    assert tls_exporter.get("/-/reload", method="POST", headers=alice).status == 200
+    tls_exporter.web_config.write_bytes((TESTDATA / "web-invalid-not-utf8.yml").read_bytes())
+    tls_exporter.process.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: _metric(tls_exporter, "liquid_abt_config_last_reload_successful",
+                        ("alice", "right-password")) == 0.0,
+        what="the SIGHUP reload refused", on_timeout=tls_exporter.process.fail,
+    )  # fmt: skip
+    log = tls_exporter.process.log_text(1_000_000)
+    assert "Traceback" not in log and "never retrieved" not in log, log
+    refused = [line for line in log.splitlines() if "reload refused: invalid web config" in line]
+    assert len(refused) == 1 and "not UTF-8: byte 0xe9 at position 24" in refused[0], log
+    assert tls_exporter.process.alive()
+
+
+def test_reload_with_a_malformed_bcrypt_hash_is_refused(tls_exporter: TLSExporter) -> None:
+    tls_exporter.web_config.write_text((TESTDATA / "web-invalid-bcrypt.yml").read_text())
+    answer = tls_exporter.get("/-/reload", method="POST", headers=basic("alice", "right-password"))
+    assert answer.status == 409, answer.body
+    assert f"{tls_exporter.web_config}: {WEB_ERRORS['web-invalid-bcrypt.yml']}" in answer.body
+    assert tls_exporter.get("/metrics", headers=basic("alice", "right-password")).status == 200

@@ -32,7 +32,15 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from exporter.controls import audit
 from exporter.database.pool import DATABASE_ERRORS
@@ -114,6 +122,14 @@ def _end(value: datetime | None) -> datetime | None:
 StorableText = Annotated[str, AfterValidator(_storable)]
 
 
+def _rfc3339(value: Any) -> Any:
+    """Alertmanager sends times as RFC 3339 strings; pydantic alone would take a number as Unix
+    time and date an alert 1970 or 1938."""
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 time string, like 2026-01-02T03:04:05Z")
+    return value
+
+
 class Alert(BaseModel):
     # Alertmanager may add fields in later versions: ignore what we do not use.
     model_config = ConfigDict(extra="ignore")
@@ -121,8 +137,8 @@ class Alert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: Annotated[dict[str, str], AfterValidator(_label_set)]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: Annotated[AwareDatetime, AfterValidator(_in_utc)]
-    endsAt: Annotated[AwareDatetime | None, AfterValidator(_end)] = None
+    startsAt: Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc)]
+    endsAt: Annotated[AwareDatetime | None, BeforeValidator(_rfc3339), AfterValidator(_end)] = None
     fingerprint: StorableText = Field(min_length=1, max_length=MAX_FINGERPRINT)
 
     @property
@@ -413,6 +429,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise too_large
             chunks.append(chunk)
+    except (ConnectionError, RuntimeError) as exc:
+        # aiohttp says "Connection closed." with a RuntimeError: the client went, or the
+        # connection was closed to make room or at the body timeout. Nobody reads the answer.
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        raise BodyError(400, "invalid", "connection closed before the body was complete") from exc
     except web.RequestPayloadError:
         encoding = _shorten(request.headers.get("Content-Encoding", "identity"), 40)
         raise BodyError(
@@ -437,6 +459,7 @@ class WebhookHandler:
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
         self._on_recorded = on_recorded
+        self._unavailable = 0  # 503s answered since the database went away (0: it is there)
 
     def _reply(self, result: str, status: int, message: str, **extra: Any) -> web.Response:
         self._metrics.notifications.labels(result).inc()
@@ -466,11 +489,23 @@ class WebhookHandler:
                 refused=[r.describe() for r in exc.refused],
             )
         except DATABASE_ERRORS as exc:
-            log.error(
-                "webhook: cannot record, asking Alertmanager to retry", extra={"error": str(exc)}
-            )
+            self._database_unavailable(exc)
             return self._reply("error", 503, "database unavailable; retry later")
+        self._database_back()
         return self._recorded(parsed.notification, recorded)
+
+    def _database_unavailable(self, exc: BaseException) -> None:
+        """One line when the database goes, as the background loops do, not one per 503."""
+        if not self._unavailable:
+            log.error("webhook: cannot record, asking Alertmanager to retry until the database "
+                      "is back", extra={"error": str(exc) or type(exc).__name__})  # fmt: skip
+        self._unavailable += 1
+
+    def _database_back(self) -> None:
+        if self._unavailable:
+            log.info("webhook: database back; recording again",
+                     extra={"answered_503": self._unavailable})  # fmt: skip
+        self._unavailable = 0
 
     def _recorded(self, notification: Notification, recorded: Recorded) -> web.Response:
         new, refused = recorded.new, recorded.refused

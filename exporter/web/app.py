@@ -51,7 +51,7 @@ from exporter.signals.exchange import Probe, Registry
 from exporter.signals.integrations import default_registry
 from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
-from exporter.web.admin.common import build_admin_app
+from exporter.web.admin.common import bearer_matches, build_admin_app
 from exporter.web.admin.purchases import routes as purchases_routes
 from exporter.web.admin.status import routes as status_routes
 from exporter.web.exposition import MetricsExposition, RegistrySection
@@ -80,8 +80,8 @@ from exporter.web.keys import (
 from exporter.web.pages import healthy, index, ready
 from exporter.web.protocol_log import quiet_malformed_requests
 from exporter.web.reload import Reloader
-from exporter.web.server import ADMIN, CONNECTIONS, MAIN, track_requests
-from exporter.web.webconfig import WebSecurity, load_web_config, unauthorized
+from exporter.web.server import ADMIN, MAIN, connection_of, track_requests
+from exporter.web.webconfig import Verdict, WebSecurity, busy, load_web_config, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -304,25 +304,56 @@ def _admin_only(request: web.Request, webhook_path: str) -> bool:
     return _own_credentials(request, webhook_path) or request.path == "/-/reload"
 
 
-def _security_middleware(options: WebOptions, webhook_path: str) -> Any:
+def _security_middleware(options: WebOptions, webhook_path: str, admin_token: str | None) -> Any:
     @web.middleware
     async def security(request: web.Request, handler: Any) -> web.StreamResponse:
+        connection = connection_of(request)
         if options.admin_listener:
-            connections = request.config_dict.get(CONNECTIONS)
-            connection = connections.lookup(request.transport) if connections else None
             role = connection.role if connection is not None else MAIN
             if _admin_only(request, webhook_path) != (role == ADMIN) and request.path not in (
                 "/-/healthy", "/-/ready",
             ):  # fmt: skip
                 raise web.HTTPNotFound()
-        guarded = options.security.config.users and not _own_credentials(request, webhook_path)
-        if guarded and not await options.security.authenticate(
-            request.headers.get("Authorization")
+        users = options.security.config.users
+        # Nothing else guards /-/reload here: the admin token does (see docs/security.md).
+        unguarded_reload = request.path == "/-/reload" and not (users or options.admin_listener)
+        if unguarded_reload and not (
+            admin_token and bearer_matches(request.headers.get("Authorization"), admin_token)
         ):
-            return unauthorized()
+            return _reload_refused(admin_token is not None)
+        guarded = users and not _own_credentials(request, webhook_path)
+        if guarded:
+            verdict = await options.security.authenticate(
+                request.headers.get("Authorization"),
+                queued=connection.set_waiting if connection is not None else None,
+            )
+            if verdict is Verdict.BUSY:
+                return busy()
+            if verdict is Verdict.DENIED_AGAIN and connection is not None:
+                # A client repeating a refused password waits, on a connection that is the first
+                # to go when the limit needs room: a flood of them runs at a second a request.
+                connection.set_refusing(True)
+                await asyncio.sleep(REPEATED_DENIAL_DELAY)
+            if verdict is not Verdict.ALLOWED:
+                return unauthorized()
         return await handler(request)
 
     return security
+
+
+REPEATED_DENIAL_DELAY = 1.0
+
+
+def _reload_refused(token_set: bool) -> web.Response:
+    if token_set:
+        message = "POST /-/reload needs the admin token: Authorization: Bearer $ADMIN_TOKEN"
+        return web.json_response({"status": "unauthorized", "message": message}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    message = (
+        "POST /-/reload is off: set LIQUID_ABT_ADMIN_TOKEN, basic_auth_users in the web config or "
+        "--web.admin-listen-address to guard it, or send SIGHUP"
+    )
+    return web.json_response({"status": "forbidden", "message": message}, status=403)
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -387,7 +418,7 @@ def create_app(
         client_max_size=1024 * 1024,
         middlewares=[
             track_requests,
-            _security_middleware(options, webhook_path),
+            _security_middleware(options, webhook_path, (secrets or Secrets()).admin_token),
             _metrics_follow_changes,
         ],
     )

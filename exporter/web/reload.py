@@ -77,8 +77,12 @@ class Reloader:
     async def reload(self) -> ReloadResult:
         async with self._lock:
             result = ReloadResult()
-            self._reload_web_config(result)
-            self._reload_config(result)
+            try:
+                self._reload_web_config(result)
+                self._reload_config(result)
+            except Exception as exc:  # a bug: refused all the same, never half-reported
+                log.exception("reload failed", extra={"error": str(exc)})
+                result.refuse(f"reload failed: {type(exc).__name__}")
             self._successful.set(1 if result.ok else 0)
             if result.ok:
                 self._success_time.set(time.time())

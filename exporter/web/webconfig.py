@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import enum
 import functools
-import hashlib
+import hmac
 import logging
+import re
+import secrets
 import ssl
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +27,8 @@ import bcrypt
 import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from exporter.config import not_utf8, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,11 @@ ALLOWED_HEADERS = (
     "X-XSS-Protection",
     "Strict-Transport-Security",
 )
+
+
+# What bcrypt itself accepts: `$2b$10$` then 22 characters of salt and 31 of hash.
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+BCRYPT_LENGTH = 60
 
 
 class WebConfigError(Exception):
@@ -112,8 +123,14 @@ class WebConfigFile(_Model):
         for user, hashed in users.items():
             if ":" in user or not user:
                 raise ValueError(f"invalid user name {user!r}")
-            if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-                raise ValueError(f"the password of {user!r} is not a bcrypt hash")
+            if not BCRYPT_HASH.fullmatch(hashed):
+                # Refused here: bcrypt would refuse every login against it, and /-/reload
+                # would then sit behind credentials nobody can use.
+                raise ValueError(
+                    f"the password of {user!r} is not a bcrypt hash: expected $2a$, $2b$ or "
+                    f"$2y$, a two-digit cost from 04 to 31, $ and 53 characters of salt and "
+                    f"hash (./A-Za-z0-9), {BCRYPT_LENGTH} characters in all (got {len(hashed)})"
+                )
         return users
 
 
@@ -164,9 +181,11 @@ def load_web_config(path: Path | None) -> WebConfig:
     if path is None:
         return WebConfig("(none)", WebConfigFile(), None)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_utf8(path))
     except OSError as exc:
         raise WebConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise WebConfigError(f"{path}: {not_utf8(exc)}") from None
     except yaml.YAMLError as exc:
         raise WebConfigError(f"{path}: not valid YAML: {exc}") from None
     try:
@@ -184,21 +203,48 @@ def load_web_config(path: Path | None) -> WebConfig:
     return WebConfig(str(path), parsed, tls)
 
 
-class WebSecurity:
-    """The web config in force; the listeners' TLS context and the auth middleware read it."""
+class Verdict(enum.Enum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    DENIED_AGAIN = "denied_again"  # an attempt already refused: no bcrypt, answered late
+    BUSY = "busy"  # too many password checks queued: try again
 
-    def __init__(self, config: WebConfig, cache_size: int = 256) -> None:
+
+class WebSecurity:
+    """The web config in force; the listeners' TLS context and the auth middleware read it.
+
+    bcrypt costs tens of milliseconds on purpose, so an unauthenticated client must not be able
+    to make the exporter run it at will: every outcome is remembered (successes and failures
+    apart, each in a bounded LRU), keyed by an HMAC of the attempt with a key made at start, so
+    a repeated wrong password is refused without bcrypt, and the real scraper pays bcrypt once.
+    New attempts run a few at a time off the event loop; beyond `max_queued` waiting ones, the
+    answer is BUSY (503) at once rather than a queue that holds connections.
+    """
+
+    def __init__(
+        self,
+        config: WebConfig,
+        cache_size: int = 256,
+        failure_cache_size: int = 16384,
+        max_queued: int = 32,
+    ) -> None:
         self.config = config
-        # Verified credentials (by digest), so a scrape costs one bcrypt check, not one a request.
+        self._key = secrets.token_bytes(32)  # never leaves the process
         self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
+        self._failure_cache_size = failure_cache_size
         # bcrypt is slow on purpose: run it off the event loop, a few at a time.
         self._bcrypt_slots = asyncio.Semaphore(2)
+        self._queued = 0
+        self._pending: dict[bytes, asyncio.Future[bool]] = {}
+        self._max_queued = max_queued
         self._listening: ssl.SSLContext | None = None
 
     def replace(self, config: WebConfig) -> None:
         self.config = config
         self._verified.clear()
+        self._refused.clear()
 
     def listening_context(self) -> ssl.SSLContext | None:
         """The context the listeners are created with; every handshake switches to the one in force."""
@@ -214,26 +260,66 @@ class WebSecurity:
             self._listening.sni_callback = use_current  # type: ignore[assignment]
         return self._listening
 
-    async def authenticate(self, header: str | None) -> bool:
-        users = self.config.users
+    async def authenticate(
+        self,
+        header: str | None,
+        *,
+        queued: Callable[[bool], None] | None = None,
+    ) -> Verdict:
+        """Checks basic auth credentials. `queued(True/False)` is told while the check waits for
+        bcrypt (the connection may be closed meanwhile to make room)."""
         user, password = _basic_credentials(header)
         if user is None or password is None:
-            return False
-        hashed = users.get(user)
-        digest = hashlib.sha256(b"\0".join([user.encode(), password, hashed or b""])).digest()
-        if hashed is not None and digest in self._verified:
+            return Verdict.DENIED
+        config = self.config
+        hashed = config.users.get(user)
+        digest = hmac.new(self._key, b"\0".join([user.encode(), password]), "sha256").digest()
+        if digest in self._verified:
             self._verified.move_to_end(digest)
-            return True
-        # Unknown users are checked against a dummy hash too, so timing does not reveal names.
-        target = hashed or _dummy_hash()
-        async with self._bcrypt_slots:
-            ok = await asyncio.to_thread(_checkpw, password, target)
-        if ok and hashed is not None:
-            self._verified[digest] = None
-            if len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
-            return True
-        return False
+            return Verdict.ALLOWED
+        if digest in self._refused:
+            self._refused.move_to_end(digest)
+            return Verdict.DENIED_AGAIN
+        pending = self._pending.get(digest)
+        if pending is None:
+            if self._queued >= self._max_queued:
+                return Verdict.BUSY
+            # The same attempt from many connections at once is checked once.
+            self._queued += 1
+            pending = asyncio.ensure_future(self._check(config, user, password, hashed, digest))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+        if queued is not None:
+            queued(True)
+        try:
+            ok = await asyncio.shield(pending)
+        finally:
+            if queued is not None:
+                queued(False)
+        return Verdict.ALLOWED if ok else Verdict.DENIED
+
+    async def _check(
+        self, config: WebConfig, user: str, password: bytes, hashed: bytes | None, digest: bytes
+    ) -> bool:
+        try:
+            async with self._bcrypt_slots:
+                # Unknown users are checked against a dummy hash too: timing reveals no names.
+                ok = await asyncio.to_thread(_checkpw, password, hashed or _dummy_hash())
+        finally:
+            self._queued -= 1
+        ok = ok and hashed is not None
+        if self.config is config:  # not reloaded meanwhile
+            if ok:
+                _remember(self._verified, digest, self._cache_size)
+            else:
+                _remember(self._refused, digest, self._failure_cache_size)
+        return ok
+
+
+def _remember(cache: OrderedDict[bytes, None], digest: bytes, size: int) -> None:
+    cache[digest] = None
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 @functools.cache
@@ -265,6 +351,14 @@ def _basic_credentials(header: str | None) -> tuple[str | None, bytes | None]:
         return user.decode(), password
     except UnicodeDecodeError:
         return None, None
+
+
+def busy() -> web.Response:
+    return web.json_response(
+        {"status": "busy", "message": "too many password checks at once; try again"},
+        status=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 def unauthorized() -> web.Response:
