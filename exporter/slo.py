@@ -319,22 +319,33 @@ def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
     return "\nor\n".join(branches)
 
 
-def _alert(o: _Objective, alert: BurnAlert) -> list[str]:
+def _alert(o: _Objective, alert: BurnAlert, *, twin: bool = False) -> list[str]:
+    """The alert's rule; `twin`: its escalation twin (a page's, for the escalation path)."""
     pairs = " or ".join(f"{_number(b.factor)}x over {b.long} and {b.short}" for b in alert.burns)
     objective = f"{_number(o.objective.objective)}% over {o.period}"
+    comment = (
+        [
+            f"      # {alert.name}'s escalation: the same alert without keep_firing_for, sent up the",
+            "      # escalation path (alertmanager.yml): it resolves when the evidence clears.",
+        ]
+        if twin
+        else [f"      # {pairs}: {alert.what}."]
+    )
     lines = [
-        f"      # {pairs}: {alert.what}.",
-        f"      - alert: {alert.name}",
+        *comment,
+        f"      - alert: {alert.name}{'Escalation' if twin else ''}",
         "        expr: |",
         *(f"          {line}" for line in _alert_expr(o, alert).splitlines()),
         f"        for: {alert.for_}",
     ]
-    if alert.severity == "critical":
+    if alert.severity == "critical" and not twin:
+        # A restart of every exporter resolves no page; its twin resolves (issue 19, point 3).
         lines.append("        keep_firing_for: 3m")
     lines += [
         "        labels:",
         f"          severity: {alert.severity}",
         f"          escalation: {alert.escalation}",
+        *(['          escalate: "true"'] if twin else []),
         # Which objective: two objectives' alerts must differ in their labels.
         f"          objective: {objective}",
         "        annotations:",
@@ -400,6 +411,12 @@ def generate(config: Config) -> str:
         "  - name: liquid_abt.slo",
         "    rules:",
         *_records(objectives),
-        *(line for o in objectives for alert in ALERTS for line in _alert(o, alert)),
+        *(
+            line
+            for o in objectives
+            for alert in ALERTS
+            for twin in ((False, True) if alert.severity == "critical" else (False,))
+            for line in _alert(o, alert, twin=twin)
+        ),
     ]
     return HEADER + "\n".join(lines) + "\n"
