@@ -12,6 +12,7 @@ hands nothing out while purchases are paused or the breaker is open (the gate).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 
@@ -52,10 +53,13 @@ class RetryFiller:
         return queued
 
     async def run(self) -> None:
+        """A round every `retry.fill_interval`, the first one interval after start-up (what
+        failed meanwhile is still eligible: the runbook's window is an hour)."""
         interval = self._config.retry.fill_interval
 
         async def iteration() -> float:
             await self.fill()
             return interval
 
+        await asyncio.sleep(interval)
         await run_forever("retry-filler", iteration, retry_after=interval)
