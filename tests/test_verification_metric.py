@@ -31,7 +31,9 @@ async def failing(db: asyncpg.Connection) -> dict[str, float]:
     """The family as the controls collector serves it (the incident loop would move on)."""
     families = await ControlsSource(CONFIG).collect(db)
     (family,) = [f for f in families if f.name == "liquid_abt_recovery_verification_failed"]
-    values = {s.labels["check"]: s.value for s in family.samples if s.labels["exchange"] == "kraken"}
+    values = {
+        s.labels["check"]: s.value for s in family.samples if s.labels["exchange"] == "kraken"
+    }
     assert set(values) == set(RECOVERY_CHECKS)  # every series there, from the start
     return values
 
