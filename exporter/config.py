@@ -335,6 +335,9 @@ class RetryConfig(_Model):
     max_delay: Duration = 3600.0  # the runbook's maxRetryDelay: 1 hour
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     max_attempts: int = Field(default=3, ge=1)  # the runbook retries at most 3 times
+    # How often every replica queues the failed purchases that became retry-eligible since
+    # (runbook/retry_filler.py): the longest a failure waits to be queued, whatever fires.
+    fill_interval: Duration = Field(default=5.0, gt=0)
     # Finished queue entries (succeeded, failed, cancelled) older than this are deleted.
     retention: Duration = 30 * 86400.0
 

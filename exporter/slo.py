@@ -7,6 +7,12 @@ sampled during W, times W / 5m (`avg_over_time`). Each purchase is seen in every
 first five minutes, so the ratio of two such sums is the exact ratio over W except at the edges:
 purchases of the last five minutes weigh less, and those of the five minutes before W a little
 (docs/slo.md works out how exact that is).
+
+A window holds only the data Prometheus has: on a fresh Prometheus (or for a new exchange) a few
+minutes of samples are not an hour. Each window's coverage (the share of it the samples cover,
+from the first sample in it; the first 5-minute count covers the 5 minutes before it) scales
+its counts to the purchases really seen, so the volume guard counts those; a page needs both its
+windows covered in full, a ticket its short window (issue 19, point 4).
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class BurnAlert:
     # paged the same failures. Inhibition alone is not enough: the failures stay in the long
     # window after the runbook alert resolves, and the pair would page then.
     paged_by: tuple[str, ...] = ()
+    # Which windows of a pair must hold their whole length of data: both for a page (a few
+    # minutes of data are not an hour); the short one for a ticket, which may then read what the
+    # long window has so far (a ticket after 2 or 6 hours of evidence, not after 3 days).
+    covered: str = "both"
 
 
 ALERTS = (
@@ -70,6 +80,7 @@ ALERTS = (
         "BitcoinPurchaseErrorBudgetBurnWarning", "warning", "none", "15m",
         (Burn(3, "1d", "2h"), Burn(1, "3d", "6h")),
         "a ticket: at this rate the budget is gone before the period ends",
+        covered="short",
     ),
 )  # fmt: skip
 
@@ -154,6 +165,7 @@ def _base_counts(o: _Objective) -> list[_Record]:
             ")",
             ("The 5-minute counts every window is derived from (replicas de-duplicated).",),
         ),
+        _sampled_at(o),
         _Record(name("failed", BASE), f"max by (exchange) ({failed})"),
         _Record(
             name("unhandled_failed", BASE),
@@ -169,11 +181,33 @@ def _base_counts(o: _Objective) -> list[_Record]:
     ]
 
 
+def _sampled_at(o: _Objective) -> _Record:
+    return _Record(
+        name("sampled_at", "timestamp"),
+        f"timestamp({o.series('settled', BASE)})",
+        ("When each 5-minute count was sampled: how much of a window the data covers.",),
+    )
+
+
+def _coverage(o: _Objective, window: str) -> _Record:
+    """The share of `window` the samples cover, at most 1: from the first sample in the window,
+    plus the 5 minutes the first count looks back (the exporter counts from the database)."""
+    seconds = _number(parse_duration(window))
+    return _Record(
+        name("coverage", window),
+        f"clamp_max((time() - min_over_time({o.series('sampled_at', 'timestamp')}[{window}])"
+        f" + {_number(SLO_BASE_WINDOW)}) / {seconds}, 1)",
+    )
+
+
 def _derived_counts(o: _Objective, window: str, metrics: Iterable[str]) -> list[_Record]:
     scale = _number(parse_duration(window) / SLO_BASE_WINDOW)
-    return [
+    coverage = o.series("coverage", window)
+    return [_coverage(o, window)] + [
         _Record(
-            name(metric, window), f"avg_over_time({o.series(metric, BASE)}[{window}]) * {scale}"
+            name(metric, window),
+            f"avg_over_time({o.series(metric, BASE)}[{window}]) * {scale}"
+            f" * on (exchange) {coverage}",
         )
         for metric in metrics
     ]
@@ -262,6 +296,14 @@ def _paged(alert: BurnAlert, burn: Burn) -> str:
     )
 
 
+def _covered(o: _Objective, alert: BurnAlert, burn: Burn) -> str:
+    """The conditions that the pair's windows hold their whole length of data."""
+    windows = (burn.long, burn.short) if alert.covered == "both" else (burn.short,)
+    return "".join(
+        f"\n  and on (exchange)\n  {o.series('coverage', w)} >= 1" for w in windows if w != BASE
+    )
+
+
 def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
     branches = []
     for burn in alert.burns:
@@ -271,28 +313,39 @@ def _alert_expr(o: _Objective, alert: BurnAlert) -> str:
             f"  {o.series('unhandled_burn_rate', burn.long)} > {factor}\n"
             f"  and on (exchange)\n  {o.series('unhandled_burn_rate', burn.short)} > {factor}\n"
             f"  and on (exchange)\n  {o.series('settled', burn.long)} >= {o.objective.min_settled}"
-            f"{_paged(alert, burn)},\n"
+            f"{_covered(o, alert, burn)}{_paged(alert, burn)},\n"
             f'  "window", "{burn.long}", "", ""\n)'
         )
     return "\nor\n".join(branches)
 
 
-def _alert(o: _Objective, alert: BurnAlert) -> list[str]:
+def _alert(o: _Objective, alert: BurnAlert, *, twin: bool = False) -> list[str]:
+    """The alert's rule; `twin`: its escalation twin (a page's, for the escalation path)."""
     pairs = " or ".join(f"{_number(b.factor)}x over {b.long} and {b.short}" for b in alert.burns)
     objective = f"{_number(o.objective.objective)}% over {o.period}"
+    comment = (
+        [
+            f"      # {alert.name}'s escalation: the same alert without keep_firing_for, sent up the",
+            "      # escalation path (alertmanager.yml): it resolves when the evidence clears.",
+        ]
+        if twin
+        else [f"      # {pairs}: {alert.what}."]
+    )
     lines = [
-        f"      # {pairs}: {alert.what}.",
-        f"      - alert: {alert.name}",
+        *comment,
+        f"      - alert: {alert.name}{'Escalation' if twin else ''}",
         "        expr: |",
         *(f"          {line}" for line in _alert_expr(o, alert).splitlines()),
         f"        for: {alert.for_}",
     ]
-    if alert.severity == "critical":
+    if alert.severity == "critical" and not twin:
+        # A restart of every exporter resolves no page; its twin resolves (issue 19, point 3).
         lines.append("        keep_firing_for: 3m")
     lines += [
         "        labels:",
         f"          severity: {alert.severity}",
         f"          escalation: {alert.escalation}",
+        *(['          escalate: "true"'] if twin else []),
         # Which objective: two objectives' alerts must differ in their labels.
         f"          objective: {objective}",
         "        annotations:",
@@ -358,6 +411,12 @@ def generate(config: Config) -> str:
         "  - name: liquid_abt.slo",
         "    rules:",
         *_records(objectives),
-        *(line for o in objectives for alert in ALERTS for line in _alert(o, alert)),
+        *(
+            line
+            for o in objectives
+            for alert in ALERTS
+            for twin in ((False, True) if alert.severity == "critical" else (False,))
+            for line in _alert(o, alert, twin=twin)
+        ),
     ]
     return HEADER + "\n".join(lines) + "\n"

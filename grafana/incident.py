@@ -192,7 +192,8 @@ def _now(grid: Grid) -> None:
             "Firing alerts",
             "Alerts firing now in Prometheus for this exchange, and those of the exporter itself "
             "(no exchange label: exporter, database, webhook), before Alertmanager's inhibition. "
-            "Each alert's section in the runbooks is named after it.",
+            "Each alert's section in the runbooks is named after it (`...Escalation`: a page's "
+            "copy for the escalation path).",
             'exchange=~"$exchange|"',
         ),
         8,
@@ -330,6 +331,22 @@ def _automation(grid: Grid) -> None:
             mappings=states((0, "Not paused", "green")),
             thresholds=steps("orange", (3600, "red")),
             links=[runbook(BITCOIN, "BitcoinPurchasesPausedTooLong")],
+        ),
+        6,
+        4,
+    )
+    failed_checks = sel("liquid_abt_recovery_verification_failed", EXCHANGE)
+    grid.add(
+        stat(
+            "Verification failing",
+            "Checks the latest recovery verification failed while purchases stay stopped "
+            "(system_status, price, order_book, balance): what keeps them stopped after the cause "
+            "cleared. ExchangeRecoveryNotVerified pages after 15 minutes.",
+            [q(f"sum by (exchange) (max by (exchange, check) ({failed_checks}))", "{{exchange}}")],
+            decimals=0,
+            mappings=states((0, "None", "green")),
+            thresholds=steps("green", (1, "red")),
+            links=[runbook(EXCHANGE_API, "ExchangeRecoveryNotVerified")],
         ),
         6,
         4,

@@ -32,6 +32,9 @@ def make_config(kraken: FakeKraken, **receiver: Any):
         "breaker": {"recovery_timeout": "100ms"},
         "incident": {"probation": "200ms", "rate_restore_after": "200ms"},
         "receiver": {**receiver},
+        # These tests are about what an alert's own actions do; the retry filler would queue
+        # the same purchases by itself (tests/test_retry_filler.py), so it waits an hour here.
+        "retry": {"fill_interval": "1h"},
     })  # fmt: skip
 
 

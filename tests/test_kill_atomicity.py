@@ -23,6 +23,9 @@ def config(kraken_url: str) -> str:
         kraken={"probe_interval": "200ms", "doubt_interval": "20ms", "incident_interval": "100ms",
                 "call_spacing": "1ms", "timeout": "500ms"},
         breaker={"failure_threshold": 1},
+        # The retry filler queues the same purchases by itself (tests/test_retry_filler.py);
+        # here the queue must tell whether the incident's own commit happened.
+        retry={"fill_interval": "1h"},
     )  # fmt: skip
 
 

@@ -23,9 +23,11 @@ from exporter.web.app import create_app
 from exporter.web.keys import RUNNERS
 from tests.helpers import scrape, value
 
-CONFIG: Config = parse_config(
-    {"collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False}}
-)
+CONFIG: Config = parse_config({
+    "collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False},
+    # These tests queue by hand; tests/test_retry_filler.py tests the loop that does it.
+    "retry": {"fill_interval": "1h"},
+})  # fmt: skip
 CLASSIFIER = ReasonClassifier(CONFIG.purchases.failure_reasons)
 NO_JITTER = RetryConfig(jitter=0)
 
@@ -279,6 +281,27 @@ async def test_complete_only_completes_a_claimed_row(db: asyncpg.Connection) -> 
     assert entry.status == "succeeded"
 
 
+async def test_release_hands_a_claimed_row_back_without_using_an_attempt(
+    db: asyncpg.Connection,
+) -> None:
+    """The gate closed between the claim and the purchase (docs/platform-integration.md 3.1):
+    the row goes back as it was, due at once, and waits for the gate like any other."""
+    (entry_id,) = await add(db, 1, max_attempts=1)
+    await retry_queue.claim_due(db, 1)
+    await controls.pause(db, "kraken", reason="maintenance", estimated_duration=None,
+                         actor="automation", cause="test")  # fmt: skip
+    assert await retry_queue.release(db, entry_id) is True
+    assert await retry_queue.release(db, entry_id) is False  # not in progress any more
+    (entry,) = await retry_queue.list_queue(db)
+    assert (entry.status, entry.attempts) == ("queued", 0)
+    assert await retry_queue.claim_due(db, 10) == []  # paused: the gate holds it
+    await controls.resume(db, "kraken", actor="automation", cause="test")
+    # Its one attempt is still there: claimed again, failed once, it gives up only then.
+    (claimed,) = await retry_queue.claim_due(db, 10)
+    assert claimed.attempts == 1
+    assert await retry_queue.fail(db, entry_id, "EService:Busy", RetryConfig()) == "failed"
+
+
 async def test_make_due_touches_only_queued_rows_of_the_exchange(db: asyncpg.Connection) -> None:
     await add(db, 3, due_in=3600)
     await add(db, 1, exchange="binance", due_in=3600)
@@ -330,5 +353,9 @@ async def test_queue_depth_at_metrics_after_enqueue(
 
 def test_platform_integration_doc_carries_the_exact_statements() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "platform-integration.md").read_text()
-    for sql in (GATE_SQL, retry_queue.CLAIM_SQL, retry_queue.COMPLETE_SQL, retry_queue.FAIL_SQL):
+    statements = (
+        GATE_SQL, retry_queue.CLAIM_SQL, retry_queue.COMPLETE_SQL, retry_queue.FAIL_SQL,
+        retry_queue.RELEASE_SQL,
+    )  # fmt: skip
+    for sql in statements:
         assert f"```sql\n{sql.strip()}\n```" in doc, sql

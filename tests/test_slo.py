@@ -83,7 +83,8 @@ def test_the_committed_rules_pass_promtool_and_hold_every_window_and_alert() -> 
                        "unhandled_burn_rate"):  # fmt: skip
             assert f"exchange:liquid_abt_purchase_slo_{metric}:{window}" in records
     assert "exchange:liquid_abt_purchase_slo_error_budget_remaining:30d" in records
-    assert {r["alert"] for r in rules if "alert" in r} == {a.name for a in ALERTS}
+    pages = [a.name + "Escalation" for a in ALERTS if a.severity == "critical"]
+    assert {r["alert"] for r in rules if "alert" in r} == {a.name for a in ALERTS} | set(pages)
 
 
 def test_the_windows_and_factors_are_the_sre_workbooks() -> None:
@@ -168,8 +169,13 @@ def test_objectives_per_exchange_generate_disjoint_rules(tmp_path: Path) -> None
         '0 * exchange:liquid_abt_purchase_slo_settled:5m{exchange!~"other|kraken"} + 0.97\n'
     )
     alerts = [r for r in group["rules"] if "alert" in r]
-    assert [a["alert"] for a in alerts] == [a.name for a in ALERTS] * 2
-    assert ">= 50" in alerts[0]["expr"] and ">= 10" in alerts[2]["expr"]
+    names = [
+        n
+        for a in ALERTS
+        for n in (a.name, a.name + "Escalation")[: 2 if a.severity == "critical" else 1]
+    ]
+    assert [a["alert"] for a in alerts] == names * 2
+    assert ">= 50" in alerts[0]["expr"] and ">= 10" in alerts[len(names)]["expr"]
     assert "(objective 99.5% over 28d)" in alerts[0]["annotations"]["summary"]
 
 

@@ -7,11 +7,19 @@ data (in the background), not from this process's memory.
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 from prometheus_client.core import Metric
 
 from exporter.config import Config, format_duration
-from exporter.labels import BREAKER_STATES, INCIDENT_CAUSES, INCIDENT_PHASES
+from exporter.labels import (
+    BREAKER_STATES,
+    INCIDENT_CAUSES,
+    INCIDENT_PHASES,
+    OTHER,
+    RECOVERY_CHECKS,
+)
 from exporter.signals.collectors.base import LabelledValues
 
 CONTROLS_SQL = """
@@ -25,6 +33,7 @@ SELECT x.exchange,
        coalesce(c.api_rate_multiplier, 1)::float8 AS rate_multiplier,
        coalesce(i.phase, 'normal') AS phase,
        coalesce(split_part(i.cause, ':', 1), 'none') AS cause,
+       CASE WHEN i.phase = 'down' THEN i.last_verification END AS verification,
        (SELECT count(*) FROM liquid_abt.retry_queue q
          WHERE q.exchange = x.exchange AND q.status IN ('queued', 'in_progress')) AS queue_depth,
        (SELECT coalesce(extract(epoch FROM now() - min(q.enqueued_at)), 0)::float8
@@ -57,6 +66,22 @@ GROUP BY 1, 2
 BACKLOG_SQL = """
 SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL AND dead_lettered_at IS NULL
 """
+
+
+def failed_checks(verification: str | None) -> set[str]:
+    """The checks a failed verification (incidents.last_verification, JSON) failed itself: not
+    those skipped because an earlier one failed; names outside the closed set count as other."""
+    if not verification:
+        return set()
+    result = json.loads(verification)
+    if result.get("passed"):
+        return set()
+    failed = {
+        str(c.get("name"))
+        for c in result.get("checks", [])
+        if not c.get("ok") and not str(c.get("detail", "")).startswith("skipped")
+    }
+    return {c if c in RECOVERY_CHECKS else OTHER for c in failed} or {OTHER}
 
 
 class ControlsSource:
@@ -124,6 +149,12 @@ class ControlsSource:
                 "Why the incident model stopped purchases: 1 for the current cause, none when normal.",
                 ["exchange", "cause"], x, INCIDENT_CAUSES,
             ),
+            "verification": LabelledValues(
+                "liquid_abt_recovery_verification_failed",
+                "1 for each check the latest recovery verification failed while purchases stay "
+                "stopped (the exchange's evidence: status, price, order book, balance).",
+                ["exchange", "check"], x, RECOVERY_CHECKS,
+            ),
             "handled": LabelledValues(
                 "liquid_abt_purchase_handled_failures",
                 "Failed purchases inside an incident the loop handled (purchases stopped, retries "
@@ -153,6 +184,8 @@ class ControlsSource:
             families["rate"].set((exchange,), row["rate_multiplier"])
             families["phase"].set((exchange, row["phase"]), 1)
             families["cause"].set((exchange, row["cause"]), 1)
+            for check in failed_checks(row["verification"]):
+                families["verification"].set((exchange, check), 1)
         handled = await connection.fetch(
             HANDLED_SQL, self._windows, self._seconds, self._margin, max(self._seconds),
             self._exchanges,

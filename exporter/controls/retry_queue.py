@@ -1,7 +1,9 @@
 """The retry queue: the runbook's queueFailedPurchasesForRetry, with exponential backoff.
 
-The exporter fills it (`enqueue_retry_eligible`, `make_due`); the platform consumes it
-(`claim_due`, `complete`, `fail`), with the SQL written out in docs/platform-integration.md.
+The exporter fills it from the purchases themselves (`enqueue_retry_eligible`, every few seconds
+on every replica: runbook/retry_filler.py) and makes it due on recovery (`make_due`); the platform
+consumes it (`claim_due`, `complete`, `fail`, `release`), with the SQL written out in
+docs/platform-integration.md.
 The claim never hands out a purchase while its exchange is paused or its circuit breaker is open.
 """
 
@@ -95,6 +97,9 @@ WHERE p.status = 'failed'
   AND p.retry_count < $1
   AND p.created_at > $2::timestamptz - make_interval(secs => $3::float8)
   AND ($4::text IS NULL OR lower(p.exchange_provider) = $4)
+  -- Queued once, ever: skip what is in already (the filler runs this every few seconds; the
+  -- unique purchase_id below still decides a race between replicas).
+  AND NOT EXISTS (SELECT 1 FROM liquid_abt.retry_queue q WHERE q.purchase_id = p.id::text)
 ORDER BY p.created_at, p.id
 """
 
@@ -127,11 +132,13 @@ async def enqueue_retry_eligible(
     now: datetime | None = None,
     actor: str = audit.ACTOR_AUTOMATION,
     rng: random.Random | None = None,
+    audit_nothing: bool = True,
 ) -> int:
     """Queue every retry-eligible failed purchase (of one exchange, or all); returns how many new.
 
     A purchase is queued at most once, ever (ON CONFLICT DO NOTHING on purchase_id), so calling
-    this again, from any replica, adds only purchases that failed since.
+    this again, from any replica, adds only purchases that failed since. `audit_nothing=False`
+    records nothing in the audit log when nothing was new (the filler's every-few-seconds call).
     """
     rng = rng or random.Random()
     async with transaction(db) as connection:
@@ -145,6 +152,8 @@ async def enqueue_retry_eligible(
         columns = _columns(eligible, purchases_config, retry_config, cause, now, rng)
         inserted = await connection.fetch(_INSERT_SQL, *columns, now)
         queued = [r["purchase_id"] for r in inserted]
+        if not queued and not audit_nothing:
+            return 0
         await audit.record(
             connection, actor=actor, action="queue_failed_purchases_for_retry", result="success",
             exchange=exchange, cause=cause, fingerprint=fingerprint,
@@ -313,6 +322,16 @@ RETURNING status
 """
 
 
+# Hands a claimed row back untouched, as if never claimed: the attempt is not counted (the
+# platform did not call the exchange, e.g. the gate closed between the claim and the purchase).
+# It is due again at once, and the claim hands it out as soon as the gate opens.
+RELEASE_SQL = """
+UPDATE liquid_abt.retry_queue
+SET status = 'queued', attempts = attempts - 1, updated_at = now()
+WHERE id = $1 AND status = 'in_progress'
+"""
+
+
 async def claim_due(db: Executor, limit: int) -> list[QueueEntry]:
     """Claim up to `limit` due purchases: they become in_progress, their attempts go up by one."""
     rows = await db.fetch(CLAIM_SQL, limit)
@@ -322,6 +341,11 @@ async def claim_due(db: Executor, limit: int) -> list[QueueEntry]:
 async def complete(db: Executor, entry_id: int) -> bool:
     """Mark a claimed purchase as bought; False if it was not in progress."""
     return await db.execute(COMPLETE_SQL, entry_id) == "UPDATE 1"
+
+
+async def release(db: Executor, entry_id: int) -> bool:
+    """Hand a claimed purchase back without using an attempt; False if it was not in progress."""
+    return await db.execute(RELEASE_SQL, entry_id) == "UPDATE 1"
 
 
 async def fail(

@@ -1,10 +1,10 @@
 """The one way to run a background loop: it never dies, and it logs like an operator wants.
 
 Every loop of the exporter (collectors, the database ping, the probe, the incident model, the
-action worker, recovery verification, reconciliation, retention) runs its iterations through
-`run_forever`. While the database is away the loop logs one line when it goes and one when it is
-back, not a traceback per iteration; any other error is a bug and logs its traceback, once per
-run of identical failures, so a persistent bug cannot fill a disk either.
+action worker, recovery verification, reconciliation, retention, the retry filler) runs its
+iterations through `run_forever`. While the database is away the loop logs one line when it goes
+and one when it is back, not a traceback per iteration; any other error is a bug and logs its
+traceback, once per run of identical failures, so a persistent bug cannot fill a disk either.
 """
 
 from __future__ import annotations

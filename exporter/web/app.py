@@ -36,6 +36,7 @@ from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
 from exporter.runbook.retention import run_retention
+from exporter.runbook.retry_filler import RetryFiller
 from exporter.runbook.worker import WORK_CHANNEL, ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
@@ -227,6 +228,19 @@ async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
                 config.receiver.reconcile_interval,
             )  # fmt: skip
             await stack.enter_async_context(_task("reconciler", reconciler.run()))
+        yield
+
+
+async def _retry_filler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every eligible failed purchase queued once, from the purchases, whatever alert fires.
+
+    In dry run the exporter changes nothing the platform acts on, so nothing is queued."""
+    config = app[CONFIG]
+    if config.receiver.dry_run:
+        yield
+        return
+    filler = RetryFiller(app[POOL], config)
+    async with _task("retry-filler", filler.run()):
         yield
 
 
@@ -441,7 +455,7 @@ def create_app(
     # Order matters: each context may use what the previous ones created.
     app.cleanup_ctx.extend(
         [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _incidents_ctx,
-         _actions_ctx]
+         _actions_ctx, _retry_filler_ctx]
     )  # fmt: skip
     app.router.add_get("/", index)
     app.router.add_get(options.telemetry_path, app[EXPOSITION].handle)

@@ -69,6 +69,8 @@ def scaled_rules(folder: Path, t: Timing) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
 
     def duration(match: re.Match[str]) -> str:
+        if match.group(2) == "0s":  # an escalation twin's keep_firing_for: none, at any scale
+            return match.group(0)
         return f"{match.group(1)}{t.d(parse_duration(match.group(2)))}"
 
     def window(match: re.Match[str]) -> str:
