@@ -16,14 +16,16 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(RUN_STAMP): requirements/run.txt pyproject.toml | $(VENV)/bin/python
+# The drill (demo, incident drills, simulator, fake exchanges) is a distribution of its own in drill/:
+# the dev venv has it, editable; the exporter's wheel and image do not.
+$(RUN_STAMP): requirements/run.txt pyproject.toml drill/pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/run.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e drill
 	touch $(RUN_STAMP)
 
-$(STAMP): requirements/test.txt pyproject.toml | $(VENV)/bin/python
+$(STAMP): requirements/test.txt pyproject.toml drill/pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/test.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e drill
 	touch $(STAMP) $(RUN_STAMP)
 
 ## run: start the exporter (an embedded PostgreSQL when DATABASE_URL is not set)
@@ -32,25 +34,25 @@ run: $(RUN_STAMP)
 
 ## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy grafana
-	$(BIN)/mypy exporter
+	$(BIN)/ruff check exporter drill tests bench deploy grafana
+	$(BIN)/mypy exporter drill/liquid_abt_drill
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
 demo: $(RUN_STAMP)
-	$(BIN)/liquid-abt-exporter demo $(ARGS)
+	$(BIN)/liquid-abt-drill demo $(ARGS)
 
 ## drill: the runbooks' incidents on the whole loop with the shipped timers, one timeline each (about an hour)
 drill: $(RUN_STAMP)
-	$(BIN)/liquid-abt-exporter drill $(ARGS)
+	$(BIN)/liquid-abt-drill drill $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy grafana
-	$(BIN)/ruff format --check exporter tests bench deploy grafana
+	$(BIN)/ruff check exporter drill tests bench deploy grafana
+	$(BIN)/ruff format --check exporter drill tests bench deploy grafana
 
 typecheck: $(STAMP)
-	$(BIN)/mypy exporter
+	$(BIN)/mypy exporter drill/liquid_abt_drill
 
 # query-exporter, the benchmark's anchor, in its own venv: not a dependency of the exporter.
 $(BENCH_STAMP):

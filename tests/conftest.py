@@ -19,10 +19,10 @@ from prometheus_client import disable_created_metrics
 
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
-from exporter.drill.kraken_server.server import FakeKraken
-from exporter.drill.stack import searchable_tmp_dir, start_postgres
+from liquid_abt_drill.kraken_server.server import FakeKraken
+from liquid_abt_drill.stack import searchable_tmp_dir, start_postgres
 
-# The `stack` fixture and the other pytest plumbing over exporter.drill.stack.
+# The `stack` fixture and the other pytest plumbing over liquid_abt_drill.stack.
 pytest_plugins = ["tests.harness"]
 
 TEMPLATE_DB = "liquid_abt_test_template"

@@ -2,7 +2,7 @@
 server, two exporter processes, Prometheus with the shipped rules, Alertmanager with the shipped
 routes (its human receivers recorded by a pager), and a platform buying through the exchange.
 
-The scenarios are `liquid-abt-exporter drill`'s (exporter/drill/incidents.py), with every timer
+The scenarios are `liquid-abt-drill drill`'s (drill/liquid_abt_drill/incidents.py), with every timer
 at a twentieth of the shipped one; each asserts its timeline in shipped seconds: when purchases
 stopped, what paged and how often, how often the breaker moved, when purchases resumed. `make
 drill` runs the same scenarios with the shipped timers.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.database.pool import Connection
-from exporter.drill.incidents import SCENARIOS, Timing, run_scenario
+from liquid_abt_drill.incidents import SCENARIOS, Timing, run_scenario
 
 SCALE = 0.05
 

@@ -9,7 +9,6 @@ import asyncpg
 import pytest
 
 from exporter.config import Config
-from exporter.drill.simulate.scenarios import BREAKER_OPEN, FAILURES
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.reason_sql import (
     PYTHON,
@@ -19,6 +18,7 @@ from exporter.signals.collectors.reason_sql import (
     pattern_sql,
 )
 from exporter.signals.kraken.outcomes import OUTCOMES
+from liquid_abt_drill.simulate.scenarios import BREAKER_OPEN, FAILURES
 from tests.test_classify import TYPICAL
 
 NON_ASCII = "octet_length(t) <> char_length(t)"
