@@ -11,7 +11,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
+.PHONY: run test test-fast demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,5 +94,8 @@ slo-rules: $(RUN_STAMP)
 kubernetes: dashboards
 	$(BIN)/python deploy/kubernetes/generate.py
 
+## clean: remove what the project made: the venvs, .data, build output, and the embedded PostgreSQL
+## files it put under /var/tmp/liquid-abt-embedded-pg for folders of this checkout (as root)
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .data
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m exporter.database.embedded clean $(CURDIR)
+	rm -rf $(VENV) $(BENCH_VENV) .data build drill/build *.egg-info drill/*.egg-info

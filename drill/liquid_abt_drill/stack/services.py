@@ -40,7 +40,11 @@ def searchable_tmp_dir(prefix: str) -> Path:
 
 class PostgresServer:
     """An embedded PostgreSQL in `<folder>/postgres/`, logging to `postgres/postgres.log` (a
-    folder its own user can write to when started as root)."""
+    folder its own user can write to when started as root).
+
+    Throwaway: it starts from an empty database every time, even when its files live under
+    /var/tmp (as root, for a folder the server's user cannot reach), and leaves nothing there.
+    """
 
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.server = EmbeddedPostgres(Path(folder) / "postgres", port)
@@ -51,11 +55,15 @@ class PostgresServer:
         return self.server.dsn
 
     def start(self) -> Self:
+        self.server.discard()  # a previous run's data would be "backfill skipped", stale pages
         self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.stop()
+        if self.server.moved:
+            self.server.discard()
+        else:
+            self.server.stop()  # its log stays in the folder, for whoever looks after a failure
 
     def __enter__(self) -> Self:
         return self
