@@ -1,16 +1,25 @@
-"""Shared fixtures: a real PostgreSQL (throwaway, or DATABASE_URL), a fresh database per test.
+"""Shared fixtures: a real PostgreSQL (throwaway, or DATABASE_URL), a fresh database per test;
+and the suite's tiers.
 
 The session migrates one template database; each test gets its own copy of it, so tests never
 see each other's rows and need no cleanup of their own.
+
+Every test is put in one tier, from what it uses, so a new test needs no marker of its own:
+`stack` when it (or a fixture or helper of its module it calls) starts a program: a subprocess,
+the exporter, Prometheus, Alertmanager, promtool, a drill; otherwise `db` when it uses the
+database; otherwise `unit`. `make test-fast` runs `-m "unit or db"`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 import shutil
+import types
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -110,3 +119,73 @@ async def kraken() -> AsyncIterator[FakeKraken]:
     await server.start()
     yield server
     await server.stop()
+
+
+# --- Tiers ---------------------------------------------------------------------------------------
+
+# Names whose use starts a program. A test is `stack` when its code, its fixtures' code or a
+# helper function of the test modules they call (followed transitively) names one of these.
+STARTS_A_PROGRAM = frozenset({
+    "subprocess", "create_subprocess_exec", "create_subprocess_shell", "Popen",
+    "Stack", "ManagedProcess", "require_binary", "find_binary", "run_scenario", "run_all",
+    "start_exporter", "start_kraken_server", "start_prometheus", "start_alertmanager",
+    "start_simulator", "EmbeddedPostgres", "webdriver",
+})  # fmt: skip
+# Fixtures that stand for the database (the session's server counts once a test asks for it).
+DATABASE_FIXTURES = frozenset({"database", "db", "template_db", "pg_server_dsn"})
+TIERS = ("unit", "db", "stack")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names(const)
+
+
+def _starts_a_program(func: Callable[..., object], seen: set[int]) -> bool:
+    """Whether `func` names a program starter, directly or through this suite's own functions."""
+    with contextlib.suppress(ValueError):
+        func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    scope = getattr(func, "__globals__", {})
+    for name in _names(code):
+        if name in STARTS_A_PROGRAM:
+            return True
+        called = scope.get(name)
+        if callable(called):
+            with contextlib.suppress(ValueError):
+                called = inspect.unwrap(called)
+        called_code = getattr(called, "__code__", None)
+        if (
+            called_code is not None
+            and called_code.co_filename.startswith(TESTS_DIR)
+            and _starts_a_program(called, seen)
+        ):
+            return True
+    return False
+
+
+def tier(item: pytest.Item) -> str:
+    """`stack`, `db` or `unit`, from the test's code and the fixtures it uses."""
+    seen: set[int] = set()
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        funcs.extend(d.func for d in defs)
+    if any(f is not None and _starts_a_program(f, seen) for f in funcs):
+        return "stack"
+    if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "db"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in TIERS):
+            item.add_marker(tier(item))
+
