@@ -32,12 +32,21 @@ $(STAMP): requirements/test.txt pyproject.toml drill/pyproject.toml | $(VENV)/bi
 run: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter serve $(if $(DATABASE_URL),,--embedded-db) $(ARGS)
 
-## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
+# pytest-xdist workers: most tests wait on programs and PostgreSQL more than they compute, so
+# more workers than cores pays; tests sharing a module's fixture stay on one worker.
+PYTEST_WORKERS ?= 3
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+
+## test: the whole suite, tiers unit, db and stack (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
 	$(BIN)/ruff check exporter drill tests bench deploy grafana
 	$(BIN)/mypy exporter drill/liquid_abt_drill
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+## test-fast: the unit and db tiers only, no program started (under 2 minutes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "unit or db" $(XDIST) $(PYTEST_ARGS)
 
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
 demo: $(RUN_STAMP)

@@ -7,7 +7,8 @@ see each other's rows and need no cleanup of their own.
 Every test is put in one tier, from what it uses, so a new test needs no marker of its own:
 `stack` when it (or a fixture or helper of its module it calls) starts a program: a subprocess,
 the exporter, Prometheus, Alertmanager, promtool, a drill; otherwise `db` when it uses the
-database; otherwise `unit`. `make test-fast` runs `-m "unit or db"`.
+database; otherwise `unit`. `make test-fast` runs `-m "unit or db"`. Tests that share a module's
+fixture are grouped for pytest-xdist's `--dist loadgroup`, so a worker starts it once.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from liquid_abt_drill.stack import searchable_tmp_dir, start_postgres
 # The `stack` fixture and the other pytest plumbing over liquid_abt_drill.stack.
 pytest_plugins = ["tests.harness"]
 
-TEMPLATE_DB = "liquid_abt_test_template"
+# One template per pytest-xdist worker (gw0, gw1, ...): with DATABASE_URL they share a server.
+TEMPLATE_DB = "liquid_abt_test_template_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 # As the CLI does: keeps the samples the tests read free of `_created` series.
 disable_created_metrics()
@@ -184,8 +186,20 @@ def tier(item: pytest.Item) -> str:
     return "unit"
 
 
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return any(
+        d.scope in ("module", "class", "package")
+        for defs in (info.name2fixturedefs.values() if info else ())
+        for d in defs
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(name) for name in TIERS):
             item.add_marker(tier(item))
-
+        # Under pytest-xdist (`--dist loadgroup`), the tests that share a module's fixture (a
+        # Prometheus stack, an app) run on one worker, which starts it once; the others spread.
+        if _shares_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))

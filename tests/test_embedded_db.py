@@ -61,6 +61,9 @@ def test_the_demo_s_database_starts_empty_every_time_and_leaves_nothing_outside(
                 assert marker.read_text().strip() == str(private / "demo" / "postgres")
             _query(server.dsn, "CREATE TABLE left_behind AS SELECT 1 AS n")
             assert _query(server.dsn, "SELECT count(*) FROM left_behind") == 1
+            server.stop()  # a restart (the outage tests make one) keeps the data
+            server.start()
+            assert _query(server.dsn, "SELECT count(*) FROM left_behind") == 1
         assert not list(runtime_root.glob("data-*")), "the stopped server left its data behind"
         with start_postgres(private / "demo") as again:
             assert _query(again.dsn, "SELECT to_regclass('left_behind') IS NULL") is True

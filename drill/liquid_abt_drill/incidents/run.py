@@ -29,6 +29,16 @@ from .timing import TOKEN, Timing, alertmanager_config, exporter_config, scaled_
 # ---- running one ------------------------------------------------------------------------------
 
 
+def invalid_nonces(metrics: str) -> float:
+    """Probe calls refused for their nonce, in one exporter's /metrics text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("liquid_abt_exchange_requests_total{")
+        and 'outcome="invalid_nonce"' in line
+    )
+
+
 def _kraken_key(name: str) -> tuple[str, str]:
     return name, base64.b64encode(secrets.token_bytes(64)).decode()
 
@@ -90,7 +100,7 @@ async def run_scenario(
                 exporters[i] = await asyncio.to_thread(start, i)
 
         # 60 purchases a minute in shipped time (issue 10's platform), so faster when scaled.
-        platform = Platform(database_url, kraken.url, key, secret, timeout=timing.s(10),
+        platform = Platform(database_url, kraken.url, key, secret, timeout=timing.timeout(10),
                             rate_per_minute=60 / timing.scale)  # fmt: skip
         drill = Drill(timing, stack, kraken, exporters, timeline, restart)
         watcher = Watcher(database_url, prometheus, pager, timeline, exporters)
@@ -105,6 +115,9 @@ async def run_scenario(
                     if e.alive()
                 )
                 or timeline.isolated_seen
+            )
+            timeline.invalid_nonces = sum(
+                invalid_nonces(e.metrics()) for e in exporters if e.alive()
             )
         finally:
             stop.set()

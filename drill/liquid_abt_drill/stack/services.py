@@ -42,34 +42,38 @@ class PostgresServer:
     """An embedded PostgreSQL in `<folder>/postgres/`, logging to `postgres/postgres.log` (a
     folder its own user can write to when started as root).
 
-    Throwaway: it starts from an empty database every time, even when its files live under
-    /var/tmp (as root, for a folder the server's user cannot reach), and leaves nothing there.
+    Throwaway: its first start begins from an empty database, even when its files live under
+    /var/tmp (as root, for a folder the server's user cannot reach), and leaving its `with`
+    block leaves nothing there. `stop()` then `start()` is a restart: the data stays.
     """
 
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.server = EmbeddedPostgres(Path(folder) / "postgres", port)
         self.log_path = self.server.log_file
+        self._started = False
 
     @property
     def dsn(self) -> str:
         return self.server.dsn
 
     def start(self) -> Self:
-        self.server.discard()  # a previous run's data would be "backfill skipped", stale pages
+        if not self._started:  # a previous run's rows: "backfill skipped", stale pages
+            self.server.discard()
+            self._started = True
         self.server.start()
         return self
 
     def stop(self) -> None:
-        if self.server.moved:
-            self.server.discard()
-        else:
-            self.server.stop()  # its log stays in the folder, for whoever looks after a failure
+        self.server.stop()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if self.server.moved:
+            self.server.discard()
+        else:
+            self.server.stop()  # its log stays in the folder, for whoever looks after a failure
 
 
 def start_postgres(folder: Path, *, port: int | None = None) -> PostgresServer:
