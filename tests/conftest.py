@@ -7,8 +7,9 @@ see each other's rows and need no cleanup of their own.
 Every test is put in one tier, from what it uses, so a new test needs no marker of its own:
 `stack` when it (or a fixture or helper of its module it calls) starts a program: a subprocess,
 the exporter, Prometheus, Alertmanager, promtool, a drill; otherwise `db` when it uses the
-database; otherwise `unit`. `make test-fast` runs `-m "unit or db"`. Tests that share a module's
-fixture are grouped for pytest-xdist's `--dist loadgroup`, so a worker starts it once.
+database (or a PostgreSQL of its own); otherwise `unit`. `make test-fast` runs `-m "unit or db"`.
+Tests that share a module's fixture are grouped for pytest-xdist's `--dist loadgroup`, so a
+worker starts it once.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ STARTS_A_PROGRAM = frozenset({
     "start_exporter", "start_kraken_server", "start_prometheus", "start_alertmanager",
     "start_simulator", "EmbeddedPostgres", "webdriver",
 })  # fmt: skip
-# Fixtures that stand for the database (the session's server counts once a test asks for it).
+# Fixtures that stand for the database (the session's server counts once a test asks for it),
+# and the names of a PostgreSQL server of a test's own (the outage tests stop and start one).
 DATABASE_FIXTURES = frozenset({"database", "db", "template_db", "pg_server_dsn"})
+OWN_DATABASE = frozenset({"PostgresServer", "start_postgres"})
 TIERS = ("unit", "db", "stack")
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -146,8 +149,12 @@ def _names(code: types.CodeType) -> Iterator[str]:
             yield from _names(const)
 
 
-def _starts_a_program(func: Callable[..., object], seen: set[int]) -> bool:
-    """Whether `func` names a program starter, directly or through this suite's own functions."""
+def _starts_a_program(
+    func: Callable[..., object], seen: set[int], names: frozenset[str] | None = None
+) -> bool:
+    """Whether `func` names one of `names` (a program starter), directly or through this
+    suite's own functions."""
+    names = STARTS_A_PROGRAM if names is None else names
     with contextlib.suppress(ValueError):
         func = inspect.unwrap(func)
     code = getattr(func, "__code__", None)
@@ -156,7 +163,7 @@ def _starts_a_program(func: Callable[..., object], seen: set[int]) -> bool:
     seen.add(id(code))
     scope = getattr(func, "__globals__", {})
     for name in _names(code):
-        if name in STARTS_A_PROGRAM:
+        if name in names:
             return True
         called = scope.get(name)
         if callable(called):
@@ -166,7 +173,7 @@ def _starts_a_program(func: Callable[..., object], seen: set[int]) -> bool:
         if (
             called_code is not None
             and called_code.co_filename.startswith(TESTS_DIR)
-            and _starts_a_program(called, seen)
+            and _starts_a_program(called, seen, names)
         ):
             return True
     return False
@@ -182,6 +189,9 @@ def tier(item: pytest.Item) -> str:
     if any(f is not None and _starts_a_program(f, seen) for f in funcs):
         return "stack"
     if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "db"
+    seen.clear()
+    if any(f is not None and _starts_a_program(f, seen, OWN_DATABASE) for f in funcs):
         return "db"
     return "unit"
 
