@@ -205,8 +205,19 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
     )
 
 
+def _database_first(item: pytest.Item) -> None:
+    """Set the test's database up before anything else, so it is dropped last: an app (an
+    `aiohttp_client` asked for before `database`) must stop before its database goes, or its
+    loops find the database gone while the app shuts down."""
+    names = getattr(item, "fixturenames", None)
+    if isinstance(names, list) and "database" in names:
+        names.remove("database")
+        names.insert(0, "database")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        _database_first(item)
         if not any(item.get_closest_marker(name) for name in TIERS):
             item.add_marker(tier(item))
         # Under pytest-xdist (`--dist loadgroup`), the tests that share a module's fixture (a
