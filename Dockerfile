@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# liquid-abt-exporter: the exporter and webhook receiver (`serve`), `migrate`, and the drill tools
-# `simulate` and `kraken-server`, on slim Python 3.11.
+# liquid-abt-exporter: the exporter and webhook receiver (`serve`), `migrate` and the operator's
+# `admin`, on slim Python 3.11. The drill tools (`simulate`, `kraken-server`) are not in it: they are
+# the liquid-abt-drill distribution, with an image of their own (drill/Dockerfile).
 #
 #   docker build -t liquid-abt-exporter \
 #     --build-arg REVISION="$(git rev-parse HEAD)" \

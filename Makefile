@@ -11,7 +11,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: help run test demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
+.PHONY: help run test test-fast stop-times demo drill lint typecheck bench bench-quick bench-storm lock dashboards slo-rules kubernetes clean
 
 ## help: list the targets (the default)
 help:
@@ -20,43 +20,60 @@ help:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(RUN_STAMP): requirements/run.txt pyproject.toml | $(VENV)/bin/python
+# The drill (demo, incident drills, simulator, fake exchanges) is a distribution of its own in drill/:
+# the dev venv has it, editable; the exporter's wheel and image do not.
+$(RUN_STAMP): requirements/run.txt pyproject.toml drill/pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/run.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e drill
 	touch $(RUN_STAMP)
 
-$(STAMP): requirements/test.txt pyproject.toml | $(VENV)/bin/python
+$(STAMP): requirements/test.txt pyproject.toml drill/pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/test.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e drill
 	touch $(STAMP) $(RUN_STAMP)
 
 ## run: start the exporter (an embedded PostgreSQL when DATABASE_URL is not set)
 run: $(RUN_STAMP)
 	$(BIN)/liquid-abt-exporter serve $(if $(DATABASE_URL),,--embedded-db) $(ARGS)
 
-## test: the whole suite (a throwaway PostgreSQL unless DATABASE_URL is set)
+# pytest-xdist workers: most tests wait on programs and PostgreSQL more than they compute, so
+# more workers than cores pays; tests sharing a module's fixture stay on one worker.
+# test-fast's tiers start no program: one more worker keeps the two cores busy.
+PYTEST_WORKERS ?= 3
+FAST_WORKERS ?= 4
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+
+## test: the whole suite, tiers unit, db and stack (a throwaway PostgreSQL unless DATABASE_URL is set)
 test: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy grafana
-	$(BIN)/mypy exporter
+	$(BIN)/ruff check exporter drill tests bench deploy grafana
+	$(BIN)/mypy exporter drill/liquid_abt_drill
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+## test-fast: the unit and db tiers only, no program started (under 2 minutes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "unit or db" -n $(FAST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## demo: the whole loop locally; ARGS=--drill runs a scripted Kraken outage and recovery
 demo: $(RUN_STAMP)
-	$(BIN)/liquid-abt-exporter demo $(ARGS)
+	$(BIN)/liquid-abt-drill demo $(ARGS)
 
 ## drill: the runbooks' incidents on the whole loop with the shipped timers, one timeline each (about an hour)
 drill: $(RUN_STAMP)
-	$(BIN)/liquid-abt-exporter drill $(ARGS)
+	$(BIN)/liquid-abt-drill drill $(ARGS)
+
+## stop-times: how fast purchases stop with the shipped config, in the incident simulator (a few minutes)
+stop-times: $(STAMP)
+	$(BIN)/python bench/stop_times.py $(ARGS)
 
 ## lint: ruff check and format check
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests bench deploy grafana
-	$(BIN)/ruff format --check exporter tests bench deploy grafana
+	$(BIN)/ruff check exporter drill tests bench deploy grafana
+	$(BIN)/ruff format --check exporter drill tests bench deploy grafana
 
 ## typecheck: mypy
 typecheck: $(STAMP)
-	$(BIN)/mypy exporter
+	$(BIN)/mypy exporter drill/liquid_abt_drill
 
 # query-exporter, the benchmark's anchor, in its own venv: not a dependency of the exporter.
 $(BENCH_STAMP):
@@ -99,6 +116,8 @@ slo-rules: $(RUN_STAMP)
 kubernetes: dashboards
 	$(BIN)/python deploy/kubernetes/generate.py
 
-## clean: remove the virtualenvs and .data
+## clean: remove what the project made: the venvs, .data, build output, and the embedded PostgreSQL
+## files it put under /var/tmp/liquid-abt-embedded-pg for folders of this checkout (as root)
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .data
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m exporter.database.embedded clean $(CURDIR)
+	rm -rf $(VENV) $(BENCH_VENV) .data build drill/build *.egg-info drill/*.egg-info

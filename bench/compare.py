@@ -37,10 +37,10 @@ from exporter.config import Config, format_duration
 from exporter.controls.exposition import BACKLOG_SQL, CONTROLS_SQL
 from exporter.database.embedded import EmbeddedPostgres, free_port
 from exporter.database.migrate import migrate
-from exporter.drill.simulate.scenarios import FAILURES
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.api_calls import API_CALLS_SQL, ApiCallsSource
 from exporter.signals.collectors.purchases import PurchasesSource, PurchasesSql, non_ascii_test
+from liquid_abt_drill.simulate.scenarios import FAILURES
 
 HOUR = 3600.0
 RECENT = "now() - make_interval(secs => random() * 3000)"  # inside the hour for the whole run
@@ -495,7 +495,7 @@ async def main(args: argparse.Namespace) -> None:
     server.start()
     kraken_port = free_port()
     kraken = subprocess.Popen(  # noqa: ASYNC220 (set-up)
-        [sys.executable, "-m", "exporter.drill.kraken_server", "--listen", f"127.0.0.1:{kraken_port}"],
+        [sys.executable, "-m", "liquid_abt_drill.kraken_server", "--listen", f"127.0.0.1:{kraken_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     started_at = time.monotonic()

@@ -28,10 +28,10 @@ from exporter.controls.breaker import BreakerStore
 from exporter.database.embedded import EmbeddedPostgres
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection, create_pool
-from exporter.drill.stack import Stack
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.worker import ActionWorker
+from liquid_abt_drill.stack import Stack
 
 CONFIG = parse_config({"exchanges": ["kraken", "independent_reserve"]})
 ALERTS = [  # (alertname, has actions)

@@ -247,32 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
               dest="web_config_file")  # fmt: skip
 
     commands.add_parser(
-        "kraken-server",
-        help="run the Kraken-compatible server for tests and drills (see `kraken-server --help`)",
-        add_help=False,
-    )
-    commands.add_parser(
-        "simulate",
-        help="write simulated purchases and API call logs, for demos and drills "
-        "(see `simulate --help`)",
-        add_help=False,
-    )
-    commands.add_parser(
-        "drill",
-        help="replay the runbooks' incidents on the whole loop and print their timelines "
-        "(see `drill --help`)",
-        add_help=False,
-    )
-    commands.add_parser(
         "admin",
         help="the operator's commands against a running exporter's admin API: status, breaker, "
         "pause, resume, retry-queue, impact-report, audit-log (see `admin --help`)",
-        add_help=False,
-    )
-    commands.add_parser(
-        "demo",
-        help="run the whole loop locally (database, Kraken-compatible server, exporter, simulator, "
-        "Prometheus and Alertmanager when installed); --drill runs a scripted outage",
         add_help=False,
     )
     return parser
@@ -498,27 +475,11 @@ def healthcheck(args: argparse.Namespace) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["kraken-server"]:
-        # A separate program with its own flags; it shares only the entry point.
-        from exporter.drill.kraken_server.cli import main as kraken_server
-
-        return kraken_server(argv[1:])
-    if argv[:1] == ["drill"]:
-        from exporter.drill.incidents import main as drill
-
-        return drill(argv[1:])
     if argv[:1] == ["admin"]:
+        # A separate program with its own flags; it shares only the entry point.
         from exporter.operator import main as admin
 
         return admin(argv[1:])
-    if argv[:1] == ["demo"]:
-        from exporter.drill.demo import main as demo
-
-        return demo(argv[1:])
-    if argv[:1] == ["simulate"]:
-        from exporter.drill.simulate import main as simulate
-
-        return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "healthcheck":
         return healthcheck(args)

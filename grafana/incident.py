@@ -704,7 +704,8 @@ def _exchange_api(grid: Grid) -> None:
         timeseries(
             "Probe outcomes",
             "Probe calls per second by outcome: timeout / network_error / service_unavailable / "
-            "server_error (API down), rate_limited, auth_error (our keys), api_error.",
+            "server_error (API down), rate_limited, auth_error (our keys), invalid_nonce "
+            "(replicas share a key or the clock went back: configuration), api_error.",
             [
                 q(
                     f"sum by (exchange, outcome) (rate({requests}[$__rate_interval])) > 0",
@@ -754,7 +755,9 @@ def _exchange_api(grid: Grid) -> None:
             "Probe per replica",
             "Whether each replica's last probe round was answered, and whether a replica sees "
             "the API not answer while another sees it answer: isolated, its own network "
-            "(LiquidAbtExchangeIsolated); not answered on every replica is the exchange.",
+            "(LiquidAbtExchangeIsolated); not answered on every replica is the exchange. "
+            "Nonce refused: the exchange refuses the replica's nonces, so replicas share a key "
+            "or its clock went back (configuration; give each replica its own key).",
             [
                 q(
                     f"min by (instance, exchange) ({sel('liquid_abt_exchange_up', EXCHANGE)})",
@@ -766,13 +769,23 @@ def _exchange_api(grid: Grid) -> None:
                     + ")",
                     "{{instance}} {{exchange}} isolated",
                 ),
+                q(
+                    "max by (instance, exchange) ("
+                    + sel("liquid_abt_exchange_invalid_nonce", EXCHANGE)
+                    + ")",
+                    "{{instance}} {{exchange}} nonces",
+                ),
             ],
             states((0, "not answered", "red"), (1, "answered", "green")),
             overrides=[
                 by_query(
                     "B",
                     mappings=states((0, "not isolated", "green"), (1, "isolated", "orange")),
-                )
+                ),
+                by_query(
+                    "C",
+                    mappings=states((0, "accepted", "green"), (1, "nonce refused", "orange")),
+                ),
             ],
             links=[runbook(EXCHANGE_API, "LiquidAbtExchangeIsolated")],
         ),

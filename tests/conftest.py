@@ -1,16 +1,27 @@
-"""Shared fixtures: a real PostgreSQL (throwaway, or DATABASE_URL), a fresh database per test.
+"""Shared fixtures: a real PostgreSQL (throwaway, or DATABASE_URL), a fresh database per test;
+and the suite's tiers.
 
 The session migrates one template database; each test gets its own copy of it, so tests never
 see each other's rows and need no cleanup of their own.
+
+Every test is put in one tier, from what it uses, so a new test needs no marker of its own:
+`stack` when it (or a fixture or helper of its module it calls) starts a program: a subprocess,
+the exporter, Prometheus, Alertmanager, promtool, a drill; otherwise `db` when it uses the
+database (or a PostgreSQL of its own); otherwise `unit`. `make test-fast` runs `-m "unit or db"`.
+Tests that share a module's fixture are grouped for pytest-xdist's `--dist loadgroup`, so a
+worker starts it once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 import shutil
+import types
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,13 +30,14 @@ from prometheus_client import disable_created_metrics
 
 from exporter.database.migrate import migrate
 from exporter.database.pool import Connection
-from exporter.drill.kraken_server.server import FakeKraken
-from exporter.drill.stack import searchable_tmp_dir, start_postgres
+from liquid_abt_drill.kraken_server.server import FakeKraken
+from liquid_abt_drill.stack import searchable_tmp_dir, start_postgres
 
-# The `stack` fixture and the other pytest plumbing over exporter.drill.stack.
+# The `stack` fixture and the other pytest plumbing over liquid_abt_drill.stack.
 pytest_plugins = ["tests.harness"]
 
-TEMPLATE_DB = "liquid_abt_test_template"
+# One template per pytest-xdist worker (gw0, gw1, ...): with DATABASE_URL they share a server.
+TEMPLATE_DB = "liquid_abt_test_template_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 # As the CLI does: keeps the samples the tests read free of `_created` series.
 disable_created_metrics()
@@ -110,3 +122,105 @@ async def kraken() -> AsyncIterator[FakeKraken]:
     await server.start()
     yield server
     await server.stop()
+
+
+# --- Tiers ---------------------------------------------------------------------------------------
+
+# Names whose use starts a program. A test is `stack` when its code, its fixtures' code or a
+# helper function of the test modules they call (followed transitively) names one of these.
+STARTS_A_PROGRAM = frozenset({
+    "subprocess", "create_subprocess_exec", "create_subprocess_shell", "Popen",
+    "Stack", "ManagedProcess", "require_binary", "find_binary", "run_scenario", "run_all",
+    "start_exporter", "start_kraken_server", "start_prometheus", "start_alertmanager",
+    "start_simulator", "EmbeddedPostgres", "webdriver",
+})  # fmt: skip
+# Fixtures that stand for the database (the session's server counts once a test asks for it),
+# and the names of a PostgreSQL server of a test's own (the outage tests stop and start one).
+DATABASE_FIXTURES = frozenset({"database", "db", "template_db", "pg_server_dsn"})
+OWN_DATABASE = frozenset({"PostgresServer", "start_postgres"})
+TIERS = ("unit", "db", "stack")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names(const)
+
+
+def _starts_a_program(
+    func: Callable[..., object], seen: set[int], names: frozenset[str] | None = None
+) -> bool:
+    """Whether `func` names one of `names` (a program starter), directly or through this
+    suite's own functions."""
+    names = STARTS_A_PROGRAM if names is None else names
+    with contextlib.suppress(ValueError):
+        func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    scope = getattr(func, "__globals__", {})
+    for name in _names(code):
+        if name in names:
+            return True
+        called = scope.get(name)
+        if callable(called):
+            with contextlib.suppress(ValueError):
+                called = inspect.unwrap(called)
+        called_code = getattr(called, "__code__", None)
+        if (
+            called_code is not None
+            and called_code.co_filename.startswith(TESTS_DIR)
+            and _starts_a_program(called, seen, names)
+        ):
+            return True
+    return False
+
+
+def tier(item: pytest.Item) -> str:
+    """`stack`, `db` or `unit`, from the test's code and the fixtures it uses."""
+    seen: set[int] = set()
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        funcs.extend(d.func for d in defs)
+    if any(f is not None and _starts_a_program(f, seen) for f in funcs):
+        return "stack"
+    if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "db"
+    seen.clear()
+    if any(f is not None and _starts_a_program(f, seen, OWN_DATABASE) for f in funcs):
+        return "db"
+    return "unit"
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return any(
+        d.scope in ("module", "class", "package")
+        for defs in (info.name2fixturedefs.values() if info else ())
+        for d in defs
+    )
+
+
+def _database_first(item: pytest.Item) -> None:
+    """Set the test's database up before anything else, so it is dropped last: an app (an
+    `aiohttp_client` asked for before `database`) must stop before its database goes, or its
+    loops find the database gone while the app shuts down."""
+    names = getattr(item, "fixturenames", None)
+    if isinstance(names, list) and "database" in names:
+        names.remove("database")
+        names.insert(0, "database")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _database_first(item)
+        if not any(item.get_closest_marker(name) for name in TIERS):
+            item.add_marker(tier(item))
+        # Under pytest-xdist (`--dist loadgroup`), the tests that share a module's fixture (a
+        # Prometheus stack, an app) run on one worker, which starts it once; the others spread.
+        if _shares_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))

@@ -1,11 +1,11 @@
-"""Pytest fixtures over `exporter.drill.stack`, the programs the demo also runs.
+"""Pytest fixtures over `liquid_abt_drill.stack`, the programs the demo also runs.
 
 `stack` starts real programs in the test's folder and stops them after the test, newest first
-(see `exporter.drill.stack` for the API and an end-to-end example). Prometheus and Alertmanager
+(see `liquid_abt_drill.stack` for the API and an end-to-end example). Prometheus and Alertmanager
 are the Debian packages `prometheus` and `prometheus-alertmanager`; a missing binary fails the
 test, it is never skipped. Waiting is `wait_until`: a condition and a deadline.
 
-The names of `exporter.drill.stack` are importable from here too, so a test needs one import.
+The names of `liquid_abt_drill.stack` are importable from here too, so a test needs one import.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.drill.stack import (
+from liquid_abt_drill.stack import (
     DEFAULT_TIMEOUT,
     EXPORTER_JOB,
     INSTALL_HINT,

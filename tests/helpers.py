@@ -1,12 +1,12 @@
 """Test helpers: read samples the way Prometheus would; `wait_until` (the project's one, from
-`exporter.drill.stack`: `await wait_until(async_check)` in async tests)."""
+`liquid_abt_drill.stack`: `await wait_until(async_check)` in async tests)."""
 
 from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.drill.stack import wait_until
+from liquid_abt_drill.stack import wait_until
 
 __all__ = ["Samples", "parse_samples", "scrape", "series", "value", "wait_until"]
 

@@ -11,10 +11,10 @@ from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
 from exporter.database.pool import Connection
-from exporter.drill.kraken_server.server import FakeKraken
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
 from exporter.web.keys import INCIDENTS
+from liquid_abt_drill.kraken_server.server import FakeKraken
 from tests.alertmanager_payloads import alert, notification
 from tests.helpers import scrape, value, wait_until
 

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 import yaml
 
-from exporter.drill.simulate import Simulator, backfill
+from liquid_abt_drill.simulate import Simulator, backfill
 from tests.conftest import create_database, drop_database, with_database
 from tests.harness import (
     EXPORTER_JOB,

@@ -1,29 +1,98 @@
-"""Issue 10's incidents as timelines on the whole real loop: PostgreSQL, the Kraken-compatible
-server, two exporter processes, Prometheus with the shipped rules, Alertmanager with the shipped
-routes (its human receivers recorded by a pager), and a platform buying through the exchange.
+"""A smoke set of issue 10's incidents on the whole real loop: PostgreSQL, the Kraken-compatible
+server, two exporter processes (each with its own Kraken key), Prometheus with the shipped rules,
+Alertmanager with the shipped routes (its human receivers recorded by a pager), and a platform
+buying through the exchange.
 
-The scenarios are `liquid-abt-exporter drill`'s (exporter/drill/incidents.py), with every timer
-at a twentieth of the shipped one; each asserts its timeline in shipped seconds: when purchases
-stopped, what paged and how often, how often the breaker moved, when purchases resumed. `make
-drill` runs the same scenarios with the shipped timers.
+The scenarios are `liquid-abt-drill drill`'s (drill/liquid_abt_drill/incidents/), at a tenth of
+the shipped timers with client timeouts of at least 3 real seconds. They assert what the stack must
+do, never how many seconds it took: purchases stopped, which alert paged and how often, that the
+breaker moved a bounded number of times, that purchases resumed only after a verification pass.
+A busy 2-core machine may stretch any step; it cannot change these. The seconds are `make
+drill`'s, with the shipped timers (its figures are in the closing notes), and the decisions'
+timing is tested on a simulated clock.
+
+The scenarios whose verdict is a matter of timing itself (flapping windows of 20 s, a restart
+that takes as long at any scale, sporadic hangs) are left to `make drill`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from exporter.database.pool import Connection
-from exporter.drill.incidents import SCENARIOS, Timing, run_scenario
+from liquid_abt_drill.incidents import SCENARIOS, Timing, run_scenario
+from liquid_abt_drill.incidents.timeline import Timeline
 
-SCALE = 0.05
+TIMING = Timing(0.1, timeout_floor=3.0)
+STOPPED = "purchases stopped (paused or breaker open)"
+RESUMED = "purchases resumed"
+# CLOSED -> OPEN -> HALF_OPEN -> CLOSED, plus one failed verification (HALF_OPEN -> OPEN ->
+# HALF_OPEN): more is the breaker flapping.
+MAX_TRANSITIONS = 5
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", list(SCENARIOS))
-async def test_incident_timeline(name: str, database: Connection, tmp_path: Path) -> None:
-    scenario = SCENARIOS[name]
-    timeline = await run_scenario(scenario, tmp_path / name, Timing(SCALE), database.dsn)
+def stopped_then_resumed_after_verification(t: Timeline) -> list[str]:
+    problems = []
+    if STOPPED not in t.first:
+        problems.append("purchases never stopped")
+    if RESUMED not in t.first:
+        return [*problems, "purchases never resumed"]
+    verified = [at for at, text in t.decisions if text.startswith("verify_recovery success")]
+    if not verified or min(verified) > t.first[RESUMED]:
+        problems.append(f"purchases resumed at {t.first[RESUMED]} before any verification pass")
+    transitions = t.last.get("transitions", 0)
+    if not 1 <= transitions <= MAX_TRANSITIONS:
+        problems.append(f"{transitions} breaker transitions, expected 1 to {MAX_TRANSITIONS}")
+    if t.last.get("breaker") != "closed" or t.last.get("paused"):
+        problems.append(
+            f"ended with breaker {t.last.get('breaker')}, paused {t.last.get('paused')}"
+        )
+    return problems
+
+
+def quiet(t: Timeline) -> list[str]:
+    problems = [] if STOPPED not in t.first else ["purchases stopped"]
+    if t.last.get("transitions"):
+        problems.append(f"{t.last['transitions']} breaker transitions, expected none")
+    return problems
+
+
+def paged(expected: dict[str, int]) -> Callable[[Timeline], list[str]]:
+    """Exactly these alerts paged, each this many times: the cause, once."""
+
+    def check(t: Timeline) -> list[str]:
+        return [] if t.paged() == expected else [f"paged {t.paged()}, expected {expected}"]
+
+    return check
+
+
+SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
+    # Kraken refuses connections for 4 minutes: stop, queue the failed purchases, page the
+    # outage once, resume after verification.
+    "refused": [
+        stopped_then_resumed_after_verification,
+        paged({"ExchangeApiDown": 1}),
+        lambda t: [] if "retries queued" in t.first else ["no failed purchase was queued"],
+    ],
+    # Maintenance stops purchases and pages as maintenance, not as an outage.
+    "maintenance": [stopped_then_resumed_after_verification, paged({"ExchangeMaintenance": 1})],
+    # Our key refused: an auth page, once; the exchange is up, so purchases go on.
+    "invalid-key": [quiet, paged({"ExchangeApiAuthFailures": 1})],
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", list(SMOKE))
+async def test_the_stack_handles_the_incident(
+    name: str, database: Connection, tmp_path: Path
+) -> None:
+    timeline = await run_scenario(SCENARIOS[name], tmp_path / name, TIMING, database.dsn)
     print(timeline.table())
-    assert scenario.expect(timeline) == [], timeline.table()
+    problems = [problem for check in SMOKE[name] for problem in check(timeline)]
+    # Each replica has its own key: their nonces never interleave.
+    if timeline.invalid_nonces:
+        problems.append(f"{timeline.invalid_nonces:.0f} probe calls refused for their nonce")
+    assert problems == [], timeline.table()

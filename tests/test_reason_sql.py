@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from exporter.config import Config
-from exporter.drill.simulate.scenarios import BREAKER_OPEN, FAILURES
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.collectors.reason_sql import (
     PYTHON,
@@ -19,9 +20,21 @@ from exporter.signals.collectors.reason_sql import (
     pattern_sql,
 )
 from exporter.signals.kraken.outcomes import OUTCOMES
+from liquid_abt_drill.simulate.scenarios import BREAKER_OPEN, FAILURES
 from tests.test_classify import TYPICAL
 
 NON_ASCII = "octet_length(t) <> char_length(t)"
+# The tests only evaluate expressions over literal texts: one connection for the module.
+IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def db(pg_server_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg_server_dsn)
+    yield conn
+    await conn.close()
+
+
 LOWERED = ReasonSql.lowered("t")
 
 
@@ -60,6 +73,7 @@ async def classify_in_sql(db: asyncpg.Connection, sql: ReasonSql, texts: list[st
     return [row["c"] for row in rows]
 
 
+@IN_MODULE_LOOP
 async def test_default_patterns_classify_as_the_python_classifier(db: asyncpg.Connection) -> None:
     patterns = Config().purchases.failure_reasons
     python = ReasonClassifier(patterns).classify
@@ -96,6 +110,7 @@ async def matches(db: asyncpg.Connection, pattern: str, texts: list[str]) -> lis
     return [row["m"] for row in rows]
 
 
+@IN_MODULE_LOOP
 @pytest.mark.parametrize("pattern", PATTERNS)
 async def test_each_construct_matches_what_python_matches(
     db: asyncpg.Connection, pattern: str
@@ -121,6 +136,7 @@ def random_pattern(rng: random.Random, depth: int = 0) -> str:
     return "".join(out)
 
 
+@IN_MODULE_LOOP
 async def test_random_patterns_match_what_python_matches(db: asyncpg.Connection) -> None:
     rng = random.Random(7)
     # Python's \B never matches an empty text; classification never sees one (it is `other`).

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
 from exporter.database.pool import Connection
-from exporter.drill.kraken_server.server import FakeKraken
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
+from liquid_abt_drill.kraken_server.server import FakeKraken
 from tests.harness import AlertmanagerProcess, start_alertmanager
 from tests.helpers import wait_until
 

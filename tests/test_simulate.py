@@ -16,8 +16,12 @@ import pytest
 
 from exporter.config import Config
 from exporter.database.pool import Connection
-from exporter.drill.kraken_server.server import FakeKraken
-from exporter.drill.simulate import (
+from exporter.labels import REASON_CLASSES
+from exporter.signals.classify import ReasonClassifier
+from exporter.signals.collectors.purchases import PurchasesSource
+from exporter.signals.kraken.client import KrakenClient
+from liquid_abt_drill.kraken_server.server import FakeKraken
+from liquid_abt_drill.simulate import (
     BREAKER_OPEN,
     CATALOGUE,
     SCENARIOS,
@@ -28,13 +32,12 @@ from exporter.drill.simulate import (
     check_database,
     parse_mix,
 )
-from exporter.drill.simulate.exchange import ExchangeWatch
-from exporter.labels import REASON_CLASSES
-from exporter.signals.classify import ReasonClassifier
-from exporter.signals.collectors.purchases import PurchasesSource
-from exporter.signals.kraken.client import KrakenClient
+from liquid_abt_drill.simulate.exchange import ExchangeWatch
 from tests.harness import REPO
 from tests.helpers import wait_until
+
+# The exporter and the drill distribution (drill/), importable from the checkout.
+PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "drill")])
 
 CLASSIFY = ReasonClassifier(Config().purchases.failure_reasons).classify
 
@@ -210,8 +213,8 @@ async def test_live_purchases_settle_and_obey_the_pause_and_the_open_breaker(
 
 def _simulate(*args: str, database: Connection) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "simulate", *args],
-        env={**os.environ, "DATABASE_URL": database.dsn, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "liquid_abt_drill", "simulate", *args],
+        env={**os.environ, "DATABASE_URL": database.dsn, "PYTHONPATH": PYTHONPATH},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -254,8 +257,8 @@ async def test_simulate_command_backfills_then_follows_until_sigterm(
 
 def test_simulate_command_rejects_a_bad_mix_and_a_missing_database() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["PYTHONPATH"] = str(REPO)
-    command = [sys.executable, "-m", "exporter", "simulate", "--backfill=1h"]
+    env["PYTHONPATH"] = PYTHONPATH
+    command = [sys.executable, "-m", "liquid_abt_drill", "simulate", "--backfill=1h"]
     bad_mix = subprocess.run(
         [*command, "--failure-mix=auth=2"],
         env={**env, "DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
@@ -266,7 +269,10 @@ def test_simulate_command_rejects_a_bad_mix_and_a_missing_database() -> None:
     no_db = subprocess.run(command, env=env, capture_output=True, text=True)
     assert no_db.returncode == 1 and "no database: set DATABASE_URL" in no_db.stderr
     listed = subprocess.run(
-        [sys.executable, "-m", "exporter", "--help"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "liquid_abt_drill", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert "simulate" in listed.stdout
     helped = subprocess.run([*command[:4], "--help"], env=env, capture_output=True, text=True)

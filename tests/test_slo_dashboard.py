@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 import yaml
 
-from exporter.drill.simulate import Simulator, backfill
 from exporter.slo import ALERTS
+from liquid_abt_drill.simulate import Simulator, backfill
 from tests.conftest import create_database, drop_database, with_database
 from tests.harness import (
     REPO,

@@ -92,7 +92,7 @@ def _state(pid: int) -> str:
 
 
 def test_the_documented_example_runs(stack: Stack, database: Connection, tmp_path: Path) -> None:
-    """The example of exporter/drill/stack/__init__.py, as written there."""
+    """The example of drill/liquid_abt_drill/stack/__init__.py, as written there."""
     kraken = stack.kraken_server()
     config = exporter_config(kraken.url, breaker={"failure_threshold": 3})
     env = {"LIQUID_ABT_WEBHOOK_TOKEN": "t"}

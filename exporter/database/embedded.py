@@ -6,6 +6,8 @@ root the server runs as an unprivileged system user; whatever that user cannot r
 root's home folder, a `mktemp -d` folder) is placed where it can: the binaries are copied once to
 a shared cache and the data folder moves under /var/tmp, each with one log line saying where.
 A watchdog stops the server when the process that started it is gone, even after a SIGKILL.
+Each folder under /var/tmp names the data folder it stands for (a file `base_dir`), so
+`clean_runtime_root` (`make clean`) removes what a checkout put there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Where files go that the server's user could not reach where they were asked for (root only).
 RUNTIME_ROOT = Path("/var/tmp/liquid-abt-embedded-pg")
+# In a data folder under RUNTIME_ROOT: the folder it stands for.
+BASE_DIR_FILE = "base_dir"
 
 
 class EmbeddedPostgresError(Exception):
@@ -195,9 +199,24 @@ class EmbeddedPostgres:
             **kwargs,
         )
 
+    @property
+    def moved(self) -> bool:
+        """Whether the server's files live outside `base_dir` (under RUNTIME_ROOT)."""
+        return self.run_dir != self.base_dir
+
+    def discard(self) -> None:
+        """Stop the server and delete its data: the next `start()` begins from an empty
+        database. Files under RUNTIME_ROOT go with it; `base_dir` itself is the caller's."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.moved:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
     def _prepare_folder(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.moved:
+            (self.run_dir / BASE_DIR_FILE).write_text(f"{self.base_dir}\n")
         if self._user is not None:
             os.chown(self.run_dir, self._user.pw_uid, self._user.pw_gid)
             self.run_dir.chmod(0o700)
@@ -244,6 +263,61 @@ class EmbeddedPostgres:
         if self.initialised():
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
         self._stop_watchdog()
+
+
+def _server_running(data_dir: Path) -> bool:
+    """Whether postmaster.pid names a live process (a stale file after a crash does not)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def clean_runtime_root(checkout: Path, root: Path = RUNTIME_ROOT) -> list[Path]:
+    """Remove what servers started for folders inside `checkout` left under `root` (and what
+    servers of folders deleted since left there), then the copied binaries once no data folder
+    is left. A server still running keeps its folder. Returns what was removed."""
+    if not root.is_dir():
+        return []
+    checkout = checkout.resolve()
+    removed = []
+    for run_dir in sorted(root.glob("data-*")):
+        marker = run_dir / BASE_DIR_FILE
+        try:
+            base_dir = Path(marker.read_text().strip())
+        except OSError:
+            continue  # not ours to judge: written by an older version, or another program
+        ours = base_dir == checkout or checkout in base_dir.parents
+        if (ours or not base_dir.exists()) and not _server_running(run_dir / "data"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    if not any(root.glob("data-*")):
+        for leftover in sorted(root.glob("install-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+            removed.append(root)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m exporter.database.embedded clean [CHECKOUT]`: what `make clean` runs."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "clean" or len(args) > 2:
+        print("usage: python -m exporter.database.embedded clean [CHECKOUT]", file=sys.stderr)
+        return 2
+    for path in clean_runtime_root(Path(args[1] if len(args) > 1 else ".")):
+        print(f"removed {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

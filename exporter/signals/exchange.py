@@ -33,6 +33,9 @@ RATE_LIMITED_OUTCOMES: Final = frozenset({"rate_limited"})
 # Our own credentials were refused: auth evidence, never availability. The one place that says
 # which outcomes count as such (a nonce refused is a configuration fault, not this).
 AUTH_OUTCOMES: Final = frozenset({"auth_error"})
+# Our nonce was refused: replicas share a key or the clock went back. A configuration warning,
+# neither auth evidence nor availability.
+NONCE_OUTCOMES: Final = frozenset({"invalid_nonce"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ class RoundResult:
     def auth_failed(self) -> bool:
         """Our own credentials were refused: auth evidence, never availability."""
         return any(c.outcome in AUTH_OUTCOMES for c in self.calls)
+
+    @property
+    def invalid_nonce(self) -> bool:
+        """Our nonce was refused (replicas share a key or the clock went back): a configuration
+        warning, neither auth evidence nor availability."""
+        return any(c.outcome in NONCE_OUTCOMES for c in self.calls)
 
 
 def round_of(

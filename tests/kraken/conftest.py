@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from exporter.drill.kraken_server.server import FakeKraken
 from exporter.signals.kraken.client import KrakenClient
 from exporter.signals.kraken.probe import ExchangeProbe
+from liquid_abt_drill.kraken_server.server import FakeKraken
 
 API_KEY = "test-api-key"
 API_SECRET = base64.b64encode(b"a secret that only the tests and the fake Kraken know").decode()

@@ -9,9 +9,9 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from exporter.drill.kraken_server.server import FakeKraken
 from exporter.signals.kraken.client import KrakenClient, KrakenError
 from exporter.signals.kraken.outcomes import Outcome
+from liquid_abt_drill.kraken_server.server import FakeKraken
 
 from .conftest import API_KEY, API_SECRET
 
@@ -87,8 +87,24 @@ async def test_a_replayed_nonce_is_rejected(make_client: MakeClient) -> None:
     await client.balance()
     with pytest.raises(KrakenError) as info:
         await client.balance()
-    assert info.value.outcome is Outcome.AUTH_ERROR
+    assert info.value.outcome is Outcome.INVALID_NONCE
     assert "EAPI:Invalid nonce" in info.value.message
+
+
+async def test_nonces_increase_per_key_so_two_keys_never_collide(
+    kraken: FakeKraken, session: aiohttp.ClientSession
+) -> None:
+    """Two replicas, each with its own key, may send the same nonce; on one key the second
+    is refused, as Kraken does."""
+    kraken.state.keys["replica-2"] = API_SECRET
+    first = KrakenClient(session, kraken.url, 2.0, API_KEY, API_SECRET, nonce=lambda: 5)
+    second = KrakenClient(session, kraken.url, 2.0, "replica-2", API_SECRET, nonce=lambda: 5)
+    assert await first.balance() and await second.balance()
+    shared = KrakenClient(session, kraken.url, 2.0, "replica-2", API_SECRET, nonce=lambda: 4)
+    with pytest.raises(KrakenError) as info:
+        await shared.balance()
+    assert info.value.outcome is Outcome.INVALID_NONCE
+    assert kraken.state.nonces == {API_KEY: 5, "replica-2": 5}
 
 
 async def test_private_call_without_credentials(make_client: MakeClient) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.drill.kraken_server.server import FakeKraken
+from liquid_abt_drill.kraken_server.server import FakeKraken
 
 from .conftest import API_KEY, API_SECRET
 
@@ -101,7 +101,7 @@ async def test_cli_serves_until_sigterm(
     (tmp_path / "secret").write_text(API_SECRET + "\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KRAKEN_API_KEY": API_KEY}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter.drill.kraken_server",
+        sys.executable, "-m", "liquid_abt_drill.kraken_server",
         "--listen", f"127.0.0.1:{ports[0]}", "--control-listen", f"127.0.0.1:{ports[1]}",
         "--mode", "cancel_only", "--api-secret-file", str(tmp_path / "secret"),
         env=env, stderr=asyncio.subprocess.PIPE,

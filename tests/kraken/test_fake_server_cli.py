@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.drill.kraken_server.cli import main
+from liquid_abt_drill.kraken_server.cli import main
 
 
 def test_cli_rejects_a_bad_listen_address() -> None:

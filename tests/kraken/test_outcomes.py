@@ -15,7 +15,9 @@ ERRORS = [
     ("EOrder:Rate limit exceeded", Outcome.RATE_LIMITED),
     ("EAPI:Invalid signature", Outcome.AUTH_ERROR),
     ("EAPI:Invalid key", Outcome.AUTH_ERROR),
-    ("EAPI:Invalid nonce", Outcome.AUTH_ERROR),
+    # Replicas sharing a key, or a clock gone back: configuration, not credentials.
+    ("EAPI:Invalid nonce", Outcome.INVALID_NONCE),
+    ("EAPI:Invalid nonce:detail", Outcome.INVALID_NONCE),
     ("EGeneral:Temporary lockout", Outcome.AUTH_ERROR),
     ("EGeneral:Permission denied", Outcome.AUTH_ERROR),
     ("EService:Unavailable", Outcome.SERVICE_UNAVAILABLE),
@@ -36,7 +38,7 @@ ERRORS = [
 def test_outcome_set_is_the_metric_contract() -> None:
     assert OUTCOMES == (
         "success", "timeout", "network_error", "rate_limited",
-        "auth_error", "service_unavailable", "server_error", "api_error",
+        "auth_error", "invalid_nonce", "service_unavailable", "server_error", "api_error",
     )  # fmt: skip
 
 

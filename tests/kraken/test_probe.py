@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.drill.kraken_server.server import FakeKraken
 from exporter.signals.kraken.client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient
 from exporter.signals.kraken.outcomes import OUTCOMES
 from exporter.signals.kraken.probe import REPEAT_LOG_EVERY, ExchangeProbe
+from liquid_abt_drill.kraken_server.server import FakeKraken
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,7 +60,7 @@ async def test_every_series_exists_before_the_first_round(
         assert value(registry, "request_duration_seconds_count", endpoint=endpoint) == 0
     for state in SYSTEM_STATUSES:
         assert value(registry, "status", status=state) == 0
-    for gauge in ("up", "consecutive_failures", "last_success_timestamp_seconds"):
+    for gauge in ("up", "consecutive_failures", "last_success_timestamp_seconds", "invalid_nonce"):
         assert value(registry, gauge) == 0
 
 
@@ -114,6 +114,35 @@ async def test_each_mode_gives_its_outcome_up_and_status(
     assert result.rate_limited is ("rate_limited" in failures)
     assert result.auth_failed is ("auth_error" in failures)
     assert value(registry, "consecutive_failures") == (0 if up else 1)
+
+
+async def test_a_refused_nonce_is_a_configuration_warning_once_per_episode(
+    make_probe: MakeProbe,
+    make_client: MakeClient,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Replicas sharing a key (simulated: a nonce that stands still) read `EAPI:Invalid nonce`:
+    its own outcome, never auth_error, the exchange still up; one warning for the episode."""
+    nonce = iter([7, 7, 7, 7, 8, 8])
+    probe = make_probe(make_client(nonce=lambda: next(nonce)))
+    assert (await probe.run_once()).ok
+    caplog.set_level(logging.INFO, logger="exporter.signals.kraken.probe")
+    for _ in range(3):
+        result = await probe.run_once()
+        assert result.outcome == "invalid_nonce" and result.invalid_nonce
+        assert result.available and not result.auth_failed and not result.ok
+        assert value(registry, "invalid_nonce") == 1 and value(registry, "up") == 1
+    assert value(registry, "requests_total", endpoint="Balance", outcome="invalid_nonce") == 3
+    assert value(registry, "requests_total", endpoint="Balance", outcome="auth_error") == 0
+    warnings = [r for r in caplog.records if "replicas share a key" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert (await probe.run_once()).ok
+    assert value(registry, "invalid_nonce") == 0
+    assert any("accepts our nonces again" in r.getMessage() for r in caplog.records)
+    # A second episode warns again.
+    assert (await probe.run_once()).invalid_nonce
+    assert len([r for r in caplog.records if "replicas share a key" in r.getMessage()]) == 2
 
 
 async def test_a_hanging_round_returns_within_the_timeout(

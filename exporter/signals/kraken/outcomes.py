@@ -22,6 +22,9 @@ class Outcome(StrEnum):
     NETWORK_ERROR = "network_error"
     RATE_LIMITED = "rate_limited"
     AUTH_ERROR = "auth_error"
+    # A configuration fault, not a refused credential: replicas share a key (their nonces
+    # interleave) or the clock went back. It never counts as auth_error, so it never pages as one.
+    INVALID_NONCE = "invalid_nonce"
     SERVICE_UNAVAILABLE = "service_unavailable"
     SERVER_ERROR = "server_error"
     API_ERROR = "api_error"
@@ -38,7 +41,7 @@ _KRAKEN_ERRORS: Final[dict[str, Outcome]] = {
     "EGeneral:Too many requests": Outcome.RATE_LIMITED,
     "EAPI:Invalid key": Outcome.AUTH_ERROR,
     "EAPI:Invalid signature": Outcome.AUTH_ERROR,
-    "EAPI:Invalid nonce": Outcome.AUTH_ERROR,
+    "EAPI:Invalid nonce": Outcome.INVALID_NONCE,
     "EGeneral:Temporary lockout": Outcome.AUTH_ERROR,
     "EGeneral:Permission denied": Outcome.AUTH_ERROR,
     "EService:Unavailable": Outcome.SERVICE_UNAVAILABLE,

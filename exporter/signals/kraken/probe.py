@@ -72,6 +72,13 @@ class ProbeMetrics:
             ["exchange"],
             registry=registry,
         )
+        self.invalid_nonce = Gauge(
+            "liquid_abt_exchange_invalid_nonce",
+            "1 while the exchange rejects this replica's nonces (the last probe round): a "
+            "configuration fault, replicas share a key or the clock went back; not an auth error.",
+            ["exchange"],
+            registry=registry,
+        )
         self._exchange = exchange
         for endpoint in ENDPOINTS:
             self.duration.labels(exchange, endpoint)
@@ -79,7 +86,7 @@ class ProbeMetrics:
                 self.requests.labels(exchange, endpoint, outcome)
         for status in SYSTEM_STATUSES:
             self.status.labels(exchange, status)
-        for gauge in (self.up, self.consecutive_failures, self.last_success):
+        for gauge in (self.up, self.consecutive_failures, self.last_success, self.invalid_nonce):
             gauge.labels(exchange)
 
     def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
@@ -122,6 +129,8 @@ class ExchangeProbe:
         self._failures = 0
         # The outcome of the failed rounds in a row, and how many repeated it (for the logs).
         self._failed_rounds_logged: tuple[str | None, int] = (None, 0)
+        # Rounds refused for their nonce, in a row: the warning is logged once per episode.
+        self._nonce_episode = False
         self._lock = asyncio.Lock()
         self.last_round: RoundResult | None = None
 
@@ -225,7 +234,21 @@ class ExchangeProbe:
         else:
             self._failures += 1
         self._log_failed_round(result)
+        self._note_nonce(result)
         m.consecutive_failures.labels(ex).set(self._failures)
+
+    def _note_nonce(self, result: RoundResult) -> None:
+        """One warning when the exchange starts refusing our nonces, one line when it stops."""
+        self._metrics.invalid_nonce.labels(self._exchange).set(1 if result.invalid_nonce else 0)
+        if result.invalid_nonce and not self._nonce_episode:
+            self._logger.warning(
+                "exchange refuses our nonces: replicas share a key or the clock went back; "
+                "give each replica its own API key",
+                extra=self._extra(outcome=Outcome.INVALID_NONCE.value),
+            )
+        elif self._nonce_episode and not result.invalid_nonce:
+            self._logger.info("exchange accepts our nonces again", extra=self._extra())
+        self._nonce_episode = result.invalid_nonce
 
     def _log_failed_round(self, result: RoundResult) -> None:
         """A warning when rounds start failing or fail differently, then one every

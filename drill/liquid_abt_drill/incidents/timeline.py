@@ -60,6 +60,9 @@ class Timeline:
     retries_tried_before_resume: int = 0
     webhook_latency: float | None = None  # Prometheus firing -> receiver, shipped seconds
     isolated_seen: bool = False
+    # Probe calls the exchange refused for their nonce, every replica together: 0 when each
+    # replica has its own key, as the runbook asks.
+    invalid_nonces: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def at(self, when: float) -> float:
@@ -99,6 +102,8 @@ class Timeline:
         ]  # fmt: skip
         if self.webhook_latency is not None:
             rows.append(("", f"Prometheus firing -> webhook: {self.webhook_latency:.1f}s"))
+        if self.invalid_nonces:
+            rows.append(("", f"probe calls refused for their nonce: {self.invalid_nonces:.0f}"))
         return rows
 
     def table(self) -> str:

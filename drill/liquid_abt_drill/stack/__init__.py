@@ -1,6 +1,6 @@
 """The whole loop as real programs on 127.0.0.1: the one place that starts and stops them.
 
-`liquid-abt-exporter demo` and the end-to-end tests both build on this package (tests through
+`liquid-abt-drill demo` and the end-to-end tests both build on this package (tests through
 `tests/harness.py`, a few pytest fixtures over it). Every program runs in a folder of its own
 with its log beside it (`<folder>/exporter.log`, `<folder>/exporter/`); a second program of the
 same kind gets `exporter-2`. Ports are free ports unless given. Starting returns only once the

@@ -71,10 +71,16 @@ def source_root() -> Path:
     return Path(str(resources.files("exporter"))).parent
 
 
+def drill_root() -> Path:
+    """The folder holding this package (drill/ in the checkout), for PYTHONPATH."""
+    return Path(str(resources.files("liquid_abt_drill"))).parent
+
+
 def python_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
-    """This environment with the package importable whatever the working folder, plus `extra`."""
+    """This environment with both packages importable whatever the working folder, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root()), env.get("PYTHONPATH")]))
+    roots = [str(source_root()), str(drill_root()), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, roots))
     env.update(extra or {})
     return env
 
@@ -82,6 +88,11 @@ def python_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ())
 def exporter_command(*args: str) -> list[str]:
     """`liquid-abt-exporter ARGS` with this interpreter (no installed script needed)."""
     return [sys.executable, "-m", "exporter", *args]
+
+
+def drill_command(*args: str) -> list[str]:
+    """`liquid-abt-drill ARGS` with this interpreter (no installed script needed)."""
+    return [sys.executable, "-m", "liquid_abt_drill", *args]
 
 
 # --- Processes ------------------------------------------------------------------------------

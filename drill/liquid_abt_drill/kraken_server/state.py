@@ -59,10 +59,16 @@ class Faults:
 
 @dataclass
 class FakeKrakenState:
-    """Everything the fake exchange knows; tests may read `hits` and change prices."""
+    """Everything the fake exchange knows; tests may read `hits` and change prices.
+
+    `api_key`/`api_secret` is one accepted key; `keys` holds every accepted key (key -> base64
+    secret, `api_key` included). Nonces must increase per key, as on Kraken: two programs sharing
+    a key interleave their nonces and get `EAPI:Invalid nonce`.
+    """
 
     api_key: str | None = None
     api_secret: str | None = field(default=None, repr=False)
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
     mode: Mode = Mode.HEALTHY
     latency: float = 0.0
     http_status: int = 502
@@ -75,11 +81,15 @@ class FakeKrakenState:
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0  # lets tests prove that a client never overlaps its calls
-    last_nonce: int = 0
+    nonces: dict[str, int] = field(default_factory=dict)  # key -> the last nonce accepted
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and self.api_secret is not None:
+            self.keys.setdefault(self.api_key, self.api_secret)
 
     def apply(
         self, mode: Mode | str, latency: float | None = None, http_status: int | None = None

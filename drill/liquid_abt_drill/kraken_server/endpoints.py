@@ -99,21 +99,19 @@ async def balance(request: web.Request) -> web.Response:
 
 
 def _authenticate(state: FakeKrakenState, request: web.Request, body: str) -> str | None:
-    """Kraken's checks in Kraken's words: the key, then the signature, then the nonce."""
+    """Kraken's checks in Kraken's words: the key, then the signature, then the nonce, which must
+    be above the last one accepted for the same key."""
     key = request.headers.get("API-Key", "")
-    if (
-        state.api_key is None
-        or state.api_secret is None
-        or not hmac.compare_digest(key, state.api_key)
-    ):
+    secret = next((s for k, s in state.keys.items() if hmac.compare_digest(key, k)), None)
+    if secret is None:
         return "EAPI:Invalid key"
     nonce = parse_qs(body).get("nonce", [""])[0]
     if not nonce.isdigit():
         return "EAPI:Invalid nonce"
-    expected = sign(request.path, nonce, body, state.api_secret)
+    expected = sign(request.path, nonce, body, secret)
     if not hmac.compare_digest(request.headers.get("API-Sign", ""), expected):
         return "EAPI:Invalid signature"
-    if int(nonce) <= state.last_nonce:
+    if int(nonce) <= state.nonces.get(key, 0):
         return "EAPI:Invalid nonce"
-    state.last_nonce = int(nonce)
+    state.nonces[key] = int(nonce)
     return None

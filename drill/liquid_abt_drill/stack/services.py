@@ -4,6 +4,7 @@ and the traffic simulator, each started through the command line as a user would
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from .process import (
     DEFAULT_TIMEOUT,
     ManagedProcess,
     claim_name,
+    drill_command,
     exporter_command,
     http_request,
     python_env,
@@ -38,17 +40,26 @@ def searchable_tmp_dir(prefix: str) -> Path:
 
 class PostgresServer:
     """An embedded PostgreSQL in `<folder>/postgres/`, logging to `postgres/postgres.log` (a
-    folder its own user can write to when started as root)."""
+    folder its own user can write to when started as root).
+
+    Throwaway: its first start begins from an empty database, even when its files live under
+    /var/tmp (as root, for a folder the server's user cannot reach), and leaving its `with`
+    block leaves nothing there. `stop()` then `start()` is a restart: the data stays.
+    """
 
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.server = EmbeddedPostgres(Path(folder) / "postgres", port)
         self.log_path = self.server.log_file
+        self._started = False
 
     @property
     def dsn(self) -> str:
         return self.server.dsn
 
     def start(self) -> Self:
+        if not self._started:  # a previous run's rows: "backfill skipped", stale pages
+            self.server.discard()
+            self._started = True
         self.server.start()
         return self
 
@@ -59,7 +70,10 @@ class PostgresServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if self.server.moved:
+            self.server.discard()
+        else:
+            self.server.stop()  # its log stays in the folder, for whoever looks after a failure
 
 
 def start_postgres(folder: Path, *, port: int | None = None) -> PostgresServer:
@@ -99,21 +113,30 @@ def start_kraken_server(
     latency: float | None = None,
     api_key: str | None = None,
     api_secret: str | None = None,
+    keys: Mapping[str, str] | None = None,
     port: int | None = None,
     control_port: int | None = None,
     ready_timeout: float = DEFAULT_TIMEOUT,
 ) -> KrakenServerProcess:
-    """`liquid-abt-exporter kraken-server` with a control port of its own (reachable when down).
+    """`liquid-abt-drill kraken-server` with a control port of its own (reachable when down).
 
-    With `api_key` and `api_secret` (base64) it checks the signature of private calls.
+    With `api_key` and `api_secret` (base64), or `keys` (key -> secret, one per program, since
+    nonces must increase per key), it checks the signature and the nonce of private calls.
     """
     name = claim_name(Path(folder), "kraken-server")
     port, control_port = port or free_port(), control_port or free_port()
     secrets = {"KRAKEN_API_KEY": api_key or "", "KRAKEN_API_SECRET": api_secret or ""}
-    process = KrakenServerProcess(name, exporter_command(
+    keys_flag = []
+    if keys:
+        keys_file = Path(folder) / f"{name}-api-keys"
+        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"{key} {secret}\n" for key, secret in keys.items())
+        keys_flag = [f"--api-keys-file={keys_file}"]
+    process = KrakenServerProcess(name, drill_command(
         "kraken-server", f"--listen=127.0.0.1:{port}",
         f"--control-listen=127.0.0.1:{control_port}", f"--mode={mode}",
-        *([f"--latency={latency}"] if latency is not None else []),
+        *([f"--latency={latency}"] if latency is not None else []), *keys_flag,
     ), Path(folder) / name, env=python_env(secrets), url=f"http://127.0.0.1:{port}")  # fmt: skip
     process.control_url = f"http://127.0.0.1:{control_port}"
     return process.ready_or_stop(
@@ -233,9 +256,9 @@ def exporter_config(kraken_url: str | None = None, *, interval: str = "1s", **se
 def start_simulator(
     folder: Path, *, database_url: str, config_file: Path | None = None, args: Sequence[str] = ()
 ) -> ManagedProcess:
-    """`liquid-abt-exporter simulate ARGS` against `database_url`, running (not waited on)."""
+    """`liquid-abt-drill simulate ARGS` against `database_url`, running (not waited on)."""
     name = claim_name(Path(folder), "simulator")
-    command = exporter_command("simulate", *args)
+    command = drill_command("simulate", *args)
     if config_file is not None:
         command.append(f"--config.file={config_file}")
     process = ManagedProcess(

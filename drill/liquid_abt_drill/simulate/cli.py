@@ -1,4 +1,4 @@
-"""`liquid-abt-exporter simulate`: flags, the exporter's config and database, backfill then live."""
+"""`liquid-abt-drill simulate`: flags, the exporter's config and database, backfill then live."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from .generator import Simulator, Summary
 from .live import Live
 from .scenarios import CATALOGUE, SCENARIOS, SimulateError, parse_mix
 
-log = logging.getLogger("exporter.drill.simulate")
+log = logging.getLogger("liquid_abt_drill.simulate")
 
 
 def _duration(value: str) -> float:
@@ -62,7 +62,7 @@ def _positive(value: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     scenarios = "; ".join(f"{name}: {s.summary}" for name, s in SCENARIOS.items())
     parser = argparse.ArgumentParser(
-        prog="liquid-abt-exporter simulate",
+        prog="liquid-abt-drill simulate",
         description="Write simulated Bitcoin purchases and exchange API call logs into the "
         "platform tables (DATABASE_URL, password from DATABASE_PASSWORD[_FILE], or database.dsn "
         "of the config file). Development, demo and drill databases only.",
@@ -226,7 +226,7 @@ def _watch(kraken_url: str | None, config: Config) -> ExchangeWatch | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`liquid-abt-exporter simulate [--rate N] [--scenario S] [--backfill 1h [--follow]] ...`."""
+    """`liquid-abt-drill simulate [--rate N] [--scenario S] [--backfill 1h [--follow]] ...`."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

@@ -21,7 +21,7 @@ from .database import CALL_COLUMNS, Controls, call_rows, create_tenants, read_co
 from .exchange import ExchangeWatch
 from .generator import Purchase, Simulator, Summary
 
-log = logging.getLogger("exporter.drill.simulate")
+log = logging.getLogger("liquid_abt_drill.simulate")
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 

@@ -25,10 +25,19 @@ AUTOMATION = "liquid-abt-exporter"
 
 @dataclass(frozen=True)
 class Timing:
+    """Every timer the shipped one times `scale`; client timeouts never below `timeout_floor`
+    seconds: a scaled timeout of half a second measures how busy the machine is, not whether
+    the exchange answers (the smoke drills of `make test` set it; `make drill` runs scale 1)."""
+
     scale: float = 1.0
+    timeout_floor: float = 0.0
 
     def s(self, shipped: float) -> float:
         return shipped * self.scale
+
+    def timeout(self, shipped: float) -> float:
+        """A client timeout, in real seconds."""
+        return max(self.timeout_floor, self.s(shipped))
 
     def d(self, shipped: float) -> str:
         """A duration for a config file: the shipped one, scaled, in milliseconds."""
@@ -46,7 +55,8 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
     return yaml.safe_dump({
         "collectors": {"interval": t.d(15), "timeout": t.d(10)},
         "database": {"health_interval": t.d(5)},
-        "kraken": {"base_url": kraken_url, "timeout": t.d(10), "probe_interval": t.d(30),
+        "kraken": {"base_url": kraken_url, "timeout": f"{round(t.timeout(10) * 1000)}ms",
+                   "probe_interval": t.d(30),
                    "doubt_interval": t.d(2), "incident_interval": t.d(5),
                    "call_spacing": t.d(1)},
         "breaker": {"failure_threshold": 2, "recovery_timeout": t.d(30),

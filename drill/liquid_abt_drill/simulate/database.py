@@ -14,7 +14,7 @@ import asyncpg
 from .generator import TENANT_PREFIX, Purchase, Simulator, Summary
 from .scenarios import SimulateError
 
-log = logging.getLogger("exporter.drill.simulate")
+log = logging.getLogger("liquid_abt_drill.simulate")
 
 _PURCHASE_COLUMNS: Final = (
     "tenant_id",

@@ -1,4 +1,4 @@
-"""`liquid-abt-exporter demo`: the whole loop on one machine, for a walkthrough or a drill.
+"""`liquid-abt-drill demo`: the whole loop on one machine, for a walkthrough or a drill.
 
 It starts an embedded PostgreSQL, the Kraken-compatible server (with throwaway API keys, so
 signed calls and `auth_failure` work), the exporter, the traffic simulator playing the platform
@@ -213,7 +213,7 @@ def alerts_page(prometheus_url: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="liquid-abt-exporter demo", description=(__doc__ or "").split("\n\n")[0]
+        prog="liquid-abt-drill demo", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument(
         "--dir", default=".data/demo", help="working folder, emptied first (default: .data/demo)"

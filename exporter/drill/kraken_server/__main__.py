@@ -1,3 +1,0 @@
-from exporter.drill.kraken_server.cli import main
-
-raise SystemExit(main())
