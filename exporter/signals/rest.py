@@ -23,9 +23,8 @@ from .kraken.outcomes import Outcome, classify_exception
 # Replies to these calls are a few kilobytes; anything far larger is not the exchange.
 MAX_BODY_BYTES: Final = 1 << 20
 # A stale nonce or a timestamp outside the exchange's window is a configuration fault (replicas
-# sharing a key, a clock going back), not a rejected key. Resolves to auth_error until the
-# outcome set gains invalid_nonce, and to invalid_nonce from then on, without an edit here.
-INVALID_NONCE: Final[Outcome] = getattr(Outcome, "INVALID_NONCE", Outcome.AUTH_ERROR)
+# sharing a key, a clock going back), not a rejected key.
+INVALID_NONCE: Final[Outcome] = Outcome.INVALID_NONCE
 
 
 class ExchangeApiError(Exception):

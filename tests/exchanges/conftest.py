@@ -1,26 +1,17 @@
 """Fixtures for the secondary exchanges' tests: each fake exchange on 127.0.0.1 (port 0, with a
 control port) and a shared client session.
-
-`liquid_abt_drill` lives in drill/ (not installed into the venv), so that folder goes onto
-sys.path here; once the drill package is installed with the project this is a no-op.
 """
 
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest_asyncio
 
-DRILL = Path(__file__).resolve().parents[2] / "drill"
-if str(DRILL) not in sys.path:
-    sys.path.insert(0, str(DRILL))
-
-from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets  # noqa: E402
-from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve  # noqa: E402
+from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
+from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 
 API_KEY = "test-api-key"
 IR_SECRET = "an Independent Reserve secret only the tests know"

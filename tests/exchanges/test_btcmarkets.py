@@ -14,13 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
 
 from exporter.signals.btcmarkets.client import BtcMarketsClient
 from exporter.signals.btcmarkets.outcomes import classify, is_nonce_fault
 from exporter.signals.btcmarkets.signing import decode_secret, message, sign
 from exporter.signals.kraken.outcomes import Outcome
 from exporter.signals.rest import INVALID_NONCE, ExchangeApiError
+from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
 
 from .conftest import API_KEY, BM_SECRET
 

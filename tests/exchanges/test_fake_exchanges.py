@@ -12,16 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
+from exporter.signals.btcmarkets import client as btcmarkets
+from exporter.signals.independentreserve import client as independentreserve
 from liquid_abt_drill.exchanges.base import serve
 from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
 from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 
-from exporter.signals.btcmarkets import client as btcmarkets
-from exporter.signals.independentreserve import client as independentreserve
-
-from .conftest import API_KEY, BM_SECRET, DRILL, IR_SECRET
-
-ROOT = DRILL.parent
+from .conftest import API_KEY, BM_SECRET, IR_SECRET
 
 
 async def test_hits_are_counted_under_the_clients_endpoint_names(
@@ -46,8 +44,7 @@ async def test_the_command_line_serves_a_mode_with_keys_from_env_and_file(
 ) -> None:
     port, control = unused_tcp_port_factory(), unused_tcp_port_factory()
     (tmp_path / "secret").write_text(BM_SECRET + "\n")
-    pythonpath = os.pathsep.join([str(DRILL), str(ROOT)])
-    env = {**os.environ, "PYTHONPATH": pythonpath, "BTCMARKETS_API_KEY": API_KEY}
+    env = {**os.environ, "BTCMARKETS_API_KEY": API_KEY}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "liquid_abt_drill.exchanges.btcmarkets",
         "--listen", f"127.0.0.1:{port}", "--control-listen", f"127.0.0.1:{control}",

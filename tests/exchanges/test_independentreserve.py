@@ -10,13 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 
 from exporter.signals.independentreserve.client import IndependentReserveClient
 from exporter.signals.independentreserve.outcomes import classify, is_nonce_fault
 from exporter.signals.independentreserve.signing import check_secret, message, sign
 from exporter.signals.kraken.outcomes import Outcome
 from exporter.signals.rest import INVALID_NONCE, ExchangeApiError
+from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 
 from .conftest import API_KEY, IR_SECRET
 
