@@ -277,9 +277,7 @@ def test_purchases_an_admin_resumed_during_an_incident_stop_again_while_it_is_do
     decision = world.sees("a", REFUSED)
     assert kinds(decision) == [SetBreaker, Pause, QueueRetries, type(decision.effects[-1])]
     assert of(decision, SetBreaker)[0].state is State.OPEN
-    assert of(decision, Pause)[0].cause.startswith(
-        "kraken refuses connections on 2 of 2 replicas"
-    )
+    assert of(decision, Pause)[0].cause.startswith("kraken refuses connections on 2 of 2 replicas")
     incident = world.incident
     assert (incident.phase, incident.relapses, incident.cause) == (DOWN, relapses, cause)
 
