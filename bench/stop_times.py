@@ -12,7 +12,11 @@ each for an exchange that answers errors at once (503) and one that hangs (clien
 Then the stops in long runs of 4 % hangs and 10 % rate limits (target: 0). Targets (issue 18):
 at most 10 s with the platform's evidence, 25 s on probe evidence alone.
 
-    .venv/bin/python bench/stop_times.py [--phases 200] [--hours 20]
+The shipped config's table comes first; then the same code with one shipped choice undone at a
+time (the runbook's 30 s probe interval, a 10 s call timeout, no platform watch), to show what
+each is worth. `--shipped-only` stops after the first table.
+
+    .venv/bin/python bench/stop_times.py [--phases 200] [--hours 20] [--shipped-only]
 
 A hanging exchange's platform calls fail only when the platform's own timeout (10 s here) ends
 them: subtract it from the "hangs" rows for the time after the platform's calls start failing.

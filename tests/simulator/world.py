@@ -1,6 +1,7 @@
 """The simulated world: a clock that jumps from event to event, replicas probing on the incident
-loop's cadence, the platform buying and logging its calls, Alertmanager, an admin, and the
-executor that applies the core's effects.
+loop's cadence and woken by their platform watch (probing.py), the platform buying and logging
+its calls, Alertmanager, an admin, and the executor that applies the core's effects (the pause,
+as the executor reads it, is evidence too).
 
 One step is one decision: a replica's probe round ends (the round is recorded, then decided on),
 a recovery verification returns, or an outage alert is delivered. The invariants are checked
