@@ -536,3 +536,12 @@ def test_the_operator_sees_the_cause_in_words_where_the_cli_cuts_it() -> None:
              "cause": cause}  # fmt: skip
     shown = render.actions([entry], world.now).splitlines()[1]
     assert shown.endswith("kraken refuses connections on 2 of 2 replicas for 18 s")
+
+
+def test_the_module_keeps_its_name_beside_the_function_the_package_exports() -> None:
+    import importlib
+
+    import exporter.runbook.incident as incident
+
+    module = importlib.import_module("exporter.runbook.incident.decision")
+    assert incident.decide is module.decide and module.__name__.endswith(".decision")
