@@ -267,8 +267,12 @@ class ApiCallsConfig(_Model):
 
 class KrakenConfig(_Model):
     base_url: str = "https://api.kraken.com"
-    timeout: Duration = 10.0
-    probe_interval: Duration = 30.0  # the runbook's health check runs every 30 seconds
+    # A hanging exchange costs one timeout per round: 5 s is 10 times Kraken's usual answer, and
+    # keeps a round on a hanging exchange inside the stop-time targets (docs/incidents.md).
+    timeout: Duration = 5.0
+    # The runbook's health check runs every 30 seconds; the probe runs three times as often, so
+    # an outage seen by the probe alone stops purchases within 25 s (docs/incidents.md).
+    probe_interval: Duration = 10.0
     # In doubt the probe does not wait the full interval: the next round follows a failed one
     # after `doubt_interval`, and rounds follow each other every `incident_interval` while an
     # incident is open (so recovery is seen, and relapses too, within seconds).

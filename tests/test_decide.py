@@ -16,7 +16,7 @@ from exporter.controls.breaker import State
 from exporter.operator import render
 from exporter.runbook.evidence import Observation, PlatformCalls, duration_words, observe_round
 from exporter.runbook.incident import DOWN, NORMAL, PROBATION, Incident
-from exporter.runbook.incident.decide import (
+from exporter.runbook.incident.decision import (
     Decision,
     Event,
     Evidence,
@@ -65,6 +65,7 @@ class World:
     live: dict[str, Observation] = field(default_factory=dict)
     platform: PlatformCalls = field(default_factory=lambda: PlatformCalls(()))
     firing: bool = False
+    paused: bool | None = None  # None: the evidence does not say (the core assumes its own)
     tokens: int = 0
     last: Decision | None = None
 
@@ -87,7 +88,7 @@ class World:
         self.tokens += 1
         evidence = Evidence(
             event or Tick(), tuple(self.live.values()), self.platform, self.breaker, self.firing,
-            replica, uuid.UUID(int=self.tokens),
+            replica, uuid.UUID(int=self.tokens), self.paused,
         )  # fmt: skip
         decision = decide(self.incident, evidence, self.now, POLICY)
         assert decide(self.incident, evidence, self.now, POLICY) == decision, "pure"
@@ -204,6 +205,103 @@ def test_the_platforms_failing_calls_stop_purchases_when_nothing_probes() -> Non
         "kraken fails the platform's last 3 calls (exchange_unavailable, exchange_unavailable, "
         "exchange_unavailable); no replica probes it"
     )
+
+
+def platform_failing(world: World, *reasons: str | None) -> PlatformCalls:
+    """The platform's latest calls, newest first, logged a second apart up to now."""
+    at = tuple(world.now - timedelta(seconds=i) for i in range(len(reasons)))
+    return PlatformCalls(reasons, at)
+
+
+def test_the_platforms_failing_calls_corroborate_one_unanswered_round_per_replica() -> None:
+    world = World()
+    world.both(HEALTHY)
+    world.tick(10)
+    world.platform = platform_failing(world, *("exchange_unavailable",) * 3)
+    world.sees("a", REFUSED)
+    assert world.incident.phase == NORMAL, "b still answered"
+    decision = world.sees("b", REFUSED)
+    assert world.incident.phase == DOWN
+    assert "2 of 2 live replicas saw 1+ unanswered rounds, and the platform's latest 3 calls " \
+        "failed" in of(decision, Audit)[0].cause  # fmt: skip
+
+
+def test_one_unanswered_round_without_the_platform_failing_stops_nothing() -> None:
+    world = World()
+    world.platform = platform_failing(world, "exchange_unavailable", None, "exchange_unavailable")
+    world.both(HANGING)
+    assert world.incident.phase == NORMAL
+
+
+def test_a_platform_call_answered_since_every_replica_failed_vetoes_down() -> None:
+    """One replica cut off for long, the other seeing sporadic hangs: the platform, whose calls
+    are mostly answered, says the exchange is up."""
+    world = World()
+    world.sees("b", HEALTHY)
+    world.sees("a", REFUSED, 5)
+    world.tick(50)
+    world.sees("a", REFUSED)
+    world.sees("b", HANGING)
+    world.tick(2)
+    world.platform = platform_failing(world, "network_timeout", None, None)
+    world.sees("b", HANGING)
+    assert world.incident.phase == NORMAL
+    world.platform = PlatformCalls(("network_timeout",), (world.now,))
+    world.sees("b", HANGING)
+    assert world.incident.phase == DOWN, "no call answered since both fail"
+
+
+def test_a_cut_off_replica_has_no_say_on_the_status() -> None:
+    """b read "online" before its network went; its row keeps it, but its last round got no
+    answer: only a reads the status, and it reads maintenance."""
+    world = World()
+    world.both(HEALTHY)
+    world.tick(10)
+    world.sees("b", REFUSED)
+    decision = world.sees("a", MAINTENANCE)
+    assert world.live["b"].system_status == "online"
+    assert (world.incident.cause, decision.verdict.status) == ("maintenance", "maintenance")
+    assert of(decision, Audit)[0].cause.startswith(
+        "kraken is in maintenance (1 of 2 replicas read status maintenance)"
+    )
+
+
+def test_purchases_an_admin_resumed_during_an_incident_stop_again_while_it_is_down() -> None:
+    world = World()
+    world.open()
+    relapses, cause = world.incident.relapses, world.incident.cause
+    world.paused = True
+    assert of(world.sees("a", REFUSED), Pause) == []
+    # An admin resumes purchases and closes the breaker; the exchange is still down.
+    world.paused, world.breaker = False, replace(world.breaker, state=State.CLOSED)
+    decision = world.sees("a", REFUSED)
+    assert kinds(decision) == [SetBreaker, Pause, QueueRetries, type(decision.effects[-1])]
+    assert of(decision, SetBreaker)[0].state is State.OPEN
+    assert of(decision, Pause)[0].cause.startswith("kraken refuses connections on 2 of 2 replicas")
+    incident = world.incident
+    assert (incident.phase, incident.relapses, incident.cause) == (DOWN, relapses, cause)
+
+
+def test_purchases_an_admin_resumed_flow_while_the_exchange_answers() -> None:
+    world = World()
+    world.open()
+    world.paused, world.breaker = False, replace(world.breaker, state=State.CLOSED)
+    assert of(world.both(HEALTHY), Pause) == []
+    assert world.incident.phase == DOWN, "the incident goes on to its verification"
+
+
+def test_an_outage_alert_finds_purchases_an_admin_resumed_and_stops_them() -> None:
+    world = World()
+    world.open()
+    world.paused = False
+    decision = world.decide(OutageAlert("ExchangeApiDown", "kraken is down", "fp"))
+    assert len(of(decision, Pause)) == 1
+
+
+def test_an_incident_that_opens_pauses_once() -> None:
+    world = World(paused=False)
+    decision = world.both(REFUSED, 2)
+    assert world.incident.phase == DOWN and len(of(decision, Pause)) == 1
 
 
 # ---- alerts -------------------------------------------------------------------------------------
@@ -438,3 +536,12 @@ def test_the_operator_sees_the_cause_in_words_where_the_cli_cuts_it() -> None:
              "cause": cause}  # fmt: skip
     shown = render.actions([entry], world.now).splitlines()[1]
     assert shown.endswith("kraken refuses connections on 2 of 2 replicas for 18 s")
+
+
+def test_the_module_keeps_its_name_beside_the_function_the_package_exports() -> None:
+    import importlib
+
+    import exporter.runbook.incident as incident
+
+    module = importlib.import_module("exporter.runbook.incident.decision")
+    assert incident.decide is module.decide and module.__name__.endswith(".decision")

@@ -157,7 +157,7 @@ PHRASES = [
     ("docs/incidents.md",
      r"every `kraken.probe_interval` \(" + QUANTITY, "kraken.probe_interval"),
     ("docs/incidents.md",
-     r"times out after `kraken.timeout` \(" + QUANTITY, "kraken.timeout"),
+     r"costs one `kraken.timeout` \(" + QUANTITY, "kraken.timeout"),
 ]  # fmt: skip
 
 

@@ -93,7 +93,7 @@ def test_krakens_settings_and_lease_come_from_its_own_section() -> None:
     assert (settings.probe_interval, settings.doubt_interval, settings.incident_interval) == (
         20, 1, 3,
     )  # fmt: skip
-    assert Policy.of(config, settings).lease == 6 * 4 + LEASE_MARGIN
+    assert Policy.from_config(config, settings).lease == 6 * 4 + LEASE_MARGIN
     assert registry.probed(config, "kraken") is None, "disabled: verified, not probed"
 
 

@@ -15,14 +15,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import parse_config
+from exporter.controls import pause
 from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection, create_pool
 from exporter.runbook.alert_states import AlertState
 from exporter.runbook.evidence import Observation, observe_round
 from exporter.runbook.incident import IncidentModel, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL, IncidentLoop
 from exporter.runbook.recovery import verify
 from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
+from exporter.signals.kraken.integration import INTEGRATION
 from exporter.signals.kraken.outcomes import Outcome
 
 KRAKEN = "kraken"
@@ -31,6 +34,7 @@ CONFIG = parse_config({
     "incident": {"probation": "90s", "rate_restore_after": "30s"},
 })  # fmt: skip
 ENDPOINTS = ("SystemStatus", "Ticker", "Depth", "Time")
+KRAKEN_SETTINGS = INTEGRATION.settings(CONFIG)
 
 
 def round_of(*outcomes: Outcome, status: str | None = "online") -> RoundResult:
@@ -276,6 +280,89 @@ async def test_the_platforms_failing_calls_are_evidence_when_nothing_probes(
     )
     await lone.model.evaluate(KRAKEN)
     assert (await state(db))["phase"] == "down"
+
+
+async def platform_fails(db: asyncpg.Connection, calls: int = 3) -> None:
+    await db.execute(
+        """INSERT INTO api_call_logs (provider, endpoint, success, error_message)
+           SELECT 'kraken', 'placeOrder', false, 'EService:Unavailable'
+           FROM generate_series(1, $1)""",
+        calls,
+    )
+
+
+async def test_the_platforms_failing_calls_corroborate_one_unanswered_round_per_replica(
+    a: Replica, b: Replica, db: asyncpg.Connection
+) -> None:
+    assert not await a.model.platform_failing(KRAKEN)
+    await a.sees(HEALTHY)
+    await b.sees(HEALTHY)
+    await platform_fails(db)
+    assert await a.model.platform_failing(KRAKEN), "the platform watch's reading"
+    await a.sees(DOWN)
+    assert (await state(db))["phase"] == "normal", "b still answered"
+    await b.sees(HANGING)
+    current = await state(db)
+    assert (current["phase"], current["breaker"], current["paused"]) == ("down", "open", True)
+
+
+@dataclass
+class ScriptedProbe:
+    """The probe's rounds as the test says (the Kraken probe has its own tests)."""
+
+    result: RoundResult
+
+    async def run_once(self) -> RoundResult:
+        return self.result
+
+    async def recovery_check(self) -> RecoveryResult:
+        return await ok_verifier()
+
+
+def woken(loop: IncidentLoop) -> bool:
+    """Whether the loop's next wait returns at once (test-only read); clears it."""
+    event = loop._wakeup._event
+    was = event.is_set()
+    event.clear()
+    return was
+
+
+async def test_the_platform_watch_wakes_a_waiting_loop_once_when_the_platform_fails(
+    a: Replica, db: asyncpg.Connection
+) -> None:
+    probe = ScriptedProbe(HEALTHY)
+    loop = IncidentLoop(KRAKEN, a.model, KRAKEN_SETTINGS, probe)
+    assert await loop.watch() == PLATFORM_WATCH_INTERVAL and not woken(loop)
+    await platform_fails(db)
+    await loop.watch()
+    assert not woken(loop), "not before its first round: it runs one anyway"
+    await db.execute("DELETE FROM api_call_logs")
+    await loop.watch()
+    assert await loop.iteration() == pytest.approx(KRAKEN_SETTINGS.probe_interval, rel=0.11)
+    await platform_fails(db)
+    await loop.watch()
+    assert woken(loop), "waiting, its last round answered: the next one runs at once"
+    await loop.watch()
+    assert not woken(loop), "once per episode"
+    probe.result = DOWN
+    await loop.iteration()
+    await db.execute("DELETE FROM api_call_logs")
+    await loop.watch()
+    await platform_fails(db)
+    await loop.watch()
+    assert not woken(loop), "its last round failed: the doubt interval brings the next one"
+
+
+async def test_an_admin_resume_during_an_incident_stops_again_while_the_exchange_is_down(
+    a: Replica, b: Replica, db: asyncpg.Connection
+) -> None:
+    await open_incident(a, b, db)
+    resumed = await pause.resume(db, KRAKEN, actor="admin", cause="try again", manual=True)
+    assert resumed.changed and not (await state(db))["paused"]
+    await a.sees(DOWN)
+    current = await state(db)
+    assert (current["phase"], current["paused"], current["relapses"]) == ("down", True, 0)
+    assert await count(db, "pause_purchases") == 2
 
 
 # ---- recovery ------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def run(faults: list[Fault], horizon: float, seed: int = 1, **options: Any) -> W
     return simulate(SHIPPED, faults, seed, horizon, **options)
 
 
-# About 45 s of CPU (one core); the limit is for a machine whose cores are busy with others.
+# About 95 s of CPU (one core; twice the steps since the probe runs every 10 s, and the platform
+# watch reads every second): the limit is for a machine whose cores are busy with others.
 @pytest.mark.timeout(900)
 def test_ten_thousand_generated_sequences_keep_every_invariant() -> None:
     steps = stops = resumes = 0
@@ -101,12 +102,33 @@ def test_hypothesis_timelines_keep_every_invariant(faults: list[Fault], seed: in
 def test_an_outage_stops_purchases_and_a_verified_recovery_resumes_them() -> None:
     world = run([Fault(Kind.OUTAGE, 100.0, 400.0)], 900.0)
     [stop] = world.record.stops
-    # Two unanswered rounds on every replica: the next round (at most 33 s), a 2 s doubt.
-    assert 100.0 < stop <= 100.0 + 33.0 + 2.0 + 2 * 4 * SHIPPED.call_spacing
+    # The platform's calls fail at once: the watch wakes the replicas, one round each.
+    assert 100.0 < stop <= 100.0 + 10.0
     [resume] = world.record.resumes
     assert resume >= 400.0 + SHIPPED.recovery_timeout + SHIPPED.probation
     assert [ok for _, ok in world.record.verifications] == [True]
     assert [p[2] for p in world.record.pages] == ["unavailable"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "purchase_rate", "target"),
+    [(Kind.OUTAGE, 1.0, 10.0), (Kind.HANG, 1.0, 10.0 + SHIPPED.platform_timeout),
+     (Kind.OUTAGE, 0.0, 25.0), (Kind.HANG, 0.0, 25.0)],
+    ids=["platform, 503", "platform, hangs", "probe alone, 503", "probe alone, hangs"],
+)  # fmt: skip
+def test_purchases_stop_within_the_promised_time_whatever_the_probes_phase(
+    kind: Kind, purchase_rate: float, target: float
+) -> None:
+    """Issue 18's targets: 10 s after the platform's calls start failing (a hanging call fails
+    when the platform's own timeout ends it), 25 s on the probe's evidence alone; over fault
+    starts spread across the probe's cadence (bench/stop_times.py measures the distribution)."""
+    params = SHIPPED.but(purchase_rate=purchase_rate)
+    rng = random.Random(18)
+    for i in range(16):
+        start = 300.0 + params.probe_interval * 1.1 * (i + rng.random()) / 16
+        world = simulate(params, [Fault(kind, start, start + 600.0)], rng.randrange(2**32),
+                         start + 120.0)  # fmt: skip
+        assert world.record.stops and world.record.stops[0] - start <= target, i
 
 
 @pytest.mark.parametrize(
@@ -147,15 +169,35 @@ def test_a_nonce_clash_is_a_configuration_warning_not_an_auth_page() -> None:
     assert not any(cause == "auth" for _, _, cause in world.record.pages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after an admin's manual resume during an incident the core stays down, so a new "
-    "outage before its recovery is not stopped (the core does not read the pause)",
-)  # fmt: skip
-def test_an_outage_after_an_admin_lets_purchases_flow_mid_incident_stops_them() -> None:
-    faults = [Fault(Kind.OUTAGE, 20.0, 200.0), Fault(Kind.HOLD, 60.0, 120.0),
-              Fault(Kind.OUTAGE, 230.0, 600.0)]  # fmt: skip
-    run(faults, 700.0, invariants=Invariants(admin_release_exempts=False))
+@pytest.mark.parametrize(
+    ("first_outage_ends", "stopped_again_by"),
+    [(200.0, 125.0), (100.0, 130.0 + 5.0)],
+    ids=["released while still down", "a new outage before the recovery"],
+)
+def test_an_outage_after_an_admin_lets_purchases_flow_mid_incident_stops_them(
+    first_outage_ends: float, stopped_again_by: float
+) -> None:
+    """An admin holds purchases during an incident, then resumes them at 120 s while the
+    incident is open: purchases stop again as soon as the evidence says down (the invariant
+    stop_on_quorate_evidence holds after every step), the incident goes on."""
+    faults = [Fault(Kind.OUTAGE, 20.0, first_outage_ends), Fault(Kind.HOLD, 60.0, 120.0),
+              Fault(Kind.OUTAGE, 130.0, 600.0)]  # fmt: skip
+    world = run(faults, 700.0)
+    [first, again] = world.record.stops
+    assert first < 60.0 and 120.0 < again <= stopped_again_by
+    assert [p[1] for p in world.record.pages] == ["ExchangeApiDown"]
+
+
+def test_maintenance_with_one_replica_cut_off_stops_purchases_for_maintenance() -> None:
+    """The cut-off replica's row still holds "online", read before it was cut off: only
+    replicas whose last round was answered say what the status is. (The page is Prometheus's,
+    from the status gauges: ExchangeApiDown, a known gap of the alert rules.)"""
+    faults = [Fault(Kind.ISOLATED, 10.0, 900.0, replica=0), Fault(Kind.MAINTENANCE, 100.0, 900.0)]
+    world = run(faults, 900.0)
+    [stop] = world.record.stops
+    assert 100.0 < stop < 140.0
+    assert world.incident.cause == "maintenance"
+    assert world.verdict is not None and world.verdict.cause == "maintenance"
 
 
 # -- breaking the core, one rule at a time: the invariants must notice --

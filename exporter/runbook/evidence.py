@@ -5,11 +5,15 @@ upserted after each round) and from the platform's own calls (`api_call_logs`). 
 it into a Verdict, a pure function so that the rules read in one place:
 
 - down: every live replica saw the API not answer `failure_threshold` rounds in a row (a
-  replica that alone sees failures is isolated, not evidence); with no live replica, the
-  platform's latest calls all failing for want of an answer.
+  replica that alone sees failures is isolated, not evidence), or every live replica's last
+  round went unanswered while the platform's latest `platform_min_calls` calls all failed for
+  want of an answer (two witnesses of the same outage: one round each is enough); with no live
+  replica, the platform's latest calls all failing for want of an answer.
 - healthy: every live replica's last round was answered with system status online, and the
   platform's latest calls are not failing.
-- maintenance / trading_restricted: every live replica that read the system status read it.
+- maintenance / trading_restricted: every live replica that read the system status read it;
+  a replica whose last round got no answer at all (timeout, network error: its own network may
+  be cut off) read nothing, whatever status its row still holds.
 - rate_limited: any replica's last round, or enough of the platform's recent calls, were
   rate limited (the API answered: this lowers the call rate, it never stops purchases).
 
@@ -35,6 +39,8 @@ from exporter.signals.exchange import RoundResult
 REPLICA = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
 
 UNAVAILABLE_REASONS = frozenset({"exchange_unavailable", "network_timeout"})
+# Round outcomes that got no answer at all: such a round read no system status.
+NO_ANSWER = frozenset({"timeout", "network_error"})
 MAINTENANCE = "maintenance"
 RESTRICTED = frozenset({"cancel_only", "post_only"})
 
@@ -113,8 +119,9 @@ class PlatformCalls:
         return len(latest) >= min_calls and all(r in UNAVAILABLE_REASONS for r in latest)
 
     @property
-    def answering(self) -> bool:
-        return bool(self.reasons) and self.reasons[0] not in UNAVAILABLE_REASONS
+    def answered(self) -> bool:
+        """Any of these calls was answered (a rate limit or an auth error is an answer)."""
+        return any(r not in UNAVAILABLE_REASONS for r in self.reasons)
 
     def rate_limited_share(self, latest: int = 5) -> float:
         """Among the latest calls only, so the evidence clears a few calls after it stops."""
@@ -185,14 +192,24 @@ def judge(
 ) -> Verdict:
     failing = [o for o in live if o.consecutive_failures >= failure_threshold]
     answering = [o for o in live if o.available]
+    # The platform's own failing calls corroborate one unanswered round on every replica.
+    corroborated = (
+        bool(live) and len(failing) < len(live) and not answering
+        and platform.failing(platform_min_calls)
+    )  # fmt: skip
+    if corroborated:
+        failing = list(live)
     newest_answer = max((o.observed_at for o in answering), default=None)
-    oldest_failure = min((o.failing_since for o in failing if o.failing_since), default=None)
+    # Since when every failing replica has been failing: the newest of their starts.
+    all_failing_since = max((o.failing_since for o in failing if o.failing_since), default=None)
     if live:
-        # The platform vetoes "down" only with a call answered since the replicas began failing.
-        down = len(failing) == len(live) and not platform.since(oldest_failure).answering
+        # The platform vetoes "down" with any call answered since every replica was failing:
+        # sporadic hangs on one replica while another is cut off are not an outage.
+        down = len(failing) == len(live) and not platform.since(all_failing_since).answered
     else:
         down = platform.failing(platform_min_calls)
-    statuses = {o.system_status for o in live if o.system_status is not None}
+    statuses = {o.system_status for o in live
+                if o.system_status is not None and o.outcome not in NO_ANSWER}  # fmt: skip
     status = statuses.pop() if len(statuses) == 1 else None
     healthy = (
         bool(live)
@@ -204,9 +221,12 @@ def judge(
     isolated = mine is not None and not mine.available and bool(answering)
     rate_limited = any(o.rate_limited for o in live) or platform.rate_limited_share() >= 0.1
     since = [o.failing_since for o in live if o.failing_since is not None]
+    rounds = (
+        f"1+ unanswered rounds, and the platform's latest {platform_min_calls} calls failed"
+        if corroborated else f"{failure_threshold}+ failed rounds in a row"
+    )  # fmt: skip
     detail = (
-        f"{len(failing)} of {len(live)} live replicas saw {failure_threshold}+ failed rounds in a "
-        f"row; replicas answered: {len(answering)}; status: {status or 'mixed/unknown'}; "
+        f"{len(failing)} of {len(live)} live replicas saw {rounds}; replicas answered: {len(answering)}; status: {status or 'mixed/unknown'}; "
         f"platform's latest calls: {', '.join(r or 'ok' for r in platform.reasons) or 'none'}"
     )
     words = _Words(live, failing, answering, platform, status, platform_min_calls, now)
@@ -239,7 +259,8 @@ class _Words:
 
     def reason(self, down: bool, healthy: bool) -> str:
         n = len(self.live)
-        readers = sum(o.system_status is not None for o in self.live)
+        readers = sum(o.system_status is not None and o.outcome not in NO_ANSWER
+                      for o in self.live)  # fmt: skip
         if self.status == MAINTENANCE:
             return f"is in maintenance ({self._every(readers, 'reads')} status maintenance)"
         if down and self.live:

@@ -5,10 +5,18 @@ runbook's 30-second health check while all is well (`probe_interval`), a quick s
 a round the API did not answer (`doubt_interval`), and a round every `incident_interval` while an
 incident is open, so recovery and relapses are seen within seconds. An exchange nobody probes
 still gets decisions: on wake-ups (alerts) and, during an incident, on the same short interval.
+
+The platform's own calls are the earliest evidence: it buys all the time, the probe only every
+`probe_interval`. So a second loop, the platform watch, reads the platform's latest calls every
+PLATFORM_WATCH_INTERVAL (one small query); when they start failing for want of an answer, a
+loop that is waiting (not mid-round, its last round answered) runs its next round at once. That
+round, unanswered on every replica, and the platform's failing calls stop purchases together
+(evidence.judge), without waiting for `failure_threshold` rounds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from exporter.database.background import Wakeup, run_forever
@@ -18,6 +26,8 @@ from exporter.signals.exchange import UNPROBED, Probe, ProbeSettings, RoundResul
 
 # Without a probe and without an incident, decide now and then anyway (a lost wake-up).
 _IDLE_EVALUATION = 60.0
+# How often the platform watch reads the platform's latest calls (the simulator's cadence too).
+PLATFORM_WATCH_INTERVAL = 1.0
 
 
 class IncidentLoop:
@@ -35,17 +45,36 @@ class IncidentLoop:
         self._probe = probe
         self._verifier = verifier if verifier is not None or probe is None else probe.recovery_check
         self._wakeup = Wakeup()
+        # Waiting between iterations, and the last round answered: the platform watch may wake it.
+        self._idle = False
+        self._platform_failing = False
 
     def wake(self) -> None:
         self._wakeup.wake()
 
     async def run(self) -> None:
-        await run_forever(
-            f"incident-{self.exchange}", self.iteration, wakeup=self._wakeup,
-            retry_after=self._settings.probe_interval if self._probe else _IDLE_EVALUATION,
+        await asyncio.gather(
+            run_forever(
+                f"incident-{self.exchange}", self.iteration, wakeup=self._wakeup,
+                retry_after=self._settings.probe_interval if self._probe else _IDLE_EVALUATION,
+            ),
+            run_forever(
+                f"platform-watch-{self.exchange}", self.watch,
+                retry_after=PLATFORM_WATCH_INTERVAL,
+            ),
         )  # fmt: skip
 
+    async def watch(self) -> float:
+        """Wake the loop for a round when the platform's latest calls start failing (once per
+        episode: a failed round brings the short `doubt_interval` anyway)."""
+        failing = await self._model.platform_failing(self.exchange)
+        if failing and not self._platform_failing and self._idle:
+            self.wake()
+        self._platform_failing = failing
+        return PLATFORM_WATCH_INTERVAL
+
     async def iteration(self) -> float:
+        self._idle = False
         result: RoundResult | None = None
         if self._probe is not None:
             result = await self._probe.run_once()
@@ -54,7 +83,9 @@ class IncidentLoop:
             incident, lease = await self._model.evaluate(self.exchange)
         if lease is not None:
             await verify(self._model, lease, self._verifier)
+            self._idle = True
             return self._settings.incident_interval
+        self._idle = result is None or result.available
         return self._next_delay(result, incident)
 
     def _next_delay(self, result: RoundResult | None, incident: Incident) -> float:

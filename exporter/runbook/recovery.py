@@ -1,7 +1,7 @@
 """Recovery verification: "resolved" is not proof of recovery.
 
 When the incident model finds an exchange healthy for long enough it leases one verification to
-one replica (incident/decide.py). This module runs the runbook's recovery tests (system status
+one replica (incident/decision.py). This module runs the runbook's recovery tests (system status
 online, current price, a sane order book, the balance when keys are configured) outside any
 transaction, since they call the exchange, and hands the result back to the model, whose
 decision applies it; a result whose lease was lost meanwhile is dropped, so a slow check can

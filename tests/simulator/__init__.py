@@ -1,5 +1,6 @@
-"""A deterministic incident simulator: simulated time, replicas probing on the shipped cadence,
-the platform buying and logging its calls, Alertmanager's pages, admin holds, restarts.
+"""A deterministic incident simulator: simulated time, replicas probing on the shipped cadence
+(each with its platform watch), the platform buying and logging its calls, Alertmanager's pages,
+admin holds, restarts.
 
 It drives the production's pure decisions (`evidence.judge`, the reason classifier, the Kraken
 error classification) and the incident core, applies their effects to a simulated world the way

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 # Faults that may stop purchases: anything else stopping them is a needless stop.
 STOPPING = frozenset({Kind.OUTAGE, Kind.HANG, Kind.MAINTENANCE, Kind.CANCEL_ONLY, Kind.POST_ONLY})
 
-# What the shipped core does not do yet, each shown by a test of its own
-# (tests/test_incident_simulation.py) that fails once the gap is closed:
-# - after an admin's manual resume during an incident the core stays down, so a new outage
-#   before its recovery is not stopped (the core does not read the pause);
-# - an isolated replica keeps the last status it read, so maintenance seen while one replica
-#   is cut off pages as ExchangeApiDown (purchases stop either way);
-# - `EAPI:Invalid nonce` is classified as auth_error, so a nonce clash pages as auth.
+# What the shipped product does not do yet, each shown by a test of its own
+# (tests/test_incident_simulation.py):
+# - `EAPI:Invalid nonce` is classified as auth_error, so a nonce clash pages as auth;
+# - the pages are Prometheus's, from each replica's status gauge, and a replica cut off keeps the
+#   last status it read ("online"): maintenance seen while one replica is cut off pages as
+#   ExchangeApiDown. The incident model itself counts only statuses read by answered rounds
+#   (evidence.judge), so it stops purchases for maintenance and says so.
 ISOLATED_MAINTENANCE = frozenset({Kind.MAINTENANCE})
 
 INVARIANTS = (
@@ -56,8 +56,6 @@ class Invariants:
     """One run's checker. `skip` names invariants a test leaves out on purpose."""
 
     skip: frozenset[str] = frozenset()
-    # Purchases an admin let flow again during an incident are the admin's call (KNOWN_GAPS).
-    admin_release_exempts: bool = True
     # Read the evidence with the production's judge here too, rather than trusting the verdict
     # the core decided on: catches a core that misreads it, at the price of a second judge.
     independent: bool = True
@@ -72,9 +70,6 @@ class Invariants:
     attempts: int = 0
     paged: set[str] = field(default_factory=set)
     hold: bool = False
-    # An admin lifted a hold (a manual resume lifts the whole pause): purchases flow on the
-    # admin's word until the core next stops or resumes them (see KNOWN_GAPS).
-    exempt: bool = False
     pages: int = 0
 
     def fail(self, world: World, name: str, detail: str) -> None:
@@ -85,13 +80,9 @@ class Invariants:
 
     def on_admin(self, world: World, hold: bool) -> None:
         self.hold = hold
-        if not hold and self.admin_release_exempts:
-            self.exempt = True
 
     def on_effect(self, world: World, effect: fx.Effect, applied: bool) -> None:
         now = world.now
-        if isinstance(effect, fx.Pause | fx.Resume):
-            self.exempt = False
         if isinstance(effect, fx.Pause) and self.phase == NORMAL:
             soon = (
                 self.last_closed is not None and now - self.last_closed < world.p.monitoring_window
@@ -151,7 +142,7 @@ class Invariants:
         elif self.phase == PROBATION and verdict.cause is not None:
             self.phase, self.verified = DOWN, False
             self._failure(world)
-        if verdict.cause is not None and not c.paused and not self.exempt:
+        if verdict.cause is not None and not c.paused:
             self.fail(
                 world,
                 "stop_on_quorate_evidence",
@@ -172,9 +163,7 @@ class Invariants:
             and cause == "unavailable"
             and world.overlapping(ISOLATED_MAINTENANCE, lookback, now)
         ):
-            # Known gap: an isolated replica keeps the last status it read ("online"), so with
-            # maintenance the replicas disagree and the status reads as mixed: down, not
-            # maintenance. Purchases stop either way; the page names the wrong cause.
+            # Known gap (above): the page names the wrong cause; purchases stop for maintenance.
             why = [f for f in world.faults if f.kind is Kind.MAINTENANCE]
         if not why:
             self.fail(

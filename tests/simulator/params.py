@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from exporter.config import Config
+from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,9 @@ class Params:
     alert_keep_firing: float = 180.0
     status_alert_delay: float = 90.0  # maintenance / trading restricted: `for: 1m` + the same
     auth_alert_delay: float = 90.0
-    # Whether the platform's failing calls wake the replicas' loops for a round at once: not in
-    # the shipped code; the proposal bench/stop_times.py measures.
-    platform_wakeup: bool = False
-    # Whether a round stops at its first unanswered call, 503 included (shipped: only timeouts,
-    # network errors and rate limits stop it, so a 503 round takes its 4 call spacings).
-    abort_on_unavailable: bool = False
+    # The platform watch's cadence (probing.py): each replica reads the platform's latest calls
+    # this often, and a failing start wakes it for a round.
+    watch_interval: float = PLATFORM_WATCH_INTERVAL
 
     @classmethod
     def shipped(cls, config: Config | None = None, **world: Any) -> Params:
@@ -65,3 +63,24 @@ class Params:
 
     def but(self, **changes: Any) -> Params:
         return replace(self, **changes)
+
+    def config(self) -> Config:
+        """The config these params stand for: the shipped one with their numbers, so that the
+        core's policy is built the production's way (state.Policy.from_config)."""
+        c = Config()
+        kraken = {"probe_interval": self.probe_interval, "doubt_interval": self.doubt_interval,
+                  "incident_interval": self.incident_interval, "timeout": self.timeout,
+                  "call_spacing": self.call_spacing}  # fmt: skip
+        breaker = {"failure_threshold": self.failure_threshold,
+                   "recovery_timeout": self.recovery_timeout,
+                   "monitoring_window": self.monitoring_window}  # fmt: skip
+        incident = {"probation": self.probation, "backoff_max": self.backoff_max,
+                    "replica_stale_after": self.replica_stale_after,
+                    "rate_restore_after": self.rate_restore_after,
+                    "platform_window": self.platform_window,
+                    "platform_min_calls": self.platform_min_calls}  # fmt: skip
+        return c.model_copy(update={
+            "kraken": c.kraken.model_copy(update=kraken),
+            "breaker": c.breaker.model_copy(update=breaker),
+            "incident": c.incident.model_copy(update=incident),
+        })  # fmt: skip

@@ -1,6 +1,7 @@
 """The simulated world: a clock that jumps from event to event, replicas probing on the incident
-loop's cadence, the platform buying and logging its calls, Alertmanager, an admin, and the
-executor that applies the core's effects.
+loop's cadence and woken by their platform watch (probing.py), the platform buying and logging
+its calls, Alertmanager, an admin, and the executor that applies the core's effects (the pause,
+as the executor reads it, is evidence too).
 
 One step is one decision: a replica's probe round ends (the round is recorded, then decided on),
 a recovery verification returns, or an outage alert is delivered. The invariants are checked
@@ -12,6 +13,8 @@ from __future__ import annotations
 import bisect
 import functools
 import heapq
+import math
+import operator
 import random
 from collections import deque
 from collections.abc import Callable
@@ -21,26 +24,32 @@ from typing import Any
 
 from exporter.config import Config
 from exporter.controls.breaker import State
-from exporter.runbook.evidence import Observation, PlatformCalls, Verdict, judge, observe_round
+from exporter.runbook.evidence import (
+    UNAVAILABLE_REASONS,
+    Observation,
+    PlatformCalls,
+    Verdict,
+    judge,
+    observe_round,
+)
 from exporter.runbook.incident import effects as fx
 from exporter.runbook.incident.state import NORMAL, Incident
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.exchange import (
     AUTH_OUTCOMES,
-    UNAVAILABLE_OUTCOMES,
     CallResult,
     Check,
     RecoveryResult,
     RoundResult,
 )
 from exporter.signals.kraken.outcomes import Outcome, classify_error
+from exporter.signals.kraken.probe import _ABORTING as ABORTING
 from tests.simulator.core import EPOCH, Core, decisions
 from tests.simulator.faults import Fault, Kind
 from tests.simulator.invariants import Invariants
 from tests.simulator.params import Params
 
 ENDPOINTS = ("SystemStatus", "Ticker", "Depth", "Time", "Balance")
-_ABORTING = frozenset({Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.RATE_LIMITED})
 _FAST = 0.05  # an answered call's latency (seconds)
 
 # Kraken's words for each fault, classified by the production code.
@@ -74,6 +83,9 @@ ALERTS = {
 }
 
 
+_logged_at = operator.itemgetter(0)
+
+
 @functools.lru_cache(maxsize=4096)
 def at(t: float) -> datetime:
     return EPOCH + timedelta(seconds=t)
@@ -85,6 +97,10 @@ class Replica:
     generation: int = 0  # a restart is a new process, with a new name
     scheduled: int = 0  # the round due next (a wake-up replaces it with an earlier one)
     busy: bool = False  # in a round or a verification
+    # Waiting for its next round, its last round answered: the platform watch may wake it
+    # (probing.IncidentLoop._idle). A new process is not idle until its first round.
+    idle: bool = False
+    watching_failing: bool = False  # its platform watch's last reading
 
     @property
     def name(self) -> str:
@@ -166,11 +182,9 @@ class World:
         self._seq = 0
         self.verdict: Verdict | None = None  # the checker's reading of the latest step
         starts = first_rounds or [self.rng.uniform(0, params.probe_interval) for _ in self.replicas]
-        self._woken = False
-        if params.platform_wakeup and params.purchase_rate > 0:
-            self._at(0.0, "platform_check")
         for replica, start in zip(self.replicas, starts, strict=True):
             self._schedule_round(replica, start)
+            self._start_watch(replica, self.rng.uniform(0, params.watch_interval))
         for fault in self.faults:
             if fault.kind is Kind.RESTART:
                 self._at(fault.start, "restart", fault.replica)
@@ -253,9 +267,7 @@ class World:
             done.append(CallResult(endpoint, outcome, value))
             if outcome in AUTH_OUTCOMES:
                 self._auth_errors.append(t)
-            if outcome in _ABORTING or (
-                self.p.abort_on_unavailable and outcome in UNAVAILABLE_OUTCOMES
-            ):
+            if outcome in ABORTING:
                 break
         failures = [c for c in done if c.outcome is not Outcome.SUCCESS]
         status = done[0].value if done[0].outcome is Outcome.SUCCESS else None
@@ -333,9 +345,19 @@ class World:
         """evidence.platform_calls: logged in the window, newest first, at most 10."""
         oldest, now = self.now - self.p.platform_window, self.now
         calls = [c for c in self.platform_calls if oldest < c[0] <= now]
-        calls.sort(key=lambda c: c[0], reverse=True)
+        calls.sort(key=_logged_at, reverse=True)
         del calls[10:]
         return PlatformCalls(tuple(c[1] for c in calls), tuple(at(c[0]) for c in calls))
+
+    def _platform_failing(self) -> bool:
+        """self.platform().failing(platform_min_calls), without building the evidence: the
+        platform watch reads it every second."""
+        oldest, now, k = self.now - self.p.platform_window, self.now, self.p.platform_min_calls
+        calls = [c for c in self.platform_calls if oldest < c[0] <= now]
+        if len(calls) < k:
+            return False
+        calls.sort(key=_logged_at, reverse=True)
+        return all(reason in UNAVAILABLE_REASONS for _, reason in calls[:k])
 
     # -- evidence --
 
@@ -382,13 +404,12 @@ class World:
     def _decide(self, replica: Replica | None, event: decisions.Event) -> decisions.Decision:
         name = replica.name if replica else "alertmanager"
         platform = self.platform()
-        if self._woken and not platform.failing(self.p.platform_min_calls):
-            self._woken = False
         self.verdict = self.judge(platform, name) if self.invariants.independent else None
         c = self.controls
         decision = self.core.decide(
             self.incident, at(self.now), event, tuple(self.live()), platform, c.breaker,
             self.held_breaker, outage_alert_firing=self.outage_alert_firing, replica=name,
+            paused=c.paused,
         )  # fmt: skip
         self.decision = decision
         self.incident = decision.incident
@@ -410,7 +431,7 @@ class World:
         replica = self.replicas[slot]
         if replica.generation != generation or replica.scheduled != scheduled:
             return  # the process that scheduled it was restarted, or woken up since
-        replica.busy = True
+        replica.busy, replica.idle = True, False
         result, end = self.probe_round(slot, self.now)
         self._at(end, "round_end", slot, generation, result)
 
@@ -424,7 +445,7 @@ class World:
             check, end = self.recovery_check(slot, self.now)
             self._at(end, "verified", slot, generation, decision.lease.token, check)
             return
-        replica.busy = False
+        replica.busy, replica.idle = False, result.available
         self._schedule_round(replica, self.now + self._next_delay(result))
 
     def _next_delay(self, result: RoundResult) -> float:
@@ -442,14 +463,15 @@ class World:
             return  # died while verifying: the lease runs out
         self.record.verifications.append((self.now, result.ok))
         self._decide(replica, decisions.VerificationDone(token, result))
-        replica.busy = False
+        replica.busy, replica.idle = False, True
         self._schedule_round(replica, self.now + self.p.incident_interval)
 
     def _on_restart(self, slot: int) -> None:
         replica = self.replicas[slot]
         replica.generation += 1  # a new name; the old row goes stale
-        replica.busy = False
+        replica.busy = replica.idle = replica.watching_failing = False
         self._schedule_round(replica, self.now + self.p.restart_delay)
+        self._start_watch(replica, self.now + self.p.restart_delay)
 
     def _on_hold(self, on: bool) -> None:
         """An admin: pause with a hold and force the breaker open; later resume and reset."""
@@ -462,18 +484,40 @@ class World:
             c.breaker, c.breaker_hold = State.CLOSED, False
         self.invariants.on_admin(self, on)
 
-    def _on_platform_check(self) -> None:
-        """The proposal measured by bench/stop_times.py (Params.platform_wakeup): once the
-        platform's latest calls fail, every idle replica that saw the exchange answer probes at
-        once instead of waiting out its 30 s interval."""
-        self._at(self.now + 1.0 / self.p.purchase_rate, "platform_check")
-        failing = self.platform().failing(self.p.platform_min_calls)
-        if failing and not self._woken:
-            for replica in self.replicas:
-                mine = self.observations.get(replica.name)
-                if not replica.busy and (mine is None or mine.available):
-                    self._schedule_round(replica, self.now)
-        self._woken = failing
+    def _start_watch(self, replica: Replica, t: float) -> None:
+        # No purchases: the platform's calls never fail (an infinite interval: no watch at all).
+        if self.p.purchase_rate > 0 and self.p.watch_interval < float("inf"):
+            self._at(t, "watch", replica.slot, replica.generation)
+
+    def _on_watch(self, slot: int, generation: int) -> None:
+        """probing.IncidentLoop.watch: once the platform's latest calls start failing, a replica
+        waiting for its next round (its last round answered) runs it at once."""
+        replica = self.replicas[slot]
+        if replica.generation != generation:
+            return  # its process was restarted: the new one has its own watch
+        failing = self._platform_failing()
+        if failing and not replica.watching_failing and replica.idle:
+            self._schedule_round(replica, self.now)
+        replica.watching_failing = failing
+        self._at(self._next_watch(failing), "watch", slot, generation)
+
+    def _next_watch(self, failing: bool) -> float:
+        """The watch's next reading that could differ: every interval, but across a stretch in
+        which no platform call can fail it reads "not failing" each time, so it skips ahead to
+        the first reading after the next fault starts (same phase; a speed-up, nothing more)."""
+        interval, now = self.p.watch_interval, self.now
+        after = now + interval
+        if failing:
+            return after
+        # A call fails only during a fault, and is logged at most platform_timeout later; the
+        # watch reads the calls logged within platform_window.
+        linger = self.p.platform_window + self.p.platform_timeout
+        if any(f.kind in PLATFORM_REASON and f.start <= now < f.end + linger for f in self.faults):
+            return after
+        starts = [f.start for f in self.faults if f.kind in PLATFORM_REASON and f.start > now]
+        if not starts or min(starts) <= after:
+            return after if starts else float("inf")
+        return after + math.ceil((min(starts) - after) / interval) * interval
 
     def _on_alert_check(self) -> None:
         self._alerts()

@@ -3,7 +3,7 @@
 Decide, then do. The package's layout is the split:
 
 - state.py: the incident as data (phases, the row, a verification lease, the breaker as read,
-  the policy); effects.py: what a decision asks for, as plain data; decide.py: the decision, a
+  the policy); effects.py: what a decision asks for, as plain data; decision.py: the decision, a
   pure function `decide(incident, evidence, now, policy) -> Decision` (its docstring has the
   state machine and the API). No I/O in these three.
 - executor.py: applies a decision in one transaction under the exchange's advisory lock, reading
@@ -12,7 +12,7 @@ Decide, then do. The package's layout is the split:
   worker call (probe rounds, timers, alerts, verification results).
 """
 
-from exporter.runbook.incident.decide import Decision, Evidence, decide
+from exporter.runbook.incident.decision import Decision, Evidence, decide
 from exporter.runbook.incident.model import IncidentModel
 from exporter.runbook.incident.state import (
     DOWN,

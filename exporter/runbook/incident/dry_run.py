@@ -1,6 +1,6 @@
 """Dry run: a second executor that records what it would do and changes nothing.
 
-The decisions are the same (decide.py knows nothing of dry run). The incident row it decides on is
+The decisions are the same (decision.py knows nothing of dry run). The incident row it decides on is
 its own, in memory, started from the database's; every effect that is a runbook action becomes an
 audit entry with result `dry_run`, a `dry_run` count and a log line; nothing else is written (the
 probe rounds are still recorded: they are evidence, not actions). The row in memory is this
@@ -19,7 +19,7 @@ from exporter.database.transactions import after_commit
 from exporter.runbook.incident import store
 from exporter.runbook.incident.effects import Effect, StartVerification
 from exporter.runbook.incident.executor import Applying, Executor, log
-from exporter.runbook.incident.state import Incident
+from exporter.runbook.incident.state import NORMAL, Incident
 
 
 class DryRunExecutor(Executor):
@@ -34,6 +34,14 @@ class DryRunExecutor(Executor):
 
     async def _save(self, connection: asyncpg.Connection, incident: Incident) -> None:
         self._incidents[incident.exchange] = incident
+
+    async def _paused(
+        self, connection: asyncpg.Connection, exchange: str, incident: Incident
+    ) -> bool:
+        # Nothing was paused for real: an open incident of its own is the pause it would keep.
+        if incident.phase != NORMAL:
+            return True
+        return await super()._paused(connection, exchange, incident)
 
     async def _do(self, connection: asyncpg.Connection, applying: Applying, effect: Effect) -> str:
         if isinstance(effect, StartVerification) or effect.action is None:

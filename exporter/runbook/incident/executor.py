@@ -2,7 +2,7 @@
 
 One decision is one transaction under the exchange's advisory lock (alert_states.lock_exchange):
 the clock is read once, the probe round (if any) recorded, the incident row and the breaker row
-read once and locked, the evidence read at that instant; `decide` (decide.py) runs; the effects
+read once and locked, the evidence read at that instant; `decide` (decision.py) runs; the effects
 are applied in order; the row is written back. Metrics and log lines are announced only once it
 committed (after_commit), so a decision that rolled back says nothing.
 
@@ -29,7 +29,7 @@ from exporter.database.transactions import after_commit
 from exporter.runbook.alert_states import lock_exchange, outage_alertnames, still_firing
 from exporter.runbook.evidence import live_observations, platform_calls, record_round
 from exporter.runbook.incident import store
-from exporter.runbook.incident.decide import Decision, Event, Evidence, decide
+from exporter.runbook.incident.decision import Decision, Event, Evidence, decide
 from exporter.runbook.incident.effects import (
     Audit,
     BreakerEvidence,
@@ -103,7 +103,7 @@ class Executor:
             await record_round(connection, exchange, round_result, self._replica, now)
         incident = await self._load(connection, exchange)
         snapshot = await self._breakers.state(connection, exchange)
-        evidence = await self._evidence(connection, exchange, event, snapshot, now)
+        evidence = await self._evidence(connection, exchange, event, snapshot, incident, now)
         decision = decide(incident, evidence, now, self._policy(exchange))
         applying = Applying(exchange, snapshot, now)
         for effect in decision.effects:
@@ -122,9 +122,21 @@ class Executor:
         for effect in effects:
             await self._apply(connection, applying, effect)
 
+    async def platform_failing(self, pool: asyncpg.Pool, exchange: str) -> bool:
+        """The platform's latest `platform_min_calls` calls all failed for want of an answer:
+        read without a lock or a decision, so the platform watch costs one small query."""
+        cfg = self._config.incident
+        async with pool.acquire() as connection:
+            now: datetime = await connection.fetchval("SELECT clock_timestamp()")
+            calls = await platform_calls(
+                connection, exchange, self._classifier, cfg.platform_window, now,
+                limit=cfg.platform_min_calls,
+            )  # fmt: skip
+        return calls.failing(cfg.platform_min_calls)
+
     async def _evidence(
         self, connection: asyncpg.Connection, exchange: str, event: Event, snapshot: Snapshot,
-        now: datetime,
+        incident: Incident, now: datetime,
     ) -> Evidence:  # fmt: skip
         cfg = self._config.incident
         live = await live_observations(connection, exchange, cfg.replica_stale_after, now)
@@ -136,8 +148,15 @@ class Executor:
         )
         return Evidence(
             event, tuple(live), platform, Breaker.of(snapshot), firing, self._replica,
-            self._new_token(),
+            self._new_token(), await self._paused(connection, exchange, incident),
         )  # fmt: skip
+
+    async def _paused(
+        self, connection: asyncpg.Connection, exchange: str, incident: Incident
+    ) -> bool:
+        """Whether the exchange's purchases are paused (the dry run's incident says what it
+        would have paused)."""
+        return (await controls.status(connection, exchange)).purchases_paused
 
     # -- where the incident row lives (the dry run keeps its own) --
 

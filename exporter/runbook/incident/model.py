@@ -15,7 +15,7 @@ from exporter.controls.breaker import BreakerStore
 from exporter.database.transactions import transaction
 from exporter.runbook.alert_states import AlertState
 from exporter.runbook.evidence import REPLICA
-from exporter.runbook.incident.decide import (
+from exporter.runbook.incident.decision import (
     OutageAlert,
     RateAlert,
     Tick,
@@ -47,9 +47,9 @@ class IncidentModel:
         self._pool = pool
         self._replica = replica
         registry = exchanges or Registry()
-        policies = {name: Policy.of(config, registry.settings(config, name))
+        policies = {name: Policy.from_config(config, registry.settings(config, name))
                     for name in config.exchanges}  # fmt: skip
-        default = Policy.of(config, registry.settings(config, ""))
+        default = Policy.from_config(config, registry.settings(config, ""))
         executor = DryRunExecutor if config.receiver.dry_run else Executor
         self.executor: Executor = executor(
             config, breakers, actions, metrics, lambda name: policies.get(name, default),
@@ -73,6 +73,11 @@ class IncidentModel:
         async with transaction(self._pool) as connection:
             decision = await self.executor.decide(connection, exchange, Tick("probe_round"), result)
         return decision.incident, decision.lease
+
+    async def platform_failing(self, exchange: str) -> bool:
+        """Whether the platform's latest calls to the exchange all fail for want of an answer
+        (the platform watch of probing.py reads it between rounds)."""
+        return await self.executor.platform_failing(self._pool, exchange)
 
     async def evaluate(self, exchange: str) -> tuple[Incident, VerificationLease | None]:
         """Decide on the evidence already recorded (a timer, a resolved alert, a wake-up)."""

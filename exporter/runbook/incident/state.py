@@ -86,7 +86,9 @@ class Policy:
     lease: float = 90.0  # how long a verification lease lasts
 
     @classmethod
-    def of(cls, config: Config, settings: ProbeSettings) -> Policy:
+    def from_config(cls, config: Config, settings: ProbeSettings) -> Policy:
+        """The policy for one exchange: the config's numbers, and a lease from the exchange's
+        probe settings (the simulator builds it the same way)."""
         i = config.incident
         return cls(
             probation=i.probation, backoff_max=i.backoff_max,

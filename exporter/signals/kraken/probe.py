@@ -3,9 +3,10 @@ are the exchange-neutral ones of exporter/signals/exchange.py.
 
 A round calls SystemStatus, Ticker, Depth, Time (and Balance when keys are configured) one after
 the other, never in parallel: Kraken throttles public calls per IP, and that IP may be the one the
-platform buys from. A round stops early on timeout, network_error and rate_limited: the host is
-not answering or asks us to back off, and further calls would only wait or make it worse. So a
-hanging exchange costs one client timeout per round, not one per endpoint.
+platform buys from. A round stops at its first unanswered call (timeout, network_error, 503 and
+other 5xx) and on rate_limited: the host is not answering or asks us to back off, and further
+calls would only wait or make it worse. So a hanging exchange costs one client timeout per round,
+not one per endpoint, and an exchange answering 503 is known down in one call, not five.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
+from exporter.signals.exchange import (
+    RATE_LIMITED_OUTCOMES,
+    UNAVAILABLE_OUTCOMES,
+    CallResult,
+    Check,
+    RecoveryResult,
+    RoundResult,
+)
 
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 from .outcomes import OUTCOMES, Outcome
 
 # Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
-_ABORTING: Final = frozenset({Outcome.TIMEOUT, Outcome.NETWORK_ERROR, Outcome.RATE_LIMITED})
+# A round stops at its first unanswered call, or when asked to back off.
+_ABORTING: Final = UNAVAILABLE_OUTCOMES | RATE_LIMITED_OUTCOMES
 # Failed rounds with the same outcome in a row are logged at warning once every this many.
 REPEAT_LOG_EVERY: Final = 30
 

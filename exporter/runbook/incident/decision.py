@@ -35,7 +35,13 @@ Events (what woke the decision):
 
 Evidence is everything a decision reads: every replica's latest observation (`live`, stale ones
 are ignored here), the platform's latest calls, the breaker, whether an outage alert fires
-(read when no replica probes), this replica's name and a fresh token.
+(read when no replica probes), whether purchases are paused, this replica's name and a fresh
+token.
+
+An admin may resume purchases while an incident is open (without a hold: a held pause is never
+lifted by automation, and the admin's resume is theirs to make). The incident stays open, with
+its backoff and its verification; but purchases never flow while the evidence says the exchange
+is down: a decision that finds them flowing on such evidence stops them again (`_stop_again`).
 """
 
 from __future__ import annotations
@@ -119,6 +125,9 @@ class Evidence:
     outage_alert_firing: bool = False
     replica: str = ""
     token: uuid.UUID = NIL_TOKEN  # for a lease this decision may hand out
+    # Whether the exchange's purchases are paused (None: not read). While an incident is open
+    # they are, unless an admin resumed them: then the evidence stops them again.
+    paused: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -157,12 +166,27 @@ def decide(incident: Incident, evidence: Evidence, now: datetime, policy: Policy
     verdict = verdict_of(evidence, now, policy)
     event = evidence.event
     if isinstance(event, VerificationDone):
-        return _verified(incident, evidence.breaker, verdict, event, now, policy)
-    if isinstance(event, RateAlert):
-        return _rate_alert(incident, verdict, event, now, policy)
-    if isinstance(event, OutageAlert):
-        return _outage_alert(incident, evidence, verdict, event, now, policy)
-    return _tick(incident, evidence, verdict, now, policy)
+        decision = _verified(incident, evidence.breaker, verdict, event, now, policy)
+    elif isinstance(event, RateAlert):
+        decision = _rate_alert(incident, verdict, event, now, policy)
+    elif isinstance(event, OutageAlert):
+        decision = _outage_alert(incident, evidence, verdict, event, now, policy)
+    else:
+        decision = _tick(incident, evidence, verdict, now, policy)
+    return _keep_stopped(decision, evidence)
+
+
+def _keep_stopped(decision: Decision, evidence: Evidence) -> Decision:
+    """While an incident is open and the evidence says the exchange is down, purchases do not
+    flow, whatever woke the decision (an admin may have resumed them meanwhile)."""
+    verdict, effects = decision.verdict, list(decision.effects)
+    opened = any(isinstance(e, Pause) for e in effects)  # this decision stops them already
+    if decision.incident.phase == NORMAL or not verdict.cause or opened:
+        return decision
+    if evidence.paused is not False:
+        return decision
+    _stop_again(decision.incident, verdict, evidence.breaker, effects)
+    return replace(decision, effects=tuple(effects))
 
 
 def _tick(
@@ -190,6 +214,27 @@ def _tick(
     elif incident.phase == PROBATION:
         incident = _while_on_probation(incident, breaker, verdict, now, policy, effects)
     return Decision(incident, tuple(effects), verdict, lease)
+
+
+def _stop_again(
+    incident: Incident, verdict: Verdict, breaker: Breaker, effects: list[Effect]
+) -> None:
+    """Purchases flow during an open incident (an admin resumed them) while the evidence says
+    the exchange is down, whatever woke the decision: stop them again. The incident, its backoff
+    and its verification go on as they were; a relapse in the same decision has opened the
+    breaker already, and a breaker half open for a verification is left to its result."""
+    exchange = incident.exchange
+    words = f"{exchange} {verdict.reason}; purchases flowed again during the open incident"
+    text = f"{words}; evidence: {verdict.detail}"
+    opening = any(isinstance(e, SetBreaker) and e.state is State.OPEN for e in effects)
+    if verdict.cause != TRADING_RESTRICTED and breaker.state is State.CLOSED and not opening:
+        effects.append(SetBreaker(State.OPEN, text))
+    effects += [
+        Pause(pause_reason(exchange, verdict.cause or "unavailable"), text),
+        QueueRetries(text),
+        Log(WARNING, f"purchases stopped again: {words}",
+            {"exchange": exchange, "cause": verdict.cause, "evidence": verdict.detail}),
+    ]  # fmt: skip
 
 
 def _outage_alert(
