@@ -23,7 +23,7 @@ from exporter.signals.kraken import outcomes
 from tests.simulator import Fault, Kind, Params, Violation, World, random_timeline, simulate
 from tests.simulator.core import decisions
 from tests.simulator.invariants import INVARIANTS, Invariants
-from tests.simulator.world import GENERATED, NONCE_PAGES_AS_AUTH
+from tests.simulator.world import GENERATED
 
 pytestmark = pytest.mark.unit
 
@@ -159,10 +159,6 @@ def test_an_admin_hold_outlasts_the_outage_and_only_the_admin_lifts_it() -> None
     assert not world.controls.paused
 
 
-@pytest.mark.xfail(
-    NONCE_PAGES_AS_AUTH, strict=True,
-    reason="EAPI:Invalid nonce is classified as auth_error: a nonce clash pages as auth",
-)  # fmt: skip
 def test_a_nonce_clash_is_a_configuration_warning_not_an_auth_page() -> None:
     world = run([Fault(Kind.NONCE, 20.0, 1200.0)], 1200.0)
     assert world.record.stops == []
@@ -309,8 +305,7 @@ def test_breaking_the_core_breaks_an_invariant(
     skip: frozenset[str],
 ) -> None:
     checker: Callable[[], Invariants] = lambda: Invariants(skip=skip)  # noqa: E731
-    if invariant != "one_page_per_cause" or not NONCE_PAGES_AS_AUTH:
-        run(faults, 1000.0, invariants=checker())  # the same timeline holds on the real core
+    run(faults, 1000.0, invariants=checker())  # the same timeline holds on the real core
     mutate(monkeypatch)
     with pytest.raises(Violation) as caught:
         run(faults, 1000.0, invariants=checker())

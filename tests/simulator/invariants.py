@@ -24,7 +24,6 @@ STOPPING = frozenset({Kind.OUTAGE, Kind.HANG, Kind.MAINTENANCE, Kind.CANCEL_ONLY
 
 # What the shipped product does not do yet, each shown by a test of its own
 # (tests/test_incident_simulation.py):
-# - `EAPI:Invalid nonce` is classified as auth_error, so a nonce clash pages as auth;
 # - the pages are Prometheus's, from each replica's status gauge, and a replica cut off keeps the
 #   last status it read ("online"): maintenance seen while one replica is cut off pages as
 #   ExchangeApiDown. The incident model itself counts only statuses read by answered rounds

@@ -43,7 +43,7 @@ from exporter.signals.exchange import (
     RoundResult,
 )
 from exporter.signals.kraken.outcomes import Outcome, classify_error
-from exporter.signals.kraken.probe import _ABORTING as ABORTING
+from exporter.signals.kraken.probe import ABORTING
 from tests.simulator.core import EPOCH, Core, decisions
 from tests.simulator.faults import Fault, Kind
 from tests.simulator.invariants import Invariants
@@ -56,9 +56,7 @@ _FAST = 0.05  # an answered call's latency (seconds)
 _OUTAGE = classify_error("EService:Unavailable")
 _RATE = classify_error("EAPI:Rate limit exceeded")
 _AUTH = classify_error("EAPI:Invalid key")
-# While `EAPI:Invalid nonce` counts as an auth outcome, a nonce clash pages as auth (KNOWN_GAPS).
-NONCE_PAGES_AS_AUTH = classify_error("EAPI:Invalid nonce") in AUTH_OUTCOMES
-GENERATED = tuple(k for k in Kind if not (k is Kind.NONCE and NONCE_PAGES_AS_AUTH))
+GENERATED = tuple(Kind)
 _STATUS = {Kind.MAINTENANCE: "maintenance", Kind.CANCEL_ONLY: "cancel_only",
            Kind.POST_ONLY: "post_only"}  # fmt: skip
 _REASONS = ReasonClassifier(Config().purchases.failure_reasons)

@@ -34,7 +34,7 @@ from .outcomes import OUTCOMES, Outcome
 # Buckets bracket the runbook's thresholds: 3 s (slow warning) and 5 s (slow response).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 # A round stops at its first unanswered call, or when asked to back off.
-_ABORTING: Final = UNAVAILABLE_OUTCOMES | RATE_LIMITED_OUTCOMES
+ABORTING: Final = UNAVAILABLE_OUTCOMES | RATE_LIMITED_OUTCOMES
 # Failed rounds with the same outcome in a row are logged at warning once every this many.
 REPEAT_LOG_EVERY: Final = 30
 
@@ -197,7 +197,7 @@ class ExchangeProbe:
         for endpoint, call in calls:
             await self._space(first=not done)
             done.append(await self._call(endpoint, call))
-            if done[-1].outcome in _ABORTING:
+            if done[-1].outcome in ABORTING:
                 break
         failures = [c for c in done if c.outcome is not Outcome.SUCCESS]
         status = done[0].value if done[0].outcome is Outcome.SUCCESS else None
