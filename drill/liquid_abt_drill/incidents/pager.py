@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -15,11 +17,54 @@ from .timing import PAGER
 
 
 @dataclass(frozen=True)
+class Alert:
+    """One alert of a notification: its labels and annotations, for the summary a person reads."""
+
+    name: str
+    status: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, alert: Mapping[str, Any]) -> Alert:
+        labels = dict(alert.get("labels") or {})
+        return cls(labels.get("alertname", ""), alert["status"], labels,
+                   dict(alert.get("annotations") or {}))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Notification:
     receiver: str
     at: float  # monotonic
     status: str
-    alerts: tuple[tuple[str, str], ...]  # (alertname, status)
+    alerts: tuple[Alert, ...]
+    group_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return summary(self.alerts, self.group_labels)
+
+
+def alert_summary(alert: Alert) -> str:
+    """alerts/liquid-abt.tmpl's "liquid_abt.alert_summary": the summary annotation, or the
+    alert's name and exchange when it has none."""
+    if alert.annotations.get("summary"):
+        return alert.annotations["summary"]
+    exchange = alert.labels.get("exchange")
+    return f"{alert.name} on {exchange}" if exchange else alert.name
+
+
+def summary(alerts: Sequence[Alert], group_labels: Mapping[str, str] | None = None) -> str:
+    """alerts/liquid-abt.tmpl's "liquid_abt.summary", what the page's reader sees: the first
+    firing alert's summary and how many more fire; a group that only resolved says so. Rebuilt
+    here rather than rendered because the recording pager receives the webhook payload, not the
+    receivers' texts (tests/rules/test_templates.py renders the template itself)."""
+    firing = [a for a in alerts if a.status == "firing"]
+    shown, prefix = (firing, "") if firing else (list(alerts), "resolved: ")
+    if not shown:
+        return (group_labels or {}).get("alertname") or "LIQUID ABT alert"
+    more = f" and {len(shown) - 1} more" if len(shown) > 1 else ""
+    return f"{prefix}{alert_summary(shown[0])}{more}"
 
 
 class Pager:
@@ -45,13 +90,18 @@ class Pager:
 
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.json()
-        alerts = tuple((a["labels"].get("alertname", ""), a["status"]) for a in body["alerts"])
-        self.received.append(
-            Notification(request.match_info["receiver"], time.monotonic(), body["status"], alerts)
-        )
+        alerts = tuple(Alert.from_payload(a) for a in body["alerts"])
+        self.received.append(Notification(
+            request.match_info["receiver"], time.monotonic(), body["status"], alerts,
+            dict(body.get("groupLabels") or {}),
+        ))  # fmt: skip
         return web.Response(text="ok")
 
     def pages(self) -> list[tuple[float, str, str]]:
         """(time, alertname, status) of every alert sent to the pager."""
-        return [(n.at, name, status) for n in self.received if n.receiver == PAGER
-                for name, status in n.alerts]  # fmt: skip
+        return [(n.at, a.name, a.status) for n in self.received if n.receiver == PAGER
+                for a in n.alerts]  # fmt: skip
+
+    def notifications(self, receivers: Collection[str]) -> list[Notification]:
+        """Every notification sent to one of `receivers`, in the order received."""
+        return [n for n in self.received if n.receiver in receivers]

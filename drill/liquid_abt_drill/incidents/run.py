@@ -23,8 +23,16 @@ from ..stack import (
 )
 from .pager import Pager
 from .scenarios import SCENARIOS, Drill, Scenario
-from .timeline import Timeline, Watcher, decisions, reason_classes
-from .timing import TOKEN, Timing, alertmanager_config, exporter_config, scaled_rules
+from .timeline import Timeline, Watcher, decisions, reason_classes, retry_report
+from .timing import (
+    ESCALATIONS,
+    PAGER,
+    TOKEN,
+    Timing,
+    alertmanager_config,
+    exporter_config,
+    scaled_rules,
+)
 
 # ---- running one ------------------------------------------------------------------------------
 
@@ -123,6 +131,8 @@ async def run_scenario(
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await pager.stop()
+        timeline.notifications = pager.notifications({PAGER, *ESCALATIONS})
+        timeline.retry = await retry_report(database_url, timing)  # the exporters still run
         timeline.reasons = await reason_classes(database_url)
         timeline.decisions = await decisions(database_url, timeline)
     return timeline

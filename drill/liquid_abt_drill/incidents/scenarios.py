@@ -52,7 +52,7 @@ class Drill:
 
     def heal(self, text: str = "Kraken healthy again") -> None:
         self.set("healthy")
-        self.timeline.mark(text)
+        self.timeline.fix(text)
 
     async def wait_for(self, what: str, shipped_timeout: float) -> None:
         """Until `what` appears in the timeline; past the deadline the scenario goes on and its
@@ -136,7 +136,7 @@ async def _crossed_book(d: Drill) -> None:
     d.timeline.mark("Kraken answers again, but its order book is crossed (bid above ask)")
     await d.hold(240)
     d.set("healthy")
-    d.timeline.mark("order book sane again")
+    d.timeline.fix("order book sane again")
     await d.wait_for("purchases resumed", 400)
 
 
@@ -163,7 +163,7 @@ async def _flapping(d: Drill) -> None:
         await d.hold(20)
         d.set("healthy")
         await d.hold(40)
-    d.timeline.mark("flapping stops")
+    d.timeline.fix("flapping stops")
     await d.wait_for("purchases resumed", 900)
     await d.hold(60)
 

@@ -15,11 +15,13 @@ from exporter.config import Config
 from exporter.signals.classify import ReasonClassifier
 
 from ..stack import (
+    DeadlinePassed,
     ExporterProcess,
     PrometheusProcess,
+    wait_until,
 )
-from .pager import Pager
-from .timing import EXCHANGE, Timing
+from .pager import Notification, Pager
+from .timing import ESCALATIONS, EXCHANGE, PAGER, Timing
 
 # ---- what happened ---------------------------------------------------------------------------
 
@@ -64,12 +66,21 @@ class Timeline:
     # replica has its own key, as the runbook asks.
     invalid_nonces: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
+    fixed: float | None = None  # when the scenario removed the fault, shipped seconds
+    retry: RetryCoverage | None = None  # the runbook's retry query, at the end
+    notifications: list[Notification] = field(default_factory=list)  # every human receiver's
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
 
     def mark(self, text: str) -> None:
         self.marks.append((self.at(time.monotonic()), text))
+
+    def fix(self, text: str) -> None:
+        """The scenario removed the fault: escalations are reported relative to this."""
+        self.mark(text)
+        if self.fixed is None:
+            self.fixed = self.marks[-1][0]
 
     def see(self, what: str, when: float) -> None:
         self.first.setdefault(what, self.at(when))
@@ -104,12 +115,95 @@ class Timeline:
             rows.append(("", f"Prometheus firing -> webhook: {self.webhook_latency:.1f}s"))
         if self.invalid_nonces:
             rows.append(("", f"probe calls refused for their nonce: {self.invalid_nonces:.0f}"))
+        return rows + self.report_rows()
+
+    def report_rows(self) -> list[tuple[str, str]]:
+        """Issue 19's drill table: queued against eligible, each page with the summary its
+        reader saw, each escalation e-mail relative to the fix and to purchases resuming."""
+        rows = []
+        if self.retry is not None:
+            rows.append(("", f"retry queue: queued {self.retry.queued} of {self.retry.eligible} "
+                             "eligible (the runbook's retry query, at the end)"))  # fmt: skip
+        pages = [n for n in self.notifications if n.receiver == PAGER]
+        rows += [("", f"page at {self.at(n.at):+.1f}s: {n.summary}") for n in pages]
+        if not pages:
+            rows.append(("", "pages: none"))
+        escalations = [n for n in self.notifications if n.receiver in ESCALATIONS]
+        resumed = self.first.get("purchases resumed")
+        for n in escalations:
+            at = self.at(n.at)
+            rows.append(("", f"escalation to {n.receiver} at {at:+.1f}s "
+                             f"({_relative(at, self.fixed, 'the fix')}, "
+                             f"{_relative(at, resumed, 'purchases resumed')}): {n.summary}"))  # fmt: skip
+        if not escalations:
+            rows.append(("", "escalation e-mails: none"))
         return rows
 
     def table(self) -> str:
         lines = [f"scenario {self.scenario} (shipped seconds since the fault)"]
         lines += [f"  {when:>9}  {text}" for when, text in self.rows()]
         return "\n".join(lines)
+
+
+def _relative(at: float, reference: float | None, what: str) -> str:
+    if reference is None:
+        return f"{what}: never"
+    delta = round(at - reference, 1)
+    return f"{abs(delta):.1f}s {'before' if delta < 0 else 'after'} {what}"
+
+
+# ---- the runbook's retry query ---------------------------------------------------------------
+
+# bitcoin-purchase-failures.md, "Retry Failed Purchases", over every purchase of the scenario (its
+# database is its own): which failures are eligible, and which of them are in the retry queue.
+_RETRY_SQL = """
+SELECT p.failure_reason,
+       EXISTS (SELECT 1 FROM liquid_abt.retry_queue q WHERE q.purchase_id = p.id::text) AS queued
+FROM bitcoin_purchases p
+WHERE p.status = 'failed' AND p.retry_count < 3 AND p.created_at > now() - interval '1 hour'
+"""
+RUNBOOK_NOT_RETRIED = frozenset({"insufficient_funds", "invalid_amount"})
+
+
+@dataclass(frozen=True)
+class RetryCoverage:
+    """The failures the runbook's retry query returns, and how many of them are queued."""
+
+    eligible: int
+    queued: int
+
+
+async def retry_coverage(conn: asyncpg.Connection, classifier: ReasonClassifier) -> RetryCoverage:
+    """The runbook's query, its reasons classified as the exporter's metrics classify them (the
+    runbook names the classes; the platform writes free text), against the retry queue. Written
+    here, not taken from exporter/controls/retry_queue.py: the drill checks the exporter."""
+    rows = await conn.fetch(_RETRY_SQL)
+    eligible = [
+        r for r in rows if classifier.classify(r["failure_reason"]) not in RUNBOOK_NOT_RETRIED
+    ]
+    return RetryCoverage(len(eligible), sum(r["queued"] for r in eligible))
+
+
+async def retry_report(database_url: str, timing: Timing) -> RetryCoverage:
+    """The retry coverage once the platform stopped: a failure of its last seconds is queued at
+    the exporters' next fill (retry.fill_interval, 5 s shipped), so this waits up to three fills
+    (and 5 real seconds for a busy machine) for every eligible one, then reports what it sees."""
+    classifier = ReasonClassifier(Config().purchases.failure_reasons)
+    conn = await asyncpg.connect(database_url)
+    try:
+
+        async def all_queued() -> bool:
+            coverage = await retry_coverage(conn, classifier)
+            return coverage.queued >= coverage.eligible
+
+        with contextlib.suppress(DeadlinePassed):
+            await wait_until(
+                all_queued, timeout=timing.s(15) + 5, interval=max(0.05, timing.s(1)),
+                what="every eligible failure queued",
+            )  # fmt: skip
+        return await retry_coverage(conn, classifier)
+    finally:
+        await conn.close()
 
 
 class Watcher:
@@ -152,6 +246,7 @@ class Watcher:
         elif not row["resumes"]:
             tl.retries_tried_before_resume = row["retries_tried"]
         tl.pages = self._pager.pages()
+        tl.notifications = self._pager.notifications({PAGER, *ESCALATIONS})
         await self._watch_webhook(row, now)
 
     async def _watch_webhook(self, row: dict[str, Any], now: float) -> None:

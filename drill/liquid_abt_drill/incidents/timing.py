@@ -20,6 +20,8 @@ from ..stack import (
 EXCHANGE = "kraken"
 TOKEN = "drill-webhook-token"
 PAGER = "oncall-pager"  # the receiver that pages in alerts/alertmanager.yml
+# The escalation levels' receivers in alerts/alertmanager.yml (e-mail in production).
+ESCALATIONS = ("technical-lead", "engineering-manager", "cto")
 AUTOMATION = "liquid-abt-exporter"
 
 
@@ -64,7 +66,7 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
         "incident": {"probation": t.d(90), "backoff_max": t.d(600),
                      "replica_stale_after": t.d(60), "rate_restore_after": t.d(20),
                      "platform_window": t.d(60)},
-        "retry": {"base_delay": t.d(60), "max_delay": t.d(3600)},
+        "retry": {"base_delay": t.d(60), "max_delay": t.d(3600), "fill_interval": t.d(5)},
         "receiver": {"alertmanager_url": alertmanager_url, "reconcile_interval": t.d(60),
                      "retry_max_delay": t.d(60)},
     })  # fmt: skip
