@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import parse_config
 from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore
 from exporter.database.background import run_forever
-from exporter.database.pool import Connection, create_pool
+from exporter.database.pool import Connection, close_pool, create_pool
 from exporter.database.transactions import transaction
 
 CONFIG = parse_config(
@@ -101,3 +101,29 @@ def test_lock_timeout_longer_than_statement_timeout_is_refused() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"database": {"statement_timeout": "1s", "lock_timeout": "2s"}})
     assert "lock_timeout (2s) is longer than statement_timeout (1s)" in str(error.value)
+
+
+async def test_shutdown_closes_a_pool_whose_connection_never_comes_back(
+    database: Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A graceful close waits for every connection; one held forever (a task that never let go)
+    is terminated after the grace period, so the exporter's shutdown cannot hang on it."""
+    pool = await create_pool(database, CONFIG.database)
+    held = await pool.acquire()
+    async with asyncio.timeout(60):  # a bound for the test run only: without it, a hang
+        await close_pool(pool, grace=0.2)
+    with pytest.raises(asyncpg.InterfaceError, match="pool is closed"):
+        await pool.acquire()
+    with pytest.raises(asyncpg.InterfaceError):  # the held connection went with it
+        await held.fetchval("SELECT 1")
+    assert "closed by force" in caplog.text
+
+
+async def test_shutdown_closes_a_released_pool_gracefully(
+    database: Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await create_pool(database, CONFIG.database)
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT 1") == 1
+    await close_pool(pool, grace=30)
+    assert "closed by force" not in caplog.text

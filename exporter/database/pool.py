@@ -106,6 +106,22 @@ async def create_pool(
     return pool
 
 
+async def close_pool(pool: asyncpg.Pool, grace: float) -> None:
+    """Close gracefully, but bounded: a graceful close waits for every connection to come back,
+    and one that never does (a query on a server that went away, a task that never let go) must
+    not hold shutdown forever; after `grace` seconds the remaining connections are terminated."""
+    closing = asyncio.ensure_future(pool.close())
+    await asyncio.wait({closing}, timeout=grace)
+    if closing.done():
+        closing.result()
+        return
+    log.warning("database connections not released at shutdown; closed by force",
+                extra={"grace_seconds": grace})  # fmt: skip
+    pool.terminate()
+    closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
+
+
 async def _reset(connection: asyncpg.Connection) -> None:
     """What a released connection needs, and no more: the exporter keeps no session state
     (settings are transaction-local, advisory locks transaction-scoped, LISTEN on a connection

@@ -27,7 +27,13 @@ from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
 from exporter.database.background import run_forever
 from exporter.database.listen import listen
-from exporter.database.pool import DATABASE_ERRORS, Connection, DatabaseMonitor, create_pool
+from exporter.database.pool import (
+    DATABASE_ERRORS,
+    Connection,
+    DatabaseMonitor,
+    close_pool,
+    create_pool,
+)
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
 from exporter.runbook.incident import IncidentModel
@@ -110,7 +116,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     log.info("database pool created", extra={"dsn": connection.masked})
     yield
-    await app[POOL].close()
+    await close_pool(app[POOL], config.database.connect_timeout)
 
 
 def _report_unexpected_end(task: asyncio.Task[None]) -> None:
@@ -122,6 +128,10 @@ def _report_unexpected_end(task: asyncio.Task[None]) -> None:
               extra={"task": task.get_name(), "error": str(error)})  # fmt: skip
 
 
+# Seconds a cancelled background task gets to finish at shutdown.
+_TASK_STOP_GRACE = 10.0
+
+
 @contextlib.asynccontextmanager
 async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
     """Run one background task for the lifetime of the block; cancel and await it at the end."""
@@ -131,13 +141,15 @@ async def _task(name: str, coro: Coroutine[Any, Any, None]) -> AsyncIterator[Non
         yield
     finally:
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # asyncpg may raise its own error when cancelled mid-query
-            log.debug("background task ended with an error at shutdown", exc_info=True,
-                      extra={"task": name})  # fmt: skip
+        # Bounded: a task that does not stop when cancelled must not hold shutdown forever.
+        await asyncio.wait({task}, timeout=_TASK_STOP_GRACE)
+        if not task.done():
+            log.warning("background task did not stop at shutdown; left behind",
+                        extra={"task": name, "grace_seconds": _TASK_STOP_GRACE})  # fmt: skip
+        elif not task.cancelled() and task.exception() is not None:
+            # asyncpg may raise its own error when cancelled mid-query
+            log.debug("background task ended with an error at shutdown",
+                      exc_info=task.exception(), extra={"task": name})  # fmt: skip
 
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
