@@ -234,7 +234,9 @@ ALERT_RUNBOOKS: Final = (
 
 
 def alert_runbook(alertname: str) -> str | None:
-    """`file.md#heading` of an alert's runbook section; None for an alert not shipped here."""
+    """`file.md#heading` of an alert's runbook section; None for an alert not shipped here. An
+    escalation twin (`<alertname>Escalation`) is read in its page's section."""
+    alertname = alertname.removesuffix("Escalation")
     for prefix, page in ALERT_RUNBOOKS:
         if alertname.startswith(prefix):
             return f"{page}#{alertname.lower()}"

@@ -72,16 +72,19 @@ def _shorten(
 ) -> None:
     changed = []
     for key, value in (("for", alert_for), ("keep_firing_for", keep_firing_for)):
-        if value is None or key not in rule:
+        # An escalation twin's `keep_firing_for: 0s` is the point of the twin: never lengthened.
+        if value is None or key not in rule or str(rule[key]) == "0s":
             continue
         if str(rule[key]) != value:
             changed.append(f"{key} {value} instead of {rule[key]}")
         rule[key] = value
-    annotations = rule.get("annotations", {})
+    # A copy: rules merged from one anchor (a page and its escalation twin) share the mapping.
+    annotations = dict(rule.get("annotations", {}))
     if say_so and changed and "alert" in rule:
         for key in ("summary", "description"):
             if key in annotations:
                 annotations[key] = f"{annotations[key].rstrip()} (demo: {', '.join(changed)})"
+        rule["annotations"] = annotations
 
 
 def webhook_alertmanager_config(
