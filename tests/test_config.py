@@ -105,7 +105,10 @@ def test_defaults_follow_the_runbooks() -> None:
     assert config.purchases.windows == [300, 900, 3600]
     assert config.purchases.retry_max_count == 3
     assert config.purchases.retry_excluded_reasons == ["insufficient_funds", "invalid_amount"]
-    assert config.kraken.probe_interval == 30
+    # The runbook's health check runs every 30 s; the probe runs three rounds in that time, which
+    # the stop-time target on probe evidence needs (docs/incident-simulator.md).
+    assert config.kraken.probe_interval == 10 and 30 % config.kraken.probe_interval == 0
+    assert config.kraken.timeout == 5
     assert config.kraken.slow_threshold == 5
     [objective] = config.slo.purchases
     assert (objective.exchanges, objective.objective, objective.period) == (None, 98, 30 * 86400)

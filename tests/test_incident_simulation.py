@@ -95,11 +95,32 @@ def timelines(draw: st.DrawFn) -> list[Fault]:
     return faults
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same 150 timelines on every run, so that a verdict never depends on the run
+# (the 10,000 seeded sequences above vary the rest). To search afresh, run with
+# `--hypothesis-seed=random` or drop `derandomize` locally; a find becomes a test of its own.
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
 @given(faults=timelines(), seed=st.integers(0, 2**16))
 def test_hypothesis_timelines_keep_every_invariant(faults: list[Fault], seed: int) -> None:
     """Hypothesis shrinks a failing timeline to the fewest, shortest faults that still fail."""
     simulate(SHIPPED, faults, seed, 1500.0)
+
+
+@pytest.mark.xfail(strict=True, raises=Violation, reason=(
+    "known gap: at start-up one replica's network fails while the other's first round and the "
+    "platform's call both hang; the only live vote and the platform's silence read as an outage"
+))  # fmt: skip
+def test_a_cut_off_replica_alone_at_start_up_does_not_stop_purchases() -> None:
+    """Found by hypothesis (seed 417): replica 1 is cut off from 0 s, replica 0's first round
+    hangs (4 % hangs), the platform's call in flight hangs too. At 10.1 s replica 1 is the only
+    live voter, with 2 failed rounds, and the platform's last answer (8.05 s) came just before
+    its first failure (8.06 s), so nothing vetoes "down": purchases stop for 2 s of evidence
+    that, from inside, looks like an outage beginning."""
+    faults = [Fault(Kind.SPORADIC_HANG, 1.0, 16.0, 0, 0.04), Fault(Kind.ISOLATED, 0.0, 15.0, 1),
+              Fault(Kind.OUTAGE, 13.0, 13.5, 0)]  # fmt: skip
+    simulate(SHIPPED, faults, 417, 1000.0)
 
 
 # -- scenarios the issue names, with the numbers they promise --
