@@ -233,13 +233,19 @@ async def test_simulate_command_backfills_then_follows_until_sigterm(
         database=database,
     )
 
+    first_seen: list[int] = []
+
     async def live_purchases() -> bool:
         assert process.poll() is None, process.communicate()[0]
-        # Live rows are the ones newer than the backfill: created after the process started.
-        return bool(await db.fetchval(
-            "SELECT count(*) >= 5 FROM bitcoin_purchases WHERE status <> 'pending' "
-            "AND created_at > now() - interval '3 seconds'"
-        ))  # fmt: skip
+        # The backfill lands in one transaction (its newest rows are seconds old too); live rows
+        # are the ones written after it: 5 more settled purchases than the first count seen.
+        settled = await db.fetchval(
+            "SELECT count(*) FROM bitcoin_purchases WHERE status <> 'pending'"
+        )
+        if not first_seen:
+            first_seen.extend([settled] if settled else [])
+            return False
+        return bool(settled >= first_seen[0] + 5)
 
     try:
         await wait_until(live_purchases, timeout=60, interval=0.2, what="5 live purchases")

@@ -171,6 +171,12 @@ async def _simulate(args: argparse.Namespace, config: Config) -> Summary:
             server_settings={"application_name": "liquid-abt-simulator"},
         )
 
+    # From the start, so that a SIGTERM during the backfill also ends the run cleanly (the live
+    # part then stops at once).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     conn = await connect()
     try:
         await check_database(conn, force=args.force)
@@ -201,10 +207,6 @@ async def _simulate(args: argparse.Namespace, config: Config) -> Summary:
                 return summary
     finally:
         await conn.close()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     live = Live(
         connect,
         simulator,
