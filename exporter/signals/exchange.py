@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -97,9 +98,34 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Quote:
+    """The market a recovery check saw: what failover's guards read (price deviation against a
+    reference, book depth for the AUD waiting, balance). Amounts are Decimal, never float.
+
+    `asks` are (price, volume in BTC), best (lowest) first, as deep as the book call returned;
+    `balance_aud` is None without a read-only key (or when the check could not read it).
+    """
+
+    best_bid: Decimal | None
+    best_ask: Decimal | None
+    asks: tuple[tuple[Decimal, Decimal], ...] = ()
+    balance_aud: Decimal | None = None
+
+    @property
+    def mid(self) -> Decimal | None:
+        """The reference price this quote gives: the middle of the best bid and ask."""
+        if self.best_bid is None or self.best_ask is None:
+            return None
+        return (self.best_bid + self.best_ask) / 2
+
+
+@dataclass(frozen=True)
 class RecoveryResult:
+    """A recovery check: passed or not, each check, and the market it saw (None if not read)."""
+
     ok: bool
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    quote: Quote | None = None
 
 
 @dataclass(frozen=True)
