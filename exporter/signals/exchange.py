@@ -52,12 +52,14 @@ class CallResult:
 @dataclass(frozen=True)
 class RoundResult:
     """One probe round: `outcome` is success or the first failure; `status` None if unknown
-    (else the exchange's system status: online, maintenance, cancel_only, post_only)."""
+    (else the exchange's system status: online, maintenance, cancel_only, post_only); `quote`
+    the market a successful round saw (None when it failed or read no book)."""
 
     ok: bool
     outcome: str
     calls: tuple[CallResult, ...]
     status: str | None
+    quote: Quote | None = None
 
     @property
     def available(self) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -18,7 +19,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from .kraken.outcomes import Outcome, classify_exception
+from .outcomes import Outcome, classify_exception
 
 # Replies to these calls are a few kilobytes; anything far larger is not the exchange.
 MAX_BODY_BYTES: Final = 1 << 20
@@ -179,3 +180,20 @@ class Transport:
         if isinstance(exc, TimeoutError):
             return f"no complete reply within {self.timeout:g}s"
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class NonceSource:
+    """Millisecond-clock nonces that never repeat or go back, even within one millisecond.
+
+    An exchange (Kraken, Independent Reserve) rejects a nonce not greater than the last one seen for the key; the clock keeps
+    nonces increasing across restarts, the counter keeps them increasing within one process.
+    Two processes sharing one API key can still collide: give each replica its own key.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def __call__(self) -> int:
+        self._last = max(int(self._clock() * 1000), self._last + 1)
+        return self._last

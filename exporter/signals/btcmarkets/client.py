@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from ..kraken.outcomes import Outcome
+from ..outcomes import Outcome
 from ..rest import (
     Balance,
     ExchangeApiError,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ..kraken.outcomes import Outcome, classify_status
+from ..outcomes import Outcome, classify_status
 from ..rest import INVALID_NONCE
 
 # The codes the status alone would misfile; every other code is filed by its status.

@@ -17,12 +17,12 @@ from typing import Any, Final
 
 import aiohttp
 
-from ..kraken.outcomes import Outcome
-from ..kraken.signing import NonceSource
+from ..outcomes import Outcome
 from ..rest import (
     Balance,
     ExchangeApiError,
     MarketStatus,
+    NonceSource,
     OrderBook,
     Ticker,
     Transport,

@@ -1,4 +1,4 @@
-"""The closed set of probe outcomes, and the one pure function that maps a Kraken reply onto it.
+"""The one pure function that maps a Kraken reply onto the closed set of probe outcomes.
 
 Kraken usually answers HTTP 200 with an `error` array, so the body decides first; the HTTP status
 decides when the body says nothing specific (a proxy's 429 or 502 page), and transport
@@ -8,29 +8,16 @@ exceptions decide when there is no reply at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Final
 
-import aiohttp
+# The closed set is every exchange's (exporter/signals/outcomes.py); Kraken's code imports it here.
+from ..outcomes import OUTCOMES, Outcome, classify_exception, classify_status
 
+__all__ = [
+    "OUTCOMES", "Outcome", "classify", "classify_error", "classify_errors", "classify_exception",
+    "classify_status", "kraken_errors",
+]  # fmt: skip
 
-class Outcome(StrEnum):
-    """One call's result; the values are the `outcome` label of the probe metrics."""
-
-    SUCCESS = "success"
-    TIMEOUT = "timeout"
-    NETWORK_ERROR = "network_error"
-    RATE_LIMITED = "rate_limited"
-    AUTH_ERROR = "auth_error"
-    # A configuration fault, not a refused credential: replicas share a key (their nonces
-    # interleave) or the clock went back. It never counts as auth_error, so it never pages as one.
-    INVALID_NONCE = "invalid_nonce"
-    SERVICE_UNAVAILABLE = "service_unavailable"
-    SERVER_ERROR = "server_error"
-    API_ERROR = "api_error"
-
-
-OUTCOMES: Final[tuple[str, ...]] = tuple(o.value for o in Outcome)
 
 # Exact Kraken error strings (everything before a second ':' detail) and what they mean for us.
 # `EOrder:Insufficient funds` is deliberately absent, so it is an api_error: the API answered
@@ -51,13 +38,6 @@ _KRAKEN_ERRORS: Final[dict[str, Outcome]] = {
     "EService:Deadline elapsed": Outcome.TIMEOUT,
     # Kraken's own 500: the request was fine, the exchange failed; a retry may succeed.
     "EGeneral:Internal error": Outcome.SERVER_ERROR,
-}
-
-_STATUS_OUTCOMES: Final[dict[int, Outcome]] = {
-    429: Outcome.RATE_LIMITED,
-    401: Outcome.AUTH_ERROR,
-    403: Outcome.AUTH_ERROR,
-    503: Outcome.SERVICE_UNAVAILABLE,
 }
 
 
@@ -83,26 +63,6 @@ def classify_errors(errors: Sequence[str]) -> Outcome | None:
     if specific:
         return specific[0]
     return Outcome.API_ERROR if outcomes else None
-
-
-def classify_status(status: int) -> Outcome | None:
-    """Outcome of an HTTP status alone, None for 2xx (the body decides)."""
-    if 200 <= status < 300:
-        return None
-    if status in _STATUS_OUTCOMES:
-        return _STATUS_OUTCOMES[status]
-    return Outcome.SERVER_ERROR if status >= 500 else Outcome.API_ERROR
-
-
-def classify_exception(exc: BaseException) -> Outcome:
-    """Outcome of a transport failure (no usable reply)."""
-    # Checked first: aiohttp's ServerTimeoutError is also a ClientConnectionError.
-    if isinstance(exc, TimeoutError):
-        return Outcome.TIMEOUT
-    # DNS failures, refused and reset connections, and bodies cut off mid-way.
-    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
-        return Outcome.NETWORK_ERROR
-    return Outcome.API_ERROR
 
 
 def classify(

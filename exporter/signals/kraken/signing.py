@@ -11,8 +11,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import time
-from collections.abc import Callable
+
+from ..rest import NonceSource
+
+__all__ = ["NonceSource", "decode_secret", "sign"]
 
 
 def decode_secret(secret: str) -> bytes:
@@ -39,20 +41,3 @@ def sign(uri_path: str, nonce: int | str, post_data: str, secret: str | bytes) -
     digest = hashlib.sha256(f"{nonce}{post_data}".encode()).digest()
     mac = hmac.new(key, uri_path.encode() + digest, hashlib.sha512)
     return base64.b64encode(mac.digest()).decode("ascii")
-
-
-class NonceSource:
-    """Millisecond-clock nonces that never repeat or go back, even within one millisecond.
-
-    Kraken rejects a nonce not greater than the last one seen for the key; the clock keeps
-    nonces increasing across restarts, the counter keeps them increasing within one process.
-    Two processes sharing one API key can still collide: give each replica its own key.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._last = 0
-
-    def __call__(self) -> int:
-        self._last = max(int(self._clock() * 1000), self._last + 1)
-        return self._last
