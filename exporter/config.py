@@ -17,6 +17,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -283,6 +285,9 @@ class KrakenConfig(_Model):
     call_spacing: Duration = 1.0
     slow_threshold: Duration = 5.0  # the runbook warns above 5000 ms
     enabled: bool = True
+    # How often its good rounds (or passing checks) refresh its row in exchange_verifications:
+    # the primary's last good mid, failover's reference price.
+    verify_interval: Duration = 15.0
 
     @field_validator("base_url")
     @classmethod
@@ -290,6 +295,86 @@ class KrakenConfig(_Model):
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
         return url.rstrip("/")
+
+
+class ExchangeSectionConfig(_Model):
+    """What every probed exchange's section shares beside Kraken's: where its API is, the pair,
+    the probe's cadence, and how often a secondary's recovery check refreshes its evidence."""
+
+    enabled: bool = False
+    base_url: str
+    # The exporter's spelling (BTC/AUD); each client turns it into the exchange's own.
+    pair: str = "BTC/AUD"
+    timeout: Duration = 5.0
+    probe_interval: Duration = 10.0
+    doubt_interval: Duration = 2.0
+    incident_interval: Duration = 5.0
+    call_spacing: Duration = 0.5
+    slow_threshold: Duration = 5.0
+    # A secondary's recovery check (status, price, balance, order book) runs this often and
+    # updates liquid_abt.exchange_verifications: failover's evidence (docs/failover.md).
+    verify_interval: Duration = 15.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
+        return url.rstrip("/")
+
+    @field_validator("pair")
+    @classmethod
+    def _aud_pair(cls, pair: str) -> str:
+        if not re.match(r"^[A-Z]{3,5}/AUD$", pair):
+            raise ValueError(
+                f"invalid pair {pair!r}: BASE/AUD in upper case, like BTC/AUD (purchases are "
+                "in AUD)"
+            )
+        return pair
+
+    @property
+    def base(self) -> str:
+        """The asset bought: BTC in BTC/AUD."""
+        return self.pair.partition("/")[0]
+
+
+class IndependentReserveConfig(ExchangeSectionConfig):
+    base_url: str = "https://api.independentreserve.com"
+
+
+class BtcMarketsConfig(ExchangeSectionConfig):
+    base_url: str = "https://api.btcmarkets.net"
+
+
+ROLES = ("primary", "secondary")
+# The config sections of the exchanges that can be probed, and so verified as a secondary.
+PROBED_SECTIONS = ("kraken", "independentreserve", "btcmarkets")
+
+
+def _exchange_roles(entries: dict[Any, Any]) -> dict[str, str]:
+    """`{name: {role: primary|secondary}}` as {name: role}; ValueError naming the bad entry."""
+    roles: dict[str, str] = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or set(entry) != {"role"}:
+            raise ValueError(
+                f"exchanges.{name}: expected {{role: primary}} or {{role: secondary}}, "
+                f"got {entry!r}"
+            )
+        role = entry["role"]
+        if role not in ROLES:
+            raise ValueError(
+                f"exchanges.{name}.role: unknown role {role!r}: use primary or secondary"
+            )
+        roles[str(name)] = role
+    primaries = [name for name, role in roles.items() if role == "primary"]
+    if not primaries:
+        raise ValueError("exchanges: no exchange has role primary: give exactly one")
+    if len(primaries) > 1:
+        raise ValueError(
+            f"exchanges: {len(primaries)} exchanges have role primary ({', '.join(primaries)}): "
+            "give exactly one"
+        )
+    return roles
 
 
 class BreakerConfig(_Model):
@@ -504,6 +589,8 @@ class Config(_Model):
     purchases: PurchasesConfig = Field(default_factory=PurchasesConfig)
     api_calls: ApiCallsConfig = Field(default_factory=ApiCallsConfig)
     kraken: KrakenConfig = Field(default_factory=KrakenConfig)
+    independentreserve: IndependentReserveConfig = Field(default_factory=IndependentReserveConfig)
+    btcmarkets: BtcMarketsConfig = Field(default_factory=BtcMarketsConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -512,12 +599,59 @@ class Config(_Model):
     web: WebConfig = Field(default_factory=WebConfig)
     slo: SloConfig = Field(default_factory=SloConfig)
 
+    # Each exchange's role: every listed exchange is primary in the list form of `exchanges`.
+    _roles: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _roles_of_exchanges(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        """`exchanges` is a list of names (all primary) or a mapping of names to roles."""
+        roles: dict[str, str] | None = None
+        if isinstance(data, dict) and isinstance(data.get("exchanges"), dict):
+            roles = _exchange_roles(data["exchanges"])
+            data = {**data, "exchanges": list(roles)}
+        config = handler(data)
+        config._roles = roles or dict.fromkeys(config.exchanges, "primary")
+        config._secondaries_are_probed()
+        return config
+
+    def _secondaries_are_probed(self) -> None:
+        for name in self.secondaries:
+            section = getattr(self, name) if name in PROBED_SECTIONS else None
+            if section is None:
+                raise ValueError(
+                    f"exchanges.{name}: a secondary is probed and verified: use one of "
+                    f"{', '.join(PROBED_SECTIONS)}"
+                )
+            if not section.enabled:
+                raise ValueError(
+                    f"exchanges.{name}: role secondary but {name}.enabled is false: enable its "
+                    f"section ({name}: {{enabled: true}})"
+                )
+
+    def roles(self) -> dict[str, str]:
+        """Each configured exchange's role (primary or secondary), in config order."""
+        return dict(self._roles)
+
+    @property
+    def primary(self) -> str | None:
+        """The one primary exchange; None when the list form names several (no failover)."""
+        primaries = [name for name, role in self._roles.items() if role == "primary"]
+        return primaries[0] if len(primaries) == 1 else None
+
+    @property
+    def secondaries(self) -> list[str]:
+        """The exchanges purchases may fail over to, in config order (none in the list form)."""
+        return [name for name, role in self._roles.items() if role == "secondary"]
+
     @model_validator(mode="after")
     def _probed_exchange_is_known(self) -> Config:
-        if self.kraken.enabled and "kraken" not in self.exchanges:
-            raise ValueError(
-                "kraken.enabled is true but 'kraken' is not in exchanges: add it, or disable the probe"
-            )
+        for name in PROBED_SECTIONS:
+            if getattr(self, name).enabled and name not in self.exchanges:
+                raise ValueError(
+                    f"{name}.enabled is true but {name!r} is not in exchanges: add it, or "
+                    "disable the probe"
+                )
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,11 @@ class Secrets:
     webhook_basic_password: str | None = field(default=None, repr=False)
     kraken_api_key: str | None = field(default=None, repr=False)
     kraken_api_secret: str | None = field(default=None, repr=False)
+    # Read-only keys of the secondary exchanges (balance only; they never trade).
+    independentreserve_api_key: str | None = field(default=None, repr=False)
+    independentreserve_api_secret: str | None = field(default=None, repr=False)
+    btcmarkets_api_key: str | None = field(default=None, repr=False)
+    btcmarkets_api_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
@@ -51,4 +56,8 @@ class Secrets:
             webhook_basic_password=read_secret("LIQUID_ABT_WEBHOOK_PASSWORD", env),
             kraken_api_key=read_secret("KRAKEN_API_KEY", env),
             kraken_api_secret=read_secret("KRAKEN_API_SECRET", env),
+            independentreserve_api_key=read_secret("INDEPENDENTRESERVE_API_KEY", env),
+            independentreserve_api_secret=read_secret("INDEPENDENTRESERVE_API_SECRET", env),
+            btcmarkets_api_key=read_secret("BTCMARKETS_API_KEY", env),
+            btcmarkets_api_secret=read_secret("BTCMARKETS_API_SECRET", env),
         )

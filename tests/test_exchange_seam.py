@@ -71,10 +71,10 @@ class FakeIntegration:
 
 def test_an_exchange_without_an_integration_is_decided_on_unprobed() -> None:
     registry = default_registry()
-    config = parse_config({"exchanges": ["kraken", "btc_markets"]})
-    assert registry.names() == ["kraken"]
-    assert registry.settings(config, "btc_markets") == UNPROBED
-    assert registry.probed(config, "btc_markets") is None
+    config = parse_config({"exchanges": ["kraken", "coinjar"]})
+    assert registry.names() == ["btcmarkets", "independentreserve", "kraken"]
+    assert registry.settings(config, "coinjar") == UNPROBED
+    assert registry.probed(config, "coinjar") is None
 
 
 def test_an_integration_registers_once() -> None:

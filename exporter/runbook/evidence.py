@@ -42,7 +42,8 @@ UNAVAILABLE_REASONS = frozenset({"exchange_unavailable", "network_timeout"})
 # Round outcomes that got no answer at all: such a round read no system status.
 NO_ANSWER = frozenset({"timeout", "network_error"})
 MAINTENANCE = "maintenance"
-RESTRICTED = frozenset({"cancel_only", "post_only"})
+# limit_only: BTC Markets takes no market orders either (signals/market_probe.py).
+RESTRICTED = frozenset({"cancel_only", "post_only", "limit_only"})
 
 RECORD_SQL = """
 INSERT INTO liquid_abt.probe_observations AS o

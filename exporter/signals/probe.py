@@ -17,9 +17,9 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -53,6 +53,30 @@ class CheckStep:
     endpoint: str
     call: Call
     judge: Callable[[Any], Check]
+
+
+class _Book(Protocol):
+    @property
+    def pair(self) -> str: ...
+
+    @property
+    def bids(self) -> Sequence[Any]: ...
+
+    @property
+    def asks(self) -> Sequence[Any]: ...
+
+
+def judge_book(book: _Book) -> Check:
+    """Both sides present and not crossed: the book a market purchase needs."""
+    if not book.bids or not book.asks:
+        return Check("order_book", False, f"{book.pair}: empty side in the order book")
+    bid, ask = book.bids[0].price, book.asks[0].price
+    return Check("order_book", bid < ask, f"{book.pair}: best bid {bid}, best ask {ask}")
+
+
+def judge_balance(balances: Mapping[str, Any]) -> Check:
+    # Amounts stay out of the detail: it ends up in the audit log (the quote carries the AUD).
+    return Check("balance", True, f"balance readable ({len(balances)} assets)")
 
 
 class _Families:

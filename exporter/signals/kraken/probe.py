@@ -15,7 +15,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.signals.exchange import Check, Quote
-from exporter.signals.probe import REPEAT_LOG_EVERY, Call, CheckStep, RoundProbe
+from exporter.signals.probe import (
+    REPEAT_LOG_EVERY,
+    Call,
+    CheckStep,
+    RoundProbe,
+    judge_balance,
+    judge_book,
+)
 
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 
@@ -73,10 +80,8 @@ class ExchangeProbe(RoundProbe):
             CheckStep("price", "Ticker", lambda: self._client.ticker(self._pair), _judge_price),
         ]
         if self._client.has_credentials:
-            steps.append(CheckStep("balance", "Balance", self._client.balance, _judge_balance))
-        depth = CheckStep(
-            "order_book", "Depth", lambda: self._client.depth(self._pair), _judge_book
-        )
+            steps.append(CheckStep("balance", "Balance", self._client.balance, judge_balance))
+        depth = CheckStep("order_book", "Depth", lambda: self._client.depth(self._pair), judge_book)
         return [*steps, depth]
 
     def quote_of(self, values: dict[str, Any]) -> Quote | None:
@@ -99,15 +104,3 @@ def _judge_status(status: str) -> Check:
 
 def _judge_price(price: Any) -> Check:
     return Check("price", price > 0, f"last trade price {price}")
-
-
-def _judge_balance(balances: dict[str, Any]) -> Check:
-    # Amounts stay out of the detail: it ends up in the audit log.
-    return Check("balance", True, f"balance readable ({len(balances)} assets)")
-
-
-def _judge_book(book: OrderBook) -> Check:
-    if not book.bids or not book.asks:
-        return Check("order_book", False, f"{book.pair}: empty side in the order book")
-    bid, ask = book.bids[0].price, book.asks[0].price
-    return Check("order_book", bid < ask, f"{book.pair}: best bid {bid}, best ask {ask}")
