@@ -137,7 +137,8 @@ class ProbeSettings:
     `probe_interval` while all is well (the runbook's 30 s health check), `doubt_interval` after a
     round the API did not answer, `incident_interval` while an incident is open; `timeout` of one
     call; `verification_time` the longest a recovery check may take (the lease of a verification
-    is that plus a margin, so a crashed verifier frees it soon after).
+    is that plus a margin, so a crashed verifier frees it soon after); `verify_interval` how often
+    its row of failover's evidence is refreshed (runbook/verification_watch.py).
     """
 
     probe_interval: float
@@ -145,6 +146,7 @@ class ProbeSettings:
     incident_interval: float
     timeout: float
     verification_time: float
+    verify_interval: float = 15.0
 
 
 class Probe(Protocol):

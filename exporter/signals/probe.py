@@ -243,8 +243,9 @@ class RoundProbe:
         values: dict[str, Any] = {}
         async with self._lock:
             for step in self.check_steps():
-                if checks and not checks[-1].ok:
-                    checks.append(Check(step.name, False, f"skipped: {checks[-1].name} failed"))
+                failed = next((c.name for c in checks if not c.ok), None)
+                if failed is not None:
+                    checks.append(Check(step.name, False, f"skipped: {failed} failed"))
                     continue
                 await self._space(first=not checks)
                 done = await self._call(step.endpoint, step.call)

@@ -43,6 +43,12 @@ from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
 from exporter.runbook.retention import run_retention
 from exporter.runbook.retry_filler import RetryFiller
+from exporter.runbook.verification_watch import (
+    ObservedProbe,
+    Target,
+    VerificationMetrics,
+    VerificationWatch,
+)
 from exporter.runbook.worker import WORK_CHANNEL, ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.classify import ReasonClassifier
@@ -82,6 +88,7 @@ from exporter.web.keys import (
     RUNNERS,
     SECRETS,
     TELEMETRY_PATH,
+    VERIFICATION_WATCH,
     WEB_SECURITY,
 )
 from exporter.web.pages import healthy, index, ready
@@ -181,6 +188,36 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
             for name in config.exchanges
             if (integration := exchanges.get(name)) is not None
         }
+        yield
+
+
+async def _verification_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Failover's evidence (runbook/verification_watch.py): each secondary's recovery check every
+    `verify_interval`, and the primary's last good market, noted from its own probe (wrapped
+    here, before the incident loop takes it). Only when a secondary is configured."""
+    config, exchanges, probes = app[CONFIG], app[EXCHANGES], app[PROBES]
+    targets: list[Target] = []
+    for name, role in config.roles().items():
+        probe, settings = probes.get(name), exchanges.settings(config, name)
+        # Without a secondary nothing reads the rows: no watch, no statements.
+        if probe is None or not config.secondaries:
+            continue
+        if role == "secondary":
+            targets.append(Target(
+                name, settings.verify_interval, probe.recovery_check, settings.verification_time
+            ))  # fmt: skip
+        else:
+            targets.append(Target(name, settings.verify_interval))
+    metrics = VerificationMetrics(app[REGISTRY], [t.exchange for t in targets])
+    watch = VerificationWatch(app[POOL], app[REPLICA], targets, metrics)
+    app[VERIFICATION_WATCH] = watch
+    for target in targets:
+        if target.check is None:
+            probes[target.exchange] = ObservedProbe(probes[target.exchange], target.exchange, watch)
+    if not targets:
+        yield
+        return
+    async with _task("verification-watch", watch.run()):
         yield
 
 
@@ -466,8 +503,8 @@ def create_app(
     app[EXPOSITION] = MetricsExposition([app[LIVE_METRICS]])
     # Order matters: each context may use what the previous ones created.
     app.cleanup_ctx.extend(
-        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _incidents_ctx,
-         _actions_ctx, _retry_filler_ctx]
+        [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _verification_ctx,
+         _incidents_ctx, _actions_ctx, _retry_filler_ctx]
     )  # fmt: skip
     app.router.add_get("/", index)
     app.router.add_get(options.telemetry_path, app[EXPOSITION].handle)

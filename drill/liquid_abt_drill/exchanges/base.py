@@ -3,7 +3,9 @@ control endpoint, and real sockets where `down` closes the listening socket (con
 
 Each exchange module supplies its routes and its own words for a failure (status codes and error
 bodies as its published docs give them); this module never speaks an exchange's dialect.
-Switch modes with `set_mode()` or `POST /_control/mode` (`{"mode": "slow", "latency": 6}`); the
+Switch modes with `set_mode()` or `POST /_control/mode` (`{"mode": "slow", "latency": 6}`), and
+the market with `state.set_market()` or `POST /_control/market` (`{"price": "150000", "spike":
+"0.03", "balances": {"AUD": "100"}}`: a price, the price_spike share, a low balance); the
 control endpoint can listen on its own port, so it stays reachable while the API is `down`.
 """
 
@@ -107,7 +109,32 @@ class FakeExchangeState:
         old.set()
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "latency": self.latency, "http_status": self.http_status}
+        return {
+            "mode": self.mode.value, "latency": self.latency, "http_status": self.http_status,
+            "price": str(self.price), "spike": str(self.spike),
+            "balances": {asset: str(amount) for asset, amount in self.balances.items()},
+        }  # fmt: skip
+
+    def set_market(
+        self,
+        *,
+        price: Decimal | str | None = None,
+        spike: Decimal | str | None = None,
+        balances: dict[str, Decimal | str] | None = None,
+    ) -> None:
+        """The market the next replies quote: the reference price, the spike of price_spike
+        mode (a share: 0.05 is 5 %), balances by asset (a low AUD balance for failover drills)."""
+        new_price = self.price if price is None else Decimal(str(price))
+        new_spike = self.spike if spike is None else Decimal(str(spike))
+        new_balances = {a: Decimal(str(v)) for a, v in (balances or {}).items()}
+        if new_price <= 0 or not new_price.is_finite():
+            raise ValueError(f"price must be positive, got {price!r}")
+        if not new_spike.is_finite() or new_spike <= -1:
+            raise ValueError(f"spike must be above -1, got {spike!r}")
+        if any(not v.is_finite() or v < 0 for v in new_balances.values()):
+            raise ValueError(f"balances must not be negative, got {balances!r}")
+        self.price, self.spike = new_price, new_spike
+        self.balances.update(new_balances)
 
 
 STATE: Final = web.AppKey("state", FakeExchangeState)
@@ -250,6 +277,7 @@ class FakeExchange:
         app[STATE] = self.state
         app.router.add_get("/_control/mode", self._get_mode)
         app.router.add_post("/_control/mode", self._post_mode)
+        app.router.add_post("/_control/market", self._post_market)
 
     async def _get_mode(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.describe())
@@ -263,6 +291,22 @@ class FakeExchange:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return web.json_response({"error": f"invalid mode request: {exc}"}, status=400)
+        return web.json_response(self.state.describe())
+
+    async def _post_market(self, request: web.Request) -> web.Response:
+        """`{"price": "150000", "spike": "0.03", "balances": {"AUD": "100"}}`, any subset."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or not set(body) <= {"price", "spike", "balances"}:
+                raise ValueError("expected an object with price, spike and/or balances")
+            balances = body.get("balances")
+            if balances is not None and not isinstance(balances, dict):
+                raise ValueError("balances: expected an object of asset: amount")
+            self.state.set_market(
+                price=body.get("price"), spike=body.get("spike"), balances=balances
+            )
+        except (ValueError, ArithmeticError, TypeError) as exc:
+            return web.json_response({"error": f"invalid market request: {exc}"}, status=400)
         return web.json_response(self.state.describe())
 
 

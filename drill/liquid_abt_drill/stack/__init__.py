@@ -38,6 +38,11 @@ What each program offers:
 - `ExporterProcess`: `url`, `target` (host:port for Prometheus), `get(path)`, `metrics()`,
   `wait_for_metric(line)`, `stop()` (the exit code), `log_text()`.
 - `KrakenServerProcess`: `url` (give it to `kraken.base_url`), `set_mode(mode, latency=...)`.
+- `SecondaryExchangeProcess` (`stack.secondary_exchange("independentreserve")` or
+  `"btcmarkets"`): `set_mode(...)` as Kraken's (`down`, `hanging`, `server_error` with
+  `http_status=503`, `thin_book`, `price_spike`...), `set_market(price=..., spike=...,
+  balances={"AUD": "100"})`, `config_section()` for its config section with `role: secondary`
+  from `failover_exchanges()`.
 - `PrometheusProcess`: `query(expr)`, `wait_for(expr, condition)`, `alerts()`, `firing()`.
 - `AlertmanagerProcess`: `alerts()`, `post_alerts(alerts)`, `status()`; an HA pair takes
   `cluster_listen` and `peers`.
@@ -84,11 +89,14 @@ from .services import (
     ExporterProcess,
     KrakenServerProcess,
     PostgresServer,
+    SecondaryExchangeProcess,
     exporter_config,
+    failover_exchanges,
     searchable_tmp_dir,
     start_exporter,
     start_kraken_server,
     start_postgres,
+    start_secondary_exchange,
     start_simulator,
 )
 from .waiting import DeadlinePassed, StackError, wait_until
@@ -97,10 +105,12 @@ __all__ = [
     "ALERTMANAGER_BINARIES", "DEFAULT_TIMEOUT", "EXPORTER_JOB", "INSTALL_HINT",
     "AlertmanagerProcess", "DeadlinePassed", "ExporterProcess", "KrakenServerProcess",
     "ManagedProcess", "MissingBinary", "PostgresServer", "PrometheusProcess",
-    "PrometheusQueryError", "Stack", "StackError", "alerts_dir", "exporter_config",
+    "PrometheusQueryError", "SecondaryExchangeProcess", "Stack", "StackError", "alerts_dir",
+    "exporter_config", "failover_exchanges",
     "find_binary", "http_request", "prometheus_config", "python_env", "rule_files",
     "searchable_tmp_dir", "shortened_rules", "source_root", "start_alertmanager",
     "start_exporter", "start_kraken_server", "start_postgres", "start_prometheus",
+    "start_secondary_exchange",
     "start_simulator", "wait_until", "webhook_alertmanager_config",
 ]  # fmt: skip
 
@@ -120,6 +130,12 @@ class Stack:
 
     def kraken_server(self, **options: Any) -> KrakenServerProcess:
         return self._started.enter_context(start_kraken_server(self.folder, **options))
+
+    def secondary_exchange(self, exchange: str, **options: Any) -> SecondaryExchangeProcess:
+        """A fake Independent Reserve or BTC Markets (`role: secondary` in the exporter's
+        config: `exchanges=failover_exchanges()`, `independentreserve=fake.config_section()`)."""
+        process = start_secondary_exchange(self.folder, exchange, **options)
+        return self._started.enter_context(process)
 
     def exporter(self, **options: Any) -> ExporterProcess:
         return self._started.enter_context(start_exporter(self.folder, **options))

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -142,6 +143,83 @@ def start_kraken_server(
     return process.ready_or_stop(
         lambda: process.wait_http("/_control/mode", timeout=ready_timeout, base=process.control_url)
     )
+
+
+# --- The fake secondary exchanges (Independent Reserve, BTC Markets) -------------------------
+
+# The fakes' modules (drill/liquid_abt_drill/exchanges/) by exchange name, as config names them.
+SECONDARY_EXCHANGES = ("independentreserve", "btcmarkets")
+
+
+class SecondaryExchangeProcess(KrakenServerProcess):
+    """A fake secondary exchange: `set_mode` as Kraken's, and `set_market` for its prices and
+    balances (`set_market(balances={"AUD": "100"})` leaves it short of AUD)."""
+
+    exchange = ""
+
+    def set_market(
+        self,
+        *,
+        price: str | None = None,
+        spike: str | None = None,
+        balances: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"price": price, "spike": spike, "balances": balances}
+        body = {key: value for key, value in body.items() if value is not None}
+        status, text = http_request(f"{self.control_url}/_control/market", body)
+        if status != 200:
+            self.fail(f"set_market({body!r}): HTTP {status}: {text}")
+        return dict(json.loads(text))
+
+    def config_section(self, interval: str = "1s", **options: Any) -> dict[str, Any]:
+        """Its section of the exporter's config: enabled, this URL, a fast probe."""
+        return {
+            "enabled": True, "base_url": self.url, "probe_interval": interval, "timeout": "2s",
+            "verify_interval": interval, "call_spacing": "10ms", **options,
+        }  # fmt: skip
+
+
+def start_secondary_exchange(
+    folder: Path,
+    exchange: str = "independentreserve",
+    *,
+    mode: str = "healthy",
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    port: int | None = None,
+    control_port: int | None = None,
+    ready_timeout: float = DEFAULT_TIMEOUT,
+) -> SecondaryExchangeProcess:
+    """`python -m liquid_abt_drill.exchanges.EXCHANGE` with a control port of its own (reachable
+    when down). With `api_key` and `api_secret` it checks the signatures of private calls; give
+    the exporter the same pair (EXCHANGE_API_KEY / _SECRET, upper case)."""
+    if exchange not in SECONDARY_EXCHANGES:
+        raise ValueError(f"no fake of {exchange!r}: use one of {', '.join(SECONDARY_EXCHANGES)}")
+    name = claim_name(Path(folder), exchange)
+    port, control_port = port or free_port(), control_port or free_port()
+    env = exchange.upper()
+    secrets = {f"{env}_API_KEY": api_key or "", f"{env}_API_SECRET": api_secret or ""}
+    command = [
+        sys.executable, "-m", f"liquid_abt_drill.exchanges.{exchange}",
+        f"--listen=127.0.0.1:{port}", f"--control-listen=127.0.0.1:{control_port}",
+        f"--mode={mode}",
+    ]  # fmt: skip
+    process = SecondaryExchangeProcess(
+        name, command, Path(folder) / name, env=python_env(secrets),
+        url=f"http://127.0.0.1:{port}",
+    )  # fmt: skip
+    process.exchange = exchange
+    process.control_url = f"http://127.0.0.1:{control_port}"
+    return process.ready_or_stop(
+        lambda: process.wait_http("/_control/mode", timeout=ready_timeout, base=process.control_url)
+    )
+
+
+def failover_exchanges(
+    primary: str = "kraken", secondaries: Sequence[str] = ("independentreserve",)
+) -> dict[str, Any]:
+    """The `exchanges` mapping of a failover config: one primary, its secondaries."""
+    return {primary: {"role": "primary"}, **{name: {"role": "secondary"} for name in secondaries}}
 
 
 # --- The exporter ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class BtcMarketsIntegration:
             incident_interval=s.incident_interval, timeout=s.timeout,
             # Four calls of one timeout each, spaced by `call_spacing`, with room to spare.
             verification_time=6 * s.timeout + 4 * s.call_spacing,
+            verify_interval=s.verify_interval,
         )  # fmt: skip
 
     def probe(

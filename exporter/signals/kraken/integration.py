@@ -28,7 +28,7 @@ class KrakenIntegration:
             probe_interval=k.probe_interval, doubt_interval=k.doubt_interval,
             incident_interval=k.incident_interval, timeout=k.timeout,
             # At most four calls of one timeout each, spaced by `call_spacing`, with room to spare.
-            verification_time=6 * k.timeout,
+            verification_time=6 * k.timeout, verify_interval=k.verify_interval,
         )  # fmt: skip
 
     def probe(
