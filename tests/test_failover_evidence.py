@@ -1,0 +1,85 @@
+"""A whole app configured with Kraken primary and both secondaries, against the fake servers: the
+secondaries are probed like Kraken (their metrics, their own incident through the same quorum
+rules) and verified, and every exchange's row of failover's evidence is written."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from exporter.config import parse_config
+from exporter.database.pool import Connection
+from exporter.secrets import Secrets
+from exporter.web.app import create_app
+from liquid_abt_drill.exchanges.base import Mode
+from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
+from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
+from liquid_abt_drill.kraken_server.server import FakeKraken
+from tests.helpers import scrape, value, wait_until
+
+FAST = {"probe_interval": "300ms", "doubt_interval": "100ms", "incident_interval": "200ms",
+        "timeout": "1s", "call_spacing": "1ms", "verify_interval": "300ms"}  # fmt: skip
+
+
+@pytest.fixture
+async def secondaries() -> AsyncIterator[tuple[FakeIndependentReserve, FakeBtcMarkets]]:
+    ir, bm = FakeIndependentReserve(), FakeBtcMarkets()
+    await ir.start()
+    await bm.start()
+    yield ir, bm
+    await ir.stop()
+    await bm.stop()
+
+
+async def test_secondaries_are_probed_verified_and_stopped_like_kraken(
+    aiohttp_client: Any, database: Connection, db: asyncpg.Connection, kraken: FakeKraken,
+    secondaries: tuple[FakeIndependentReserve, FakeBtcMarkets],
+) -> None:  # fmt: skip
+    ir, bm = secondaries
+    config = parse_config({
+        "exchanges": {"kraken": {"role": "primary"}, "independentreserve": {"role": "secondary"},
+                      "btcmarkets": {"role": "secondary"}},
+        "collectors": {"interval": "1h", "timeout": "10s"},
+        "kraken": {**FAST, "base_url": kraken.url},
+        "independentreserve": {**FAST, "enabled": True, "base_url": ir.url},
+        "btcmarkets": {**FAST, "enabled": True, "base_url": bm.url},
+        "breaker": {"failure_threshold": 2},
+    })  # fmt: skip
+    client: TestClient = await aiohttp_client(create_app(config, database, Secrets()))
+
+    async def rows() -> dict[str, bool]:
+        found = await db.fetch("SELECT exchange, ok FROM liquid_abt.exchange_verifications")
+        return {r["exchange"]: r["ok"] for r in found}
+
+    async def all_verified() -> bool:
+        return await rows() == {"kraken": True, "independentreserve": True, "btcmarkets": True}
+
+    await wait_until(all_verified)
+    samples = await scrape(client)
+    for exchange in ("independentreserve", "btcmarkets"):
+        assert value(samples, "liquid_abt_exchange_up", exchange=exchange) == 1
+        assert value(samples, "liquid_abt_exchange_verification_ok", exchange=exchange) == 1
+    kraken_row = await db.fetchrow(
+        "SELECT best_bid, best_ask FROM liquid_abt.exchange_verifications WHERE exchange = 'kraken'"
+    )
+    assert 0 < kraken_row["best_bid"] < kraken_row["best_ask"], "the primary's reference price"
+
+    # Independent Reserve refuses connections: its own incident opens on the same evidence rules
+    # as Kraken's (every replica's rounds unanswered), and its evidence turns to a failure.
+    await ir.set_mode(Mode.DOWN)
+
+    async def ir_stopped() -> bool:
+        phase = await db.fetchval(
+            "SELECT phase FROM liquid_abt.incidents WHERE exchange = 'independentreserve'"
+        )
+        return phase == "down" and (await rows())["independentreserve"] is False
+
+    await wait_until(ir_stopped)
+    assert (await rows())["kraken"] is True
+    assert await db.fetchval(
+        "SELECT phase FROM liquid_abt.incidents WHERE exchange = 'kraken'"
+    ) in (None, "normal")  # fmt: skip
