@@ -312,7 +312,7 @@ class ExchangeSectionConfig(_Model):
     call_spacing: Duration = 0.5
     slow_threshold: Duration = 5.0
     # A secondary's recovery check (status, price, balance, order book) runs this often and
-    # updates liquid_abt.exchange_verifications: failover's evidence (docs/failover.md).
+    # updates liquid_abt.exchange_verifications: failover's evidence (docs/exchanges.md).
     verify_interval: Duration = 15.0
 
     @field_validator("base_url")

@@ -208,7 +208,8 @@ async def _verification_ctx(app: web.Application) -> AsyncIterator[None]:
             ))  # fmt: skip
         else:
             targets.append(Target(name, settings.verify_interval))
-    metrics = VerificationMetrics(app[REGISTRY], [t.exchange for t in targets])
+    # Every configured exchange's series, pre-initialised (0: not verified for failover).
+    metrics = VerificationMetrics(app[REGISTRY], config.exchanges)
     watch = VerificationWatch(app[POOL], app[REPLICA], targets, metrics)
     app[VERIFICATION_WATCH] = watch
     for target in targets:
