@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError, format_duration, load_config, parse_duration
+from exporter.config import (
+    ConfigError,
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -74,6 +80,35 @@ EXPECTED_ERRORS = {
         "(top level): slo.purchases: the objectives are derived from the 5m purchase window: "
         "add 5m to purchases.windows (got 15m, 1h), or set slo.purchases to [] for none"
     ),
+    "invalid-exchange-role.yml": INVALID + (
+        "(top level): exchanges.independentreserve.role: unknown role 'backup': use primary or "
+        "secondary"
+    ),
+    "invalid-exchange-two-primaries.yml": INVALID + (
+        "(top level): exchanges: 2 exchanges have role primary (kraken, btcmarkets): give "
+        "exactly one"
+    ),
+    "invalid-exchange-secondary-disabled.yml": INVALID + (
+        "(top level): exchanges.independentreserve: role secondary but "
+        "independentreserve.enabled is false: enable its section (independentreserve: "
+        "{enabled: true})"
+    ),
+    "invalid-exchange-secondary-unknown.yml": INVALID + (
+        "(top level): exchanges.coinjar: a secondary is probed and verified: use one of kraken, "
+        "independentreserve, btcmarkets"
+    ),
+    "invalid-exchange-entry.yml": INVALID + (
+        "(top level): exchanges.kraken: expected {role: primary} or {role: secondary}, got "
+        "'primary'"
+    ),
+    "invalid-exchange-section-unlisted.yml": INVALID + (
+        "(top level): btcmarkets.enabled is true but 'btcmarkets' is not in exchanges: add it, "
+        "or disable the probe"
+    ),
+    "invalid-exchange-pair.yml": INVALID + (
+        "btcmarkets.pair: invalid pair 'BTC/USD': BASE/AUD in upper case, like BTC/AUD "
+        "(purchases are in AUD)"
+    ),
 }  # fmt: skip
 
 
@@ -117,6 +152,29 @@ def test_defaults_follow_the_runbooks() -> None:
 def test_full_example_is_valid() -> None:
     config = load_config(TESTDATA / "valid-full.yml")
     assert config.collectors.snapshot_expiry == 300
+    assert (config.primary, config.secondaries) == ("kraken", ["independentreserve"])
+
+
+def test_the_list_of_exchanges_makes_every_one_primary() -> None:
+    config = parse_config({"exchanges": ["kraken", "coinjar"]})
+    assert config.exchanges == ["kraken", "coinjar"]
+    assert config.roles() == {"kraken": "primary", "coinjar": "primary"}
+    assert (config.primary, config.secondaries) == (None, []), "several primaries: no failover"
+    assert parse_config({}).primary == "kraken"
+
+
+def test_a_mapping_of_exchanges_gives_roles_in_config_order() -> None:
+    config = parse_config({
+        "exchanges": {"btcmarkets": {"role": "secondary"}, "kraken": {"role": "primary"},
+                      "independentreserve": {"role": "secondary"}},
+        "btcmarkets": {"enabled": True}, "independentreserve": {"enabled": True},
+    })  # fmt: skip
+    assert config.exchanges == ["btcmarkets", "kraken", "independentreserve"]
+    assert config.primary == "kraken"
+    assert config.secondaries == ["btcmarkets", "independentreserve"]
+    assert config.independentreserve.pair == "BTC/AUD"
+    assert config.independentreserve.verify_interval == 15
+    assert config.model_copy().roles() == config.roles()
 
 
 @pytest.mark.parametrize(
