@@ -19,9 +19,11 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -614,6 +616,15 @@ class Config(_Model):
         config._roles = roles or dict.fromkeys(config.exchanges, "primary")
         config._secondaries_are_probed()
         return config
+
+    @model_serializer(mode="wrap")
+    def _dump_roles(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A dump says the roles as the file did (a reload sees a changed role; a dump parses
+        back to the same config)."""
+        data: dict[str, Any] = handler(self)
+        if self.secondaries:
+            data["exchanges"] = {name: {"role": role} for name, role in self._roles.items()}
+        return data
 
     def _secondaries_are_probed(self) -> None:
         for name in self.secondaries:

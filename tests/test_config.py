@@ -220,3 +220,14 @@ def test_check_config_names_a_file_that_is_not_utf8_in_one_line(
     invalid = TESTDATA / "invalid-not-utf8.yml"
     assert main(["check-config", "--config.file", str(invalid)]) == 1
     assert capsys.readouterr().err == f"error: {invalid}: {EXPECTED_ERRORS[invalid.name]}\n"
+
+
+def test_a_dump_says_the_roles_and_parses_back() -> None:
+    """A reload compares dumps: a changed role is a changed key (it needs a restart)."""
+    config = load_config(TESTDATA / "valid-full.yml")
+    dumped = config.model_dump(mode="json")
+    assert dumped["exchanges"] == {
+        "kraken": {"role": "primary"}, "independentreserve": {"role": "secondary"},
+    }  # fmt: skip
+    assert parse_config(dumped).roles() == config.roles()
+    assert parse_config({}).model_dump()["exchanges"] == ["kraken"], "the list form stays a list"

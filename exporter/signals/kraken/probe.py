@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.signals.exchange import Check, Quote
 from exporter.signals.probe import (
+    ABORTING,
     REPEAT_LOG_EVERY,
     Call,
     CheckStep,
@@ -26,7 +27,8 @@ from exporter.signals.probe import (
 
 from .client import ENDPOINTS, SYSTEM_STATUSES, KrakenClient, KrakenError, OrderBook
 
-__all__ = ["REPEAT_LOG_EVERY", "ExchangeProbe"]
+# ABORTING and REPEAT_LOG_EVERY are the shared machinery's; the simulator reads them here.
+__all__ = ["ABORTING", "REPEAT_LOG_EVERY", "ExchangeProbe"]
 
 # Kraken's asset code of the Australian dollar in Balance.
 _AUD = "ZAUD"
