@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.controls import verifications
 from exporter.controls.verifications import Evidence, RowState
-from exporter.database.background import run_forever
+from exporter.database.background import Wakeup, run_forever
 from exporter.signals.exchange import Check, Probe, RecoveryResult, RoundResult
 
 log = logging.getLogger(__name__)
@@ -97,33 +97,37 @@ class VerificationWatch:
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
+        self._wakeup = Wakeup()
 
     @property
     def exchanges(self) -> list[str]:
         return list(self._targets)
 
     def note(self, exchange: str, evidence: Evidence) -> None:
-        """Good evidence of a primary, as it happens (a good round, a passing check)."""
+        """Good evidence of a primary, as it happens (a good round, a passing check); the loop
+        wakes when the row is due and was waiting for it."""
         target = self._targets.get(exchange)
         if target is not None and target.check is None and evidence.ok:
             target.noted, target.noted_at = evidence, self._clock()
+            if target.due <= target.noted_at:
+                self._wakeup.wake()
 
     async def step(self) -> float:
-        """Check and write every exchange that is due; seconds until the next one is."""
+        """Check and write every exchange that is due; seconds until the next one is (a due
+        primary with nothing new waits for its next good evidence, which wakes the loop)."""
         now = self._clock()
         due = [t for t in self._targets.values() if t.due <= now]
         await asyncio.gather(*(self._refresh(t) for t in due))
         now = self._clock()
-        wait = min((t.due - now for t in self._targets.values()), default=LONGEST_SLEEP)
-        return min(max(wait, 0.0), LONGEST_SLEEP)
+        waiting = [t.due - now for t in self._targets.values() if t.due > now]
+        return min(min(waiting, default=LONGEST_SLEEP), LONGEST_SLEEP)
 
     async def run(self) -> None:
-        await run_forever("verification-watch", self.step, retry_after=5.0)
+        await run_forever("verification-watch", self.step, wakeup=self._wakeup, retry_after=5.0)
 
     async def _refresh(self, target: Target) -> None:
         evidence = await self._evidence(target)
-        if evidence is None:  # a primary with nothing new since the last write
-            target.due = self._clock() + target.interval
+        if evidence is None:  # a primary with nothing new since the last write: stays due
             return
         state = await verifications.record(
             self._pool, target.exchange, self._replica, evidence,

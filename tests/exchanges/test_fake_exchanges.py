@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -95,3 +96,29 @@ def test_the_command_line_wants_both_key_and_secret(
     with pytest.raises(SystemExit):
         serve(FakeIndependentReserve, ["--api-key-file", str(tmp_path / "key")], default_port=1)
     assert "both the API key and the API secret" in capsys.readouterr().err
+
+
+async def test_the_market_knob_sets_prices_and_a_low_balance(
+    fake_ir: FakeIndependentReserve, session: aiohttp.ClientSession
+) -> None:
+    """What the failover drills need beside the modes: a price, a spike, a short AUD balance."""
+    assert fake_ir.control_url is not None
+    control = f"{fake_ir.control_url}/_control/market"
+    body = {"price": "100000", "spike": "0.02", "balances": {"AUD": "120.5"}}
+    async with session.post(control, json=body) as resp:
+        assert resp.status == 200
+        described = await resp.json()
+    assert (described["price"], described["spike"]) == ("100000", "0.02")
+    assert described["balances"]["AUD"] == "120.5"
+    client = independentreserve.IndependentReserveClient(
+        session, fake_ir.url, 2, API_KEY, IR_SECRET
+    )
+    assert (await client.balance())["AUD"].available == Decimal("120.5")
+    assert (await client.ticker()).last == Decimal("100000")
+    await fake_ir.set_mode("price_spike")
+    assert (await client.ticker()).last == Decimal("102000")
+    for bad in ({"price": "-1"}, {"spike": "x"}, {"balances": {"AUD": "-5"}}, {"colour": 1}):
+        async with session.post(control, json=bad) as resp:
+            assert resp.status == 400, bad
+            assert "invalid market request" in (await resp.json())["error"]
+    assert fake_ir.state.price == Decimal("100000"), "nothing half-applied"
