@@ -269,8 +269,18 @@ class ApiCallsConfig(_Model):
     )
 
 
+def _base_url(url: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
+    return url.rstrip("/")
+
+
+# An exchange API's base URL, without a trailing slash.
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+
+
 class KrakenConfig(_Model):
-    base_url: str = "https://api.kraken.com"
+    base_url: BaseUrl = "https://api.kraken.com"
     # A hanging exchange costs one timeout per round: 5 s is 10 times Kraken's usual answer, and
     # keeps a round on a hanging exchange inside the stop-time targets (docs/incidents.md).
     timeout: Duration = 5.0
@@ -291,20 +301,13 @@ class KrakenConfig(_Model):
     # the primary's last good mid, failover's reference price.
     verify_interval: Duration = 15.0
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
-        return url.rstrip("/")
-
 
 class ExchangeSectionConfig(_Model):
     """What every probed exchange's section shares beside Kraken's: where its API is, the pair,
     the probe's cadence, and how often a secondary's recovery check refreshes its evidence."""
 
     enabled: bool = False
-    base_url: str
+    base_url: BaseUrl
     # The exporter's spelling (BTC/AUD); each client turns it into the exchange's own.
     pair: str = "BTC/AUD"
     timeout: Duration = 5.0
@@ -316,13 +319,6 @@ class ExchangeSectionConfig(_Model):
     # A secondary's recovery check (status, price, balance, order book) runs this often and
     # updates liquid_abt.exchange_verifications: failover's evidence (docs/exchanges.md).
     verify_interval: Duration = 15.0
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"invalid base_url {url!r}: expected http(s)://host[:port]")
-        return url.rstrip("/")
 
     @field_validator("pair")
     @classmethod
@@ -341,11 +337,11 @@ class ExchangeSectionConfig(_Model):
 
 
 class IndependentReserveConfig(ExchangeSectionConfig):
-    base_url: str = "https://api.independentreserve.com"
+    base_url: BaseUrl = "https://api.independentreserve.com"
 
 
 class BtcMarketsConfig(ExchangeSectionConfig):
-    base_url: str = "https://api.btcmarkets.net"
+    base_url: BaseUrl = "https://api.btcmarkets.net"
 
 
 ROLES = ("primary", "secondary")

@@ -16,7 +16,9 @@ from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from .exchange import Check, Quote
+from exporter.config import ExchangeSectionConfig
+
+from .exchange import Check, ProbeSettings, Quote
 from .probe import Call, CheckStep, RoundProbe, judge_balance, judge_book
 from .rest import Balance, ExchangeApiError, MarketStatus, OrderBook, Ticker
 
@@ -24,6 +26,17 @@ from .rest import Balance, ExchangeApiError, MarketStatus, OrderBook, Ticker
 MARKET_STATUSES: Final = ("online", "maintenance", "cancel_only", "post_only", "limit_only")
 # The currency purchases are paid in: its available balance is the quote's balance_aud.
 AUD: Final = "AUD"
+
+
+def settings_of(section: ExchangeSectionConfig) -> ProbeSettings:
+    """A secondary's probe cadence from its config section."""
+    return ProbeSettings(
+        probe_interval=section.probe_interval, doubt_interval=section.doubt_interval,
+        incident_interval=section.incident_interval, timeout=section.timeout,
+        # Four calls of one timeout each, spaced by `call_spacing`, with room to spare.
+        verification_time=6 * section.timeout + 4 * section.call_spacing,
+        verify_interval=section.verify_interval,
+    )  # fmt: skip
 
 
 class MarketClient(Protocol):

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import Config
 from exporter.secrets import Secrets
 from exporter.signals.exchange import ProbeSettings
-from exporter.signals.market_probe import Endpoints, MarketProbe
+from exporter.signals.market_probe import Endpoints, MarketProbe, settings_of
 
 from .client import EXCHANGE, BtcMarketsClient
 
@@ -24,14 +24,7 @@ class BtcMarketsIntegration:
         return config.btcmarkets.enabled
 
     def settings(self, config: Config) -> ProbeSettings:
-        s = config.btcmarkets
-        return ProbeSettings(
-            probe_interval=s.probe_interval, doubt_interval=s.doubt_interval,
-            incident_interval=s.incident_interval, timeout=s.timeout,
-            # Four calls of one timeout each, spaced by `call_spacing`, with room to spare.
-            verification_time=6 * s.timeout + 4 * s.call_spacing,
-            verify_interval=s.verify_interval,
-        )  # fmt: skip
+        return settings_of(config.btcmarkets)
 
     def probe(
         self, config: Config, secrets: Secrets, session: aiohttp.ClientSession,

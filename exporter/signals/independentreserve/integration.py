@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from exporter.config import Config
 from exporter.secrets import Secrets
 from exporter.signals.exchange import ProbeSettings
-from exporter.signals.market_probe import Endpoints, MarketProbe
+from exporter.signals.market_probe import Endpoints, MarketProbe, settings_of
 
 from .client import EXCHANGE, IndependentReserveClient
 
@@ -36,14 +36,7 @@ class IndependentReserveIntegration:
         return config.independentreserve.enabled
 
     def settings(self, config: Config) -> ProbeSettings:
-        s = config.independentreserve
-        return ProbeSettings(
-            probe_interval=s.probe_interval, doubt_interval=s.doubt_interval,
-            incident_interval=s.incident_interval, timeout=s.timeout,
-            # Four calls of one timeout each, spaced by `call_spacing`, with room to spare.
-            verification_time=6 * s.timeout + 4 * s.call_spacing,
-            verify_interval=s.verify_interval,
-        )  # fmt: skip
+        return settings_of(config.independentreserve)
 
     def probe(
         self, config: Config, secrets: Secrets, session: aiohttp.ClientSession,
