@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from exporter.config import parse_config
+from exporter.database.embedded import free_port
 from exporter.database.pool import Connection
 from exporter.secrets import Secrets
 from exporter.web.app import create_app
@@ -83,3 +84,43 @@ async def test_secondaries_are_probed_verified_and_stopped_like_kraken(
     assert await db.fetchval(
         "SELECT phase FROM liquid_abt.incidents WHERE exchange = 'kraken'"
     ) in (None, "normal")  # fmt: skip
+
+
+async def test_a_secondary_is_down_only_when_every_replica_sees_it_down(
+    aiohttp_client: Any, database: Connection, db: asyncpg.Connection,
+    secondaries: tuple[FakeIndependentReserve, FakeBtcMarkets],
+) -> None:  # fmt: skip
+    """Kraken's quorum rules, for free: a replica cut off from Independent Reserve is that
+    replica's problem (isolated); when every replica sees it down, its incident opens."""
+    ir, _ = secondaries
+
+    def config(ir_url: str) -> Any:
+        return parse_config({
+            "exchanges": {"kraken": {"role": "primary"},
+                          "independentreserve": {"role": "secondary"}},
+            "collectors": {"interval": "1h", "timeout": "10s"},
+            "kraken": {"enabled": False},
+            "independentreserve": {**FAST, "enabled": True, "base_url": ir_url},
+        })  # fmt: skip
+
+    await aiohttp_client(create_app(config(ir.url), database, Secrets(), replica="replica-a"))
+    # replica-b's network: nothing listens where it looks for Independent Reserve.
+    cut_off = await aiohttp_client(
+        create_app(config(f"http://127.0.0.1:{free_port()}"), database, Secrets(),
+                   replica="replica-b")
+    )  # fmt: skip
+
+    async def isolated() -> bool:
+        samples = await scrape(cut_off)
+        return value(samples, "liquid_abt_exchange_isolated", exchange="independentreserve") == 1
+
+    await wait_until(isolated)
+    phase = "SELECT phase FROM liquid_abt.incidents WHERE exchange = 'independentreserve'"
+    assert await db.fetchval(phase) in (None, "normal")
+
+    await ir.set_mode(Mode.DOWN)
+
+    async def down() -> bool:
+        return await db.fetchval(phase) == "down"
+
+    await wait_until(down)
