@@ -314,7 +314,9 @@ class ExchangeSectionConfig(_Model):
     probe_interval: Duration = 10.0
     doubt_interval: Duration = 2.0
     incident_interval: Duration = 5.0
-    call_spacing: Duration = 0.5
+    # Between the calls of a round or check: about one call a second, as ccxt's own throttle
+    # for these exchanges (docs/exchanges.md), from an IP the platform may buy from.
+    call_spacing: Duration = 1.0
     slow_threshold: Duration = 5.0
     # A secondary's recovery check (status, price, balance, order book) runs this often and
     # updates liquid_abt.exchange_verifications: failover's evidence (docs/exchanges.md).

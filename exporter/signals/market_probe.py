@@ -81,7 +81,7 @@ class MarketProbe(RoundProbe):
         endpoints: Endpoints,
         *,
         slow_threshold: float = 5.0,
-        call_spacing: float = 0.5,
+        call_spacing: float = 1.0,
     ) -> None:
         super().__init__(
             registry, exchange, endpoints=endpoints.names, statuses=MARKET_STATUSES,
