@@ -52,6 +52,7 @@ class Target:
     due: float = 0.0  # monotonic time of the next attempt
     noted: Evidence | None = field(default=None, repr=False)
     noted_at: float = 0.0  # monotonic time the noted evidence was seen
+    last_ok: bool | None = None  # the shared row's `ok` as last seen, for the logs
 
 
 class VerificationMetrics:
@@ -126,6 +127,7 @@ class VerificationWatch:
         await run_forever("verification-watch", self.step, wakeup=self._wakeup, retry_after=5.0)
 
     async def _refresh(self, target: Target) -> None:
+        noted = target.noted
         evidence = await self._evidence(target)
         if evidence is None:  # a primary with nothing new since the last write: stays due
             return
@@ -133,16 +135,27 @@ class VerificationWatch:
             self._pool, target.exchange, self._replica, evidence,
             skip_within=target.interval * SKIP_SHARE,
         )  # fmt: skip
-        if target.check is None and (state.written or state.age <= evidence.age):
+        newer_row = state.written or state.age <= evidence.age
+        if target.check is None and newer_row and target.noted is noted:
             target.noted = None  # written, or another replica's row is newer: nothing to add
         self._metrics.set(target.exchange, state)
         jitter = self._rng.uniform(0, JITTER_SHARE * target.interval)
         target.due = self._clock() + max(target.interval - state.age, 0.0) + jitter
-        if state.written and not evidence.ok:
-            log.info(
-                "exchange verification failed",
-                extra={"exchange": target.exchange, "checks": _failed(evidence.checks)},
+        self._log_change(target, evidence, state)
+
+    def _log_change(self, target: Target, evidence: Evidence, state: RowState) -> None:
+        """One line when the shared row turns failed, one when it passes again."""
+        if state.ok == target.last_ok:
+            return
+        if not state.ok:
+            checks = _failed(evidence.checks) if state.written else "(another replica's check)"
+            log.warning(
+                "exchange verification failed: not a failover target until it passes",
+                extra={"exchange": target.exchange, "checks": checks},
             )
+        elif target.last_ok is not None:
+            log.info("exchange verification passes again", extra={"exchange": target.exchange})
+        target.last_ok = state.ok
 
     async def _evidence(self, target: Target) -> Evidence | None:
         if target.check is None:
