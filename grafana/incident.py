@@ -792,6 +792,37 @@ def _exchange_api(grid: Grid) -> None:
         24,
         5,
     )
+    _failover_evidence(grid)
+
+
+def _failover_evidence(grid: Grid) -> None:
+    """The secondaries' verification (docs/exchanges.md): what failover may route to."""
+    grid.add(
+        timeline(
+            "Verified for failover",
+            "Whether each exchange's newest verification passed (liquid_abt.exchange_verifications, "
+            "every verify_interval): a secondary may take purchases only while verified. The "
+            "primary's row is its last good market (the reference price). Not verified on every "
+            "exchange when no secondary is configured.",
+            [q(f"max by (exchange) ({sel('liquid_abt_exchange_verification_ok', EXCHANGE)})",
+               "{{exchange}}")],
+            states((0, "not verified", "red"), (1, "verified", "green")),
+        ),
+        12,
+        4,
+    )  # fmt: skip
+    verified = sel("liquid_abt_exchange_verified_timestamp_seconds", EXCHANGE)
+    grid.add(
+        timeseries(
+            "Age of the newest verification",
+            "Seconds since each exchange last passed its verification (the primary: since its "
+            "last good market, which ages through its outage). Empty without a secondary.",
+            [q(f"time() - max by (exchange) ({verified} > 0)", "{{exchange}}")],
+            unit="s",
+        ),
+        12,
+        4,
+    )
 
 
 # --- The exporter, briefly; the platform's own calls ----------------------------------------------

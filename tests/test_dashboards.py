@@ -60,6 +60,7 @@ INCIDENT_ONLY = {
     ("liquid-abt-incident.json", "annotation", "Runbook actions"): "only after an action",
     ("liquid-abt-incident.json", "annotation", "Circuit breaker transitions"): "on a transition",
     ("liquid-abt-incident.json", "annotation", "Incident down"): "only while purchases stopped",
+    ("liquid-abt-incident.json", "Age of the newest verification", "A"): "only with a secondary",
 }
 # What Grafana substitutes; the values are those of a 1s-scrape test Prometheus.
 GRAFANA_VARIABLES = {
