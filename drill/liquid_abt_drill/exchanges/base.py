@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import random
@@ -70,10 +71,19 @@ class FakeExchangeState:
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0  # lets tests prove that a client never overlaps its calls
-    last_nonce: int = 0
+    # More accepted keys (key -> secret): one per program, as production gives each replica its
+    # own read-only key (Independent Reserve's nonces must increase per key).
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
+    last_nonces: dict[str, int] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def secret_of(self, key: str) -> str | None:
+        """The secret of an accepted key, None for a key this exchange does not know."""
+        if self.api_key is not None and hmac.compare_digest(key, self.api_key):
+            return self.api_secret
+        return next((s for k, s in self.keys.items() if hmac.compare_digest(key, k)), None)
 
     @property
     def quote(self) -> Decimal:
@@ -331,6 +341,19 @@ def _address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def read_keys(path: Path) -> dict[str, str]:
+    """`KEY SECRET` lines; blank lines and # comments skipped."""
+    keys = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{number}: expected `KEY SECRET`")
+        keys[fields[0]] = fields[1]
+    return keys
+
+
 def _secret(path: Path | None, env: str) -> str | None:
     if path is not None:
         return path.read_text().strip()
@@ -356,15 +379,20 @@ def serve(factory: type[FakeExchange], argv: Sequence[str], *, default_port: int
     parser.add_argument("--latency", type=float, help="seconds of delay (slow mode default 6)")
     parser.add_argument("--api-key-file", type=Path)
     parser.add_argument("--api-secret-file", type=Path)
+    parser.add_argument(
+        "--api-keys-file", type=Path,
+        help="more accepted keys, one `KEY SECRET` pair a line (one key per program)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         key = _secret(args.api_key_file, f"{env}_API_KEY")
         secret = _secret(args.api_secret_file, f"{env}_API_SECRET")
-    except OSError as exc:
+        keys = read_keys(args.api_keys_file) if args.api_keys_file else {}
+    except (OSError, ValueError) as exc:
         parser.error(str(exc))
     if (key is None) != (secret is None):
         parser.error("give both the API key and the API secret, or neither")
-    state = FakeExchangeState(api_key=key, api_secret=secret)
+    state = FakeExchangeState(api_key=key, api_secret=secret, keys=keys)
     try:
         state.apply(args.mode, args.latency)
     except ValueError as exc:

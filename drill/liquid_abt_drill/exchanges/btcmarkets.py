@@ -147,17 +147,13 @@ class FakeBtcMarkets(FakeExchange):
     def _authenticate(self, request: web.Request) -> web.Response | None:
         """The exchange's checks: the key, the timestamp window, then the signature."""
         state, headers = self.state, request.headers
-        key = headers.get("BM-AUTH-APIKEY", "")
-        if (
-            state.api_key is None
-            or state.api_secret is None
-            or not hmac.compare_digest(key, state.api_key)
-        ):
+        secret = state.secret_of(headers.get("BM-AUTH-APIKEY", ""))
+        if secret is None:
             return error(401, "InvalidAPIKey", "invalid api key")
         timestamp = headers.get("BM-AUTH-TIMESTAMP", "")
         if not timestamp.isdigit() or abs(int(timestamp) - time.time() * 1000) > TIME_WINDOW_MS:
             return error(401, "InvalidAuthTimestamp", "invalid timestamp")
-        expected = sign(request.method, request.path, timestamp, "", state.api_secret)
+        expected = sign(request.method, request.path, timestamp, "", secret)
         if not hmac.compare_digest(headers.get("BM-AUTH-SIGNATURE", ""), expected):
             return error(401, "InvalidAuthSignature", "invalid signature")
         return None

@@ -159,18 +159,17 @@ class FakeIndependentReserve(FakeExchange):
         """The exchange's checks in its words: the key, the signature, then the nonce."""
         state = self.state
         key, nonce = str(body.get("apiKey", "")), body.get("nonce")
-        if state.api_key is None or state.api_secret is None:
-            return "Invalid credentials"
-        if not hmac.compare_digest(key, state.api_key) or not isinstance(nonce, int):
+        secret = state.secret_of(key)
+        if secret is None or not isinstance(nonce, int):
             return "Invalid credentials"
         signed = [(k, v) for k, v in body.items() if k != "signature"]
-        expected = sign(url, signed, state.api_secret)
+        expected = sign(url, signed, secret)
         if not hmac.compare_digest(str(body.get("signature", "")).upper(), expected):
             return "Invalid credentials (bad signature)"
-        if nonce <= state.last_nonce:
-            last = state.last_nonce
+        last = state.last_nonces.get(key, 0)
+        if nonce <= last:
             return f"Invalid credentials (bad nonce). This nonce={nonce}, last valid nonce={last}"
-        state.last_nonce = nonce
+        state.last_nonces[key] = nonce
         return None
 
 

@@ -69,6 +69,16 @@ async def run_scenario(
         kraken = await asyncio.to_thread(
             stack.kraken_server, keys=dict([*replica_keys, (key, secret)])
         )
+        # Each replica its own read-only key on each secondary, as on Kraken.
+        secondary_keys = {
+            name: [(f"{name}-replica-{i}", secrets.token_urlsafe(32))
+                   for i in range(scenario.replicas)]
+            for name in scenario.secondaries
+        }  # fmt: skip
+        secondaries = {
+            name: await asyncio.to_thread(stack.secondary_exchange, name, keys=dict(keys))
+            for name, keys in secondary_keys.items()
+        }
         ports = [free_port() for _ in range(scenario.replicas)]
         am_port = free_port()
         alertmanager_url = f"http://127.0.0.1:{am_port}"
@@ -77,13 +87,16 @@ async def run_scenario(
             url = kraken.url
             if scenario.bad_network_replica and i == 0:
                 url = f"http://127.0.0.1:{free_port()}"  # nothing listens: this replica's network
-            config = exporter_config(timing, url, alertmanager_url)
+            urls = {name: fake.url for name, fake in secondaries.items()}
+            config = exporter_config(timing, url, alertmanager_url, urls)
             replica_key, replica_secret = replica_keys[i]
             env = {
                 "LIQUID_ABT_WEBHOOK_TOKEN": TOKEN,
                 "KRAKEN_API_KEY": replica_key,
                 "KRAKEN_API_SECRET": replica_secret,
             }
+            for name, keys in secondary_keys.items():
+                env[f"{name.upper()}_API_KEY"], env[f"{name.upper()}_API_SECRET"] = keys[i]
             return stack.exporter(database_url=database_url, config_yaml=config, env=env,
                                   port=ports[i])  # fmt: skip
 
@@ -110,7 +123,7 @@ async def run_scenario(
         # 60 purchases a minute in shipped time (issue 10's platform), so faster when scaled.
         platform = Platform(database_url, kraken.url, key, secret, timeout=timing.timeout(10),
                             rate_per_minute=60 / timing.scale)  # fmt: skip
-        drill = Drill(timing, stack, kraken, exporters, timeline, restart)
+        drill = Drill(timing, stack, kraken, exporters, timeline, restart, secondaries)
         watcher = Watcher(database_url, prometheus, pager, timeline, exporters)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(platform.run(stop)), asyncio.create_task(watcher.run(stop))]

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..stack import (
     DeadlinePassed,
     ExporterProcess,
     KrakenServerProcess,
+    SecondaryExchangeProcess,
     Stack,
     http_request,
     wait_until,
@@ -33,6 +34,8 @@ class Drill:
     exporters: list[ExporterProcess]
     timeline: Timeline
     restart: Callable[[int], Awaitable[None]]
+    # The scenario's fake secondaries by exchange: set_mode(), set_market(balances=...).
+    secondaries: dict[str, SecondaryExchangeProcess] = field(default_factory=dict)
 
     async def hold(self, shipped_seconds: float) -> None:
         """Let the scenario's time pass (its choreography, not a wait for a result)."""
@@ -77,6 +80,9 @@ class Scenario:
     expect: Expectation
     replicas: int = 2
     bad_network_replica: bool = False  # the first replica probes an address that refuses
+    # Fake secondary exchanges started beside Kraken and configured `role: secondary`
+    # (independentreserve, btcmarkets); the scenario reaches them as `drill.secondaries[name]`.
+    secondaries: tuple[str, ...] = ()
 
 
 def within(timeline: Timeline, what: str, seconds: float) -> list[str]:

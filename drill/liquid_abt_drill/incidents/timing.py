@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,12 @@ class Timing:
 # ---- configuration, scaled -----------------------------------------------------------------
 
 
-def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
-    """The shipped defaults (exporter/config.py), scaled."""
-    return yaml.safe_dump({
+def exporter_config(
+    t: Timing, kraken_url: str, alertmanager_url: str, secondaries: Mapping[str, str] | None = None
+) -> str:
+    """The shipped defaults (exporter/config.py), scaled; `secondaries` (exchange -> fake URL)
+    are configured `role: secondary` beside Kraken, probed and verified on the same cadence."""
+    config: dict[str, Any] = {
         "collectors": {"interval": t.d(15), "timeout": t.d(10)},
         "database": {"health_interval": t.d(5)},
         "kraken": {"base_url": kraken_url, "timeout": f"{round(t.timeout(10) * 1000)}ms",
@@ -69,7 +72,17 @@ def exporter_config(t: Timing, kraken_url: str, alertmanager_url: str) -> str:
         "retry": {"base_delay": t.d(60), "max_delay": t.d(3600), "fill_interval": t.d(5)},
         "receiver": {"alertmanager_url": alertmanager_url, "reconcile_interval": t.d(60),
                      "retry_max_delay": t.d(60)},
-    })  # fmt: skip
+    }  # fmt: skip
+    if secondaries:
+        config["exchanges"] = {
+            "kraken": {"role": "primary"},
+            **{name: {"role": "secondary"} for name in secondaries},
+        }
+        probe = {k: v for k, v in config["kraken"].items() if k != "base_url"}
+        for name, url in secondaries.items():
+            config[name] = {**probe, "enabled": True, "base_url": url, "verify_interval": t.d(15)}
+        config["kraken"]["verify_interval"] = t.d(15)
+    return yaml.safe_dump(config, sort_keys=False)  # fmt: skip
 
 
 _DURATION_KEYS = re.compile(r"(\n\s+(?:for|keep_firing_for):\s*)(\S+)")

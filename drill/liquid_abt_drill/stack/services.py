@@ -107,6 +107,14 @@ class KrakenServerProcess(ManagedProcess):
         return dict(json.loads(http_request(f"{self.control_url}/_control/mode")[1]))
 
 
+def _keys_file(path: Path, keys: Mapping[str, str]) -> Path:
+    """A `KEY SECRET` file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"{key} {secret}\n" for key, secret in keys.items())
+    return path
+
+
 def start_kraken_server(
     folder: Path,
     *,
@@ -127,13 +135,9 @@ def start_kraken_server(
     name = claim_name(Path(folder), "kraken-server")
     port, control_port = port or free_port(), control_port or free_port()
     secrets = {"KRAKEN_API_KEY": api_key or "", "KRAKEN_API_SECRET": api_secret or ""}
-    keys_flag = []
-    if keys:
-        keys_file = Path(folder) / f"{name}-api-keys"
-        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.writelines(f"{key} {secret}\n" for key, secret in keys.items())
-        keys_flag = [f"--api-keys-file={keys_file}"]
+    keys_flag = (
+        [f"--api-keys-file={_keys_file(Path(folder) / f'{name}-api-keys', keys)}"] if keys else []
+    )
     process = KrakenServerProcess(name, drill_command(
         "kraken-server", f"--listen=127.0.0.1:{port}",
         f"--control-listen=127.0.0.1:{control_port}", f"--mode={mode}",
@@ -186,13 +190,15 @@ def start_secondary_exchange(
     mode: str = "healthy",
     api_key: str | None = None,
     api_secret: str | None = None,
+    keys: Mapping[str, str] | None = None,
     port: int | None = None,
     control_port: int | None = None,
     ready_timeout: float = DEFAULT_TIMEOUT,
 ) -> SecondaryExchangeProcess:
     """`python -m liquid_abt_drill.exchanges.EXCHANGE` with a control port of its own (reachable
-    when down). With `api_key` and `api_secret` it checks the signatures of private calls; give
-    the exporter the same pair (EXCHANGE_API_KEY / _SECRET, upper case)."""
+    when down). With `api_key` and `api_secret`, or `keys` (key -> secret, one per replica), it
+    checks the signatures of private calls; give each exporter its pair (EXCHANGE_API_KEY /
+    _SECRET, upper case)."""
     if exchange not in SECONDARY_EXCHANGES:
         raise ValueError(f"no fake of {exchange!r}: use one of {', '.join(SECONDARY_EXCHANGES)}")
     name = claim_name(Path(folder), exchange)
@@ -204,6 +210,8 @@ def start_secondary_exchange(
         f"--listen=127.0.0.1:{port}", f"--control-listen=127.0.0.1:{control_port}",
         f"--mode={mode}",
     ]  # fmt: skip
+    if keys:
+        command.append(f"--api-keys-file={_keys_file(Path(folder) / f'{name}-api-keys', keys)}")
     process = SecondaryExchangeProcess(
         name, command, Path(folder) / name, env=python_env(secrets),
         url=f"http://127.0.0.1:{port}",
