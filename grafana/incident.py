@@ -804,8 +804,10 @@ def _failover_evidence(grid: Grid) -> None:
             "every verify_interval): a secondary may take purchases only while verified. The "
             "primary's row is its last good market (the reference price). Not verified on every "
             "exchange when no secondary is configured.",
-            [q(f"max by (exchange) ({sel('liquid_abt_exchange_verification_ok', EXCHANGE)})",
-               "{{exchange}}")],
+            [q(f"max by (exchange) ({sel('liquid_abt_exchange_verification_ok', EXCHANGE)})"
+               f" * on (exchange) group_left (role) max by (exchange, role) "
+               f"({sel('liquid_abt_exchange_role', EXCHANGE)} == 1)",
+               "{{exchange}} ({{role}})")],
             states((0, "not verified", "red"), (1, "verified", "green")),
         ),
         12,

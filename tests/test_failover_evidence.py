@@ -64,6 +64,9 @@ async def test_secondaries_are_probed_verified_and_stopped_like_kraken(
     for exchange in ("independentreserve", "btcmarkets"):
         assert value(samples, "liquid_abt_exchange_up", exchange=exchange) == 1
         assert value(samples, "liquid_abt_exchange_verification_ok", exchange=exchange) == 1
+        assert value(samples, "liquid_abt_exchange_role", exchange=exchange, role="secondary") == 1
+        assert value(samples, "liquid_abt_exchange_role", exchange=exchange, role="primary") == 0
+    assert value(samples, "liquid_abt_exchange_role", exchange="kraken", role="primary") == 1
     kraken_row = await db.fetchrow(
         "SELECT best_bid, best_ask FROM liquid_abt.exchange_verifications WHERE exchange = 'kraken'"
     )

@@ -93,7 +93,7 @@ def watch_of(
     pool: CountingPool, replica: str, targets: list[Target], clock: Clock
 ) -> tuple[VerificationWatch, CollectorRegistry]:
     registry = CollectorRegistry()
-    metrics = VerificationMetrics(registry, [t.exchange for t in targets])
+    metrics = VerificationMetrics(registry, {t.exchange: "secondary" for t in targets})
     watch = VerificationWatch(pool, replica, targets, metrics, clock=clock)  # type: ignore[arg-type]
     return watch, registry
 

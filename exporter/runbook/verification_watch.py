@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -55,10 +55,24 @@ class Target:
     last_ok: bool | None = None  # the shared row's `ok` as last seen, for the logs
 
 
-class VerificationMetrics:
-    """The verification families of docs/metrics.md: the shared row's state, pre-initialised."""
+ROLES = ("primary", "secondary")
 
-    def __init__(self, registry: CollectorRegistry, exchanges: Iterable[str]) -> None:
+
+class VerificationMetrics:
+    """The verification families of docs/metrics.md: the shared row's state, pre-initialised,
+    and each exchange's role (so that rules and dashboards can tell a secondary's outage)."""
+
+    def __init__(self, registry: CollectorRegistry, roles: Mapping[str, str]) -> None:
+        role = Gauge(
+            "liquid_abt_exchange_role",
+            "The exchange's role in the config as a state set: 1 for its role (a secondary is "
+            "where purchases may fail over to).",
+            ["exchange", "role"], registry=registry,
+        )  # fmt: skip
+        for exchange, configured in roles.items():
+            for name in ROLES:
+                role.labels(exchange, name).set(1 if name == configured else 0)
+        exchanges = list(roles)
         self.verified = Gauge(
             "liquid_abt_exchange_verified_timestamp_seconds",
             "Unix time of the exchange's newest passing verification (failover's evidence; the "

@@ -209,7 +209,7 @@ async def _verification_ctx(app: web.Application) -> AsyncIterator[None]:
         else:
             targets.append(Target(name, settings.verify_interval))
     # Every configured exchange's series, pre-initialised (0: not verified for failover).
-    metrics = VerificationMetrics(app[REGISTRY], config.exchanges)
+    metrics = VerificationMetrics(app[REGISTRY], config.roles())
     watch = VerificationWatch(app[POOL], app[REPLICA], targets, metrics)
     app[VERIFICATION_WATCH] = watch
     for target in targets:
