@@ -23,6 +23,6 @@ BREAKER_STATES: Final = ("closed", "open", "half_open")
 # opened by an Alertmanager notification nothing probed.
 INCIDENT_PHASES: Final = ("normal", "down", "probation")
 INCIDENT_CAUSES: Final = ("none", "unavailable", "maintenance", "trading_restricted", "alert")
-# The checks of recovery verification (exporter/signals/kraken/probe.py and
+# The checks of recovery verification (exporter/signals/probe.py and each exchange's probe,
 # runbook/recovery.py); any other name a verifier reports is counted as "other".
 RECOVERY_CHECKS: Final = ("system_status", "price", "order_book", "balance", "verifier", OTHER)

@@ -217,7 +217,7 @@ async def test_a_check_that_does_not_end_in_time_fails(
     found = await row(db, "independentreserve")
     assert (found["ok"], found["verified_at"]) == (False, None)
     assert json.loads(found["checks"]) == [
-        {"name": "verification", "ok": False, "detail": "no answer within 0.2s"}
+        {"name": "verifier", "ok": False, "detail": "no answer within 0.2s"}
     ]
 
 

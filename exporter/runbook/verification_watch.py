@@ -182,7 +182,7 @@ class VerificationWatch:
                 result = await target.check()
         except TimeoutError:
             detail = f"no answer within {target.time_limit:g}s"
-            return Evidence(False, (Check("verification", False, detail),), None)
+            return Evidence(False, (Check("verifier", False, detail),), None)
         return Evidence(result.ok, result.checks, result.quote)
 
 
