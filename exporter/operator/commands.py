@@ -35,6 +35,7 @@ from exporter.operator.client import (
     admin_token,
     tls_context,
 )
+from exporter.operator.incidents import add_incident_commands
 from exporter.secrets import SecretError
 
 CONFIG_ENV = "LIQUID_ABT_CONFIG_FILE"
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_breaker(commands, common)
     _add_purchases(commands, common)
     _add_reports(commands, common)
+    add_incident_commands(commands, common)
     return parser
 
 
