@@ -60,6 +60,18 @@ def quiet(t: Timeline) -> list[str]:
     return problems
 
 
+def reviewed(t: Timeline) -> list[str]:
+    """The generated post-incident review of the (last) incident: resolved, its times, its
+    timeline from evidence to resume, the runbook's impact query."""
+    if not t.reviews:
+        return ["no post-incident review"]
+    _, text = t.reviews[-1]
+    expected = ["State: **resolved**", "| Time to stop | first evidence | purchases stopped |",
+                "| evidence |", "| decision |", "| verification |", "| resume |",
+                "recovery verification passed", "### The runbook's query"]  # fmt: skip
+    return [f"the review has no {e!r}" for e in expected if e not in text]
+
+
 def paged(expected: dict[str, int]) -> Callable[[Timeline], list[str]]:
     """Exactly these alerts paged, each this many times: the cause, once."""
 
@@ -76,9 +88,14 @@ SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
         stopped_then_resumed_after_verification,
         paged({"ExchangeApiDown": 1}),
         lambda t: [] if "retries queued" in t.first else ["no failed purchase was queued"],
+        reviewed,
     ],
     # Maintenance stops purchases and pages as maintenance, not as an outage.
-    "maintenance": [stopped_then_resumed_after_verification, paged({"ExchangeMaintenance": 1})],
+    "maintenance": [
+        stopped_then_resumed_after_verification,
+        paged({"ExchangeMaintenance": 1}),
+        reviewed,
+    ],
     # Our key refused: an auth page, once; the exchange is up, so purchases go on.
     "invalid-key": [quiet, paged({"ExchangeApiAuthFailures": 1})],
 }
@@ -91,6 +108,8 @@ async def test_the_stack_handles_the_incident(
 ) -> None:
     timeline = await run_scenario(SCENARIOS[name], tmp_path / name, TIMING, database.dsn)
     print(timeline.table())
+    for _, text in timeline.reviews:
+        print(text)
     problems = [problem for check in SMOKE[name] for problem in check(timeline)]
     # Each replica has its own key: their nonces never interleave.
     if timeline.invalid_nonces:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from exporter.config import Config
+from exporter.runbook import review
 from exporter.signals.classify import ReasonClassifier
 
 from ..stack import (
@@ -69,6 +70,8 @@ class Timeline:
     fixed: float | None = None  # when the scenario removed the fault, shipped seconds
     retry: RetryCoverage | None = None  # the runbook's retry query, at the end
     notifications: list[Notification] = field(default_factory=list)  # every human receiver's
+    # The generated post-incident review of each incident the scenario recorded (Markdown).
+    reviews: list[tuple[int, str]] = field(default_factory=list)
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
@@ -302,3 +305,16 @@ async def reason_classes(database_url: str) -> dict[str, int]:
         reason = classify(row["failure_reason"])
         counts[reason] = counts.get(reason, 0) + row["n"]
     return counts
+
+
+async def incident_reviews(database_url: str) -> list[tuple[int, str]]:
+    """Each incident's post-incident review, oldest first, as `liquid-abt-exporter admin
+    --database-url URL incident-report ID` writes it (the same loader and renderer)."""
+    classifier = ReasonClassifier(Config().purchases.failure_reasons)
+    conn = await asyncpg.connect(database_url)
+    try:
+        ids = await conn.fetch("SELECT id FROM liquid_abt.incident_periods ORDER BY id")
+        found = [await review.load_review(conn, r["id"], classifier) for r in ids]
+    finally:
+        await conn.close()
+    return [(r.incident.id, review.markdown(r)) for r in found]

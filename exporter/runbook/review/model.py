@@ -262,7 +262,7 @@ def audit_entry(row: Mapping[str, Any]) -> Entry | None:
             f"({detail.get('eligible', '?')} eligible){by}{flag}"
         )
     elif action == "make_retries_due":
-        text = f"{detail.get('made_due', '?')} queued retr(y/ies) made due{by}{flag}"
+        text = f"queued retries made due: {detail.get('made_due', '?')}{by}{flag}"
     elif action == "verify_recovery":
         source = VERIFICATION
         text = f"recovery verification {'passed' if result == 'success' else 'FAILED'}: " + (
@@ -359,14 +359,14 @@ def durations(
     for row in audit_rows:
         if row["action"] == "incident_closed" and (row["detail"] or {}).get("healthy_since"):
             clear = datetime.fromisoformat(str(row["detail"]["healthy_since"]))
-            source = "healthy since (incident model)"
+            source = "the health the incident model recorded"
     if clear is None and resumed is not None:
         passed = [
             r["at"] for r in audit_rows
             if r["action"] == "verify_recovery" and r["result"] == "success" and r["at"] <= resumed
         ]  # fmt: skip
         if passed:
-            clear, source = passed[-1], "the passing recovery verification"
+            clear, source = passed[-1], "the last passing recovery verification"
     return Durations(period.started_at, period.stopped_at, clear, source, resumed, now)
 
 
