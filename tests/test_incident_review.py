@@ -215,7 +215,10 @@ async def test_times_to_stop_pause_and_resume(pool: asyncpg.Pool) -> None:
     d = (await load(pool)).durations
     assert d.time_to_stop == timedelta(seconds=5)
     assert d.time_paused == timedelta(seconds=1195)
-    assert d.evidence_clear == HEALTHY and d.evidence_clear_from == "the health the incident model recorded"
+    assert (
+        d.evidence_clear == HEALTHY
+        and d.evidence_clear_from == "the health the incident model recorded"
+    )
     assert d.time_to_resume == END - HEALTHY
 
 
