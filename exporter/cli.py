@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "admin",
         help="the operator's commands against a running exporter's admin API: status, breaker, "
-        "pause, resume, retry-queue, impact-report, audit-log (see `admin --help`)",
+        "pause, resume, retry-queue, impact-report, audit-log, incidents, incident-report (see "
+        "`admin --help`)",
         add_help=False,
     )
     return parser

@@ -1,6 +1,6 @@
-"""`admin --database-url`: status, pause and resume (and the incidents and their reviews, which
-only read) straight against PostgreSQL, for when no
-exporter answers (`LiquidAbtExporterDown`: every replica is down).
+"""`admin --database-url`: status, pause and resume straight against PostgreSQL, for when no
+exporter answers (`LiquidAbtExporterDown`: every replica is down); also the incidents and their
+reviews, which only read.
 
 The answers are the admin API's own: the same functions build them (web/admin/status.py,
 web/admin/purchases.py), so a pause made here is the same audited transaction, a manual hold
