@@ -99,6 +99,9 @@ PAGES = [
 # (seconds, tenant, AUD, status, reason, exchange, retry queue status or None)
 PURCHASES = [
     (-60, "t-early", "11.00", "failed", "Kraken API unavailable", "kraken", None),
+    (-30, "t-ok", "99.00", "completed", None, "kraken", None),
+    # The run of failures that led up to the incident: in its impact, its first evidence.
+    (-10, "t-h", "20.00", "failed", "Kraken API timeout: no answer", "kraken", None),
     (2, "t-a", "100.00", "failed", "Kraken API service_unavailable: down", "kraken", "succeeded"),
     (3, "t-b", "200.00", "failed", "Kraken API timeout: no answer", "kraken", "failed"),
     (4, "t-a", "300.00", "failed", "Kraken API network_error: refused", "kraken", "queued"),
@@ -193,30 +196,33 @@ def runbook_query() -> str:
 
 async def test_impact_equals_the_runbook_query_on_the_same_rows(pool: asyncpg.Pool) -> None:
     found = await load(pool)
-    expected = await pool.fetchrow(runbook_query(), T0, END)
+    expected = await pool.fetchrow(runbook_query(), at(-10), END)
     runbook = found.runbook_impact
     assert (runbook.affected_purchases, runbook.total_amount_affected,
             runbook.affected_customers) == tuple(expected)  # fmt: skip
-    # Not vacuous: the rows around the window are left out, the end is in (BETWEEN), another
-    # exchange's API failure is in, a reason without "API" and a refunded purchase are not.
-    assert tuple(expected) == (5, Decimal("650.00"), 4)
+    # Not vacuous: the rows around the window are left out (a failure before the last success
+    # that preceded the incident too), the end is in (BETWEEN), another exchange's API failure
+    # is in, a reason without "API" and a refunded purchase are not.
+    assert tuple(expected) == (6, Decimal("670.00"), 5)
+    assert (found.impact_start, found.impact_end) == (at(-10), END)
 
 
 async def test_the_exchange_figures_and_what_became_of_each_purchase(pool: asyncpg.Pool) -> None:
     found = await load(pool)
     totals = found.exchange_impact.totals
     assert (totals.affected_purchases, totals.total_amount_aud, totals.affected_tenants) == (
-        6, Decimal("745.00"), 5,
+        7, Decimal("765.00"), 6,
     )  # fmt: skip
     assert found.exchange_impact.by_reason["insufficient_funds"].affected_purchases == 1
     r = found.retries
     assert (r.failed_purchases, r.queued, r.succeeded, r.pending, r.exhausted, r.not_queued,
-            r.refunded, r.still_failed) == (6, 3, 1, 1, 1, 2, 1, 3)  # fmt: skip
+            r.refunded, r.still_failed) == (7, 3, 1, 1, 1, 3, 1, 4)  # fmt: skip
 
 
 async def test_times_to_stop_pause_and_resume(pool: asyncpg.Pool) -> None:
     d = (await load(pool)).durations
-    assert d.time_to_stop == timedelta(seconds=5)
+    assert d.first_evidence == at(-10)  # the first failed purchase of the run
+    assert d.time_to_stop == timedelta(seconds=15)
     assert d.time_paused == timedelta(seconds=1195)
     assert (
         d.evidence_clear == HEALTHY
@@ -233,10 +239,12 @@ async def test_the_timeline_is_in_order_with_each_source(pool: asyncpg.Pool) -> 
     entries = found.timeline
     assert [e.at for e in entries] == sorted(e.at for e in entries)
     texts = [(e.source, e.text) for e in entries]
-    assert texts[0] == (
-        EVIDENCE,
-        "first evidence: kraken failing (unavailable), the incident's start",
-    )
+    assert texts[:2] == [
+        (EVIDENCE, "first failed purchase on kraken of the run that led to the incident: Kraken "
+         "API timeout: no answer"),
+        (EVIDENCE, "kraken failing (unavailable): the incident's start, from the probes and the "
+         "platform's calls"),
+    ]  # fmt: skip
     assert {s for s, _ in texts} == {EVIDENCE, DECISION, PAGE, VERIFICATION, RESUME}
     joined = "\n".join(t for _, t in texts)
     assert "breaker CLOSED -> OPEN: kraken refuses connections on 2 of 2 replicas for 5 s" in joined
@@ -271,9 +279,9 @@ async def test_the_markdown_has_every_section_in_order(pool: asyncpg.Pool) -> No
     ]  # fmt: skip
     cells = [[c.strip() for c in line.strip("|").split("|")]
              for line in text.splitlines() if line.startswith("|")]  # fmt: skip
-    assert ["5", "650.00", "4"] in cells  # the runbook's query
-    assert ["Time to stop", "first evidence", "purchases stopped", "5.0 s"] in cells
-    assert ["3", "1", "1", "1", "0", "2", "1", "3"] in cells  # retries
+    assert ["6", "670.00", "5"] in cells  # the runbook's query
+    assert ["Time to stop", "first evidence", "purchases stopped", "15.0 s"] in cells
+    assert ["3", "1", "1", "1", "0", "3", "1", "4"] in cells  # retries
     timeline = [c for c in cells if len(c) == 4 and c[2] in {EVIDENCE, DECISION, PAGE}]
     assert timeline[0][1:3] == ["+0:00:00.0", EVIDENCE]
     # Every question of the runbooks, each with its item and a blank answer.
@@ -394,10 +402,10 @@ async def test_the_admin_api_lists_incidents_and_serves_the_review(client: TestC
                            "notices", "rcaChecklist"}  # fmt: skip
     assert set(answer["impact"]) == {"start", "end", "runbookQuery", "exchange", "retries"}
     assert answer["impact"]["runbookQuery"] == {
-        "affectedPurchases": 5, "totalAmountAffected": "650.00", "affectedCustomers": 4,
+        "affectedPurchases": 6, "totalAmountAffected": "670.00", "affectedCustomers": 5,
     }  # fmt: skip
-    assert answer["impact"]["retries"]["stillFailed"] == 3
-    assert answer["durations"]["timeToStopSeconds"] == 5.0
+    assert answer["impact"]["retries"]["stillFailed"] == 4
+    assert answer["durations"]["timeToStopSeconds"] == 15.0
     assert set(answer["timeline"]["entries"][0]) == {"at", "source", "actor", "text"}
     assert all(q["answer"] is None for s in answer["rcaChecklist"] for q in s["questions"])
 

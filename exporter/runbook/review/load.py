@@ -89,6 +89,20 @@ WHERE status = 'failed'
   AND created_at BETWEEN $1 AND $2
 """
 
+# The failed purchases on the exchange just before the incident's start that led up to it: the
+# run of failures since the last purchase that went through (within the timeline's lead-in).
+_RUN_UP_SQL: Final = """
+SELECT p.created_at, p.failure_reason FROM bitcoin_purchases p
+WHERE lower(p.exchange_provider) = $1 AND p.status = 'failed'
+  AND p.created_at >= $2 AND p.created_at < $3
+  AND p.created_at > coalesce(
+      (SELECT max(c.created_at) FROM bitcoin_purchases c
+       WHERE lower(c.exchange_provider) = $1 AND c.status = 'completed'
+         AND c.created_at >= $2 AND c.created_at < $3),
+      '-infinity')
+ORDER BY p.created_at, p.id LIMIT 1
+"""
+
 # The exchange's failed purchases of the window (the set `admin impact-report` counts), by what
 # became of them in the retry queue.
 _RETRIES_SQL: Final = """
@@ -158,22 +172,26 @@ async def _review(
     audit_rows = [_audit(r) for r in await connection.fetch(_AUDIT_SQL, exchange, start, end, 5000)]
     pages = [dict(r) for r in await connection.fetch(_PAGES_SQL, exchange, start, end, 1000)]
     notices = await _notices(connection, period.id)
-    impact_end = max(period.ended_at or now, period.started_at + timedelta(microseconds=1))
+    first_failure = await connection.fetchrow(_RUN_UP_SQL, exchange, start, period.started_at)
+    impact_start = first_failure["created_at"] if first_failure else period.started_at
+    impact_end = max(period.ended_at or now, impact_start + timedelta(microseconds=1))
     affected, amount, customers = await connection.fetchrow(
-        RUNBOOK_IMPACT_SQL, period.started_at, impact_end
+        RUNBOOK_IMPACT_SQL, impact_start, impact_end
     )
     runbook = RunbookImpact(int(affected), amount or Decimal("0"), int(customers))
     exchange_impact = await impact_report(
-        connection, start=period.started_at, end=impact_end, classifier=classifier,
+        connection, start=impact_start, end=impact_end, classifier=classifier,
         exchange=exchange,
     )  # fmt: skip
-    retry_rows = await connection.fetch(_RETRIES_SQL, period.started_at, impact_end, exchange)
-    entries, cut = model.timeline(period, audit_rows, pages, notices or (), TIMELINE_LIMIT)
+    retry_rows = await connection.fetch(_RETRIES_SQL, impact_start, impact_end, exchange)
+    entries, cut = model.timeline(
+        period, audit_rows, pages, notices or (), TIMELINE_LIMIT, first_failure
+    )
     return Review(
         incident=period, generated_at=now, window_start=start, window_end=end,
-        impact_end=impact_end, timeline=entries, timeline_cut=cut, runbook_impact=runbook,
+        impact_start=impact_start, impact_end=impact_end, timeline=entries, timeline_cut=cut, runbook_impact=runbook,
         exchange_impact=exchange_impact, retries=model.retries(retry_rows),
-        durations=model.durations(period, audit_rows, now), notices=notices,
+        durations=model.durations(period, audit_rows, now, impact_start), notices=notices,
         checklist=questions(),
     )  # fmt: skip
 

@@ -34,7 +34,8 @@ def _summary(review: Review) -> str:
     rows = [
         ("Exchange", i.exchange),
         ("Cause", i.cause),
-        ("Started (first evidence)", _time(i.started_at)),
+        ("First evidence", _time(review.durations.first_evidence)),
+        ("Incident started", _time(i.started_at)),
         ("Purchases stopped", _time(i.stopped_at)),
         ("Purchases resumed", _time(i.resumed_at) if i.resumed_at else _not_resumed(review)),
         ("Ended", _time(i.ended_at) if i.ended_at else "open"),
@@ -61,7 +62,7 @@ def _times(d: Durations) -> str:
 
 
 def _timeline(review: Review) -> str:
-    start = review.incident.started_at
+    start = review.durations.first_evidence
     rows = [(_time(e.at), offset(e.at - start), e.source, e.text) for e in review.timeline]
     head = (
         f"## Timeline\n\nFrom {_time(review.window_start)} to {_time(review.window_end)}; "
@@ -80,10 +81,12 @@ def _timeline(review: Review) -> str:
 def _impact(review: Review) -> str:
     i = review.incident
     runbook, ex, retries = review.runbook_impact, review.exchange_impact, review.retries
-    window = f"{_time(i.started_at)} to {_time(review.impact_end)}"
+    window = f"{_time(review.impact_start)} to {_time(review.impact_end)}"
     parts = [
         f"## Impact\n\nPurchases created from {window}"
-        + (" (the incident is still open)" if i.ended_at is None else "") + ".",
+        + (" (the incident is still open)" if i.ended_at is None else "")
+        + (": from the first failed purchase of the run that led up to the incident"
+           if review.impact_start < i.started_at else "") + ".",
         '### The runbook\'s query\n\nexchange-api-failures.md, "Post-Incident Review", as written '
         "(failed purchases of every exchange whose reason mentions the API):\n\n"
         + table(("affected purchases", "total AUD affected", "affected customers"),

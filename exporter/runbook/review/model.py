@@ -191,7 +191,10 @@ class Review:
     generated_at: datetime
     window_start: datetime  # the timeline's, around the incident
     window_end: datetime
-    impact_end: datetime  # the impact queries' window ends here (now for an open incident)
+    # The impact queries' window: from the first failed purchase of the run that led up to the
+    # incident (or its start), to its end (now while it is open).
+    impact_start: datetime
+    impact_end: datetime
     timeline: tuple[Entry, ...]
     timeline_cut: int  # entries left out past the cap
     runbook_impact: RunbookImpact
@@ -213,7 +216,7 @@ class Review:
                 "omitted": self.timeline_cut,
             },
             "impact": {
-                "start": _iso(incident.started_at),
+                "start": _iso(self.impact_start),
                 "end": _iso(self.impact_end),
                 "runbookQuery": self.runbook_impact.as_json(),
                 "exchange": self.exchange_impact.as_json(),
@@ -307,12 +310,19 @@ def notice_entries(notices: Iterable[Notice]) -> list[Entry]:
 def timeline(
     period: IncidentPeriod, audit_rows: Sequence[Mapping[str, Any]],
     pages: Sequence[Mapping[str, Any]], notices: Sequence[Notice], limit: int,
+    first_failure: Mapping[str, Any] | None = None,
 ) -> tuple[tuple[Entry, ...], int]:  # fmt: skip
     """Every record in time order (ties: evidence before decisions), capped at `limit`; returns
-    the entries and how many were left out."""
-    start = Entry(period.started_at, EVIDENCE, f"first evidence: {period.exchange} failing "
-                  f"({period.cause}), the incident's start")  # fmt: skip
+    the entries and how many were left out. `first_failure`: the first failed purchase of the
+    run that led up to the incident (created_at, failure_reason), if one came before it."""
+    start = Entry(period.started_at, EVIDENCE, f"{period.exchange} failing ({period.cause}): "
+                  "the incident's start, from the probes and the platform's calls")  # fmt: skip
     entries = [start, *(e for r in audit_rows if (e := audit_entry(r)) is not None)]
+    if first_failure is not None:
+        reason = first_failure["failure_reason"] or "no reason given"
+        entries.append(Entry(first_failure["created_at"], EVIDENCE,
+                             f"first failed purchase on {period.exchange} of the run that led "
+                             f"to the incident: {reason}"))  # fmt: skip
     entries += [page_entry(p) for p in pages]
     entries += notice_entries(notices)
     entries.sort(key=lambda e: (e.at, SOURCES.index(e.source)))
@@ -349,9 +359,11 @@ def retries(rows: Sequence[Mapping[str, Any]]) -> Retries:
 
 
 def durations(
-    period: IncidentPeriod, audit_rows: Sequence[Mapping[str, Any]], now: datetime
-) -> Durations:
-    """The three times; evidence clear is the health the closing decision recorded
+    period: IncidentPeriod, audit_rows: Sequence[Mapping[str, Any]], now: datetime,
+    first_failure: datetime | None = None,
+) -> Durations:  # fmt: skip
+    """The three times. The first evidence is the incident's start, or the first failed purchase
+    of the run that led up to it; evidence clear is the health the closing decision recorded
     (`healthy_since`), else the last passing verification before the resume."""
     clear: datetime | None = None
     source: str | None = None
@@ -367,7 +379,8 @@ def durations(
         ]  # fmt: skip
         if passed:
             clear, source = passed[-1], "the last passing recovery verification"
-    return Durations(period.started_at, period.stopped_at, clear, source, resumed, now)
+    first = min(period.started_at, first_failure or period.started_at)
+    return Durations(first, period.stopped_at, clear, source, resumed, now)
 
 
 def _words(cause: str) -> str:
