@@ -12,11 +12,19 @@ import os
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from exporter.operator import render
 from exporter.operator.client import AdminError
+
+class Client(Protocol):
+    """What these commands need of the admin API client (HTTP, or direct on the database)."""
+
+    def get(self, path: str, **params: Any) -> Any: ...
+
+    def get_text(self, path: str, **params: Any) -> str: ...
+
 
 # The paths as the admin API has them; direct.py answers the same ones from the database.
 LIST_PATH = "incidents"
@@ -27,17 +35,17 @@ def review_path(reference: str) -> str:
 
 
 def add_incident_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    help = "the incidents the exporter recorded, newest first: when purchases stopped and resumed"
-    listing = commands.add_parser("incidents", parents=[common], help=help, description=help)
+    text = "the incidents the exporter recorded, newest first: when purchases stopped and resumed"
+    listing = commands.add_parser("incidents", parents=[common], help=text, description=text)
     listing.set_defaults(run=incidents)
     listing.add_argument("--exchange", metavar="EXCHANGE", help="only this exchange")
     listing.add_argument("--limit", type=int, default=20, metavar="N",
                          help="entries per page (default: 20, at most 1000)")  # fmt: skip
     listing.add_argument("--offset", type=int, default=0, metavar="N",
                          help="entries to skip (default: 0)")  # fmt: skip
-    help = ("one incident's post-incident review as Markdown: timeline, impact by the runbook's "
+    text = ("one incident's post-incident review as Markdown: timeline, impact by the runbook's "
             "query, times to stop and resume, customer notices, the runbooks' RCA questions")  # fmt: skip
-    report = commands.add_parser("incident-report", parents=[common], help=help, description=help)
+    report = commands.add_parser("incident-report", parents=[common], help=text, description=text)
     report.set_defaults(run=incident_report)
     report.add_argument("incident", metavar="ID|latest",
                         help="an incident id from `admin incidents`, or latest")  # fmt: skip
@@ -45,12 +53,12 @@ def add_incident_commands(commands: Any, common: argparse.ArgumentParser) -> Non
                         help="write the report to FILE (replaced whole) instead of stdout")  # fmt: skip
 
 
-def incidents(client: Any, args: argparse.Namespace) -> tuple[Any, str]:
+def incidents(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.get(LIST_PATH, exchange=args.exchange, limit=args.limit, offset=args.offset)
     return answer, render_incidents(answer, render.now())
 
 
-def incident_report(client: Any, args: argparse.Namespace) -> tuple[Any, str]:
+def incident_report(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     path = review_path(args.incident)
     if args.json:
         answer: Any = client.get(path)
