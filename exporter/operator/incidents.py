@@ -18,6 +18,7 @@ from urllib.parse import quote
 from exporter.operator import render
 from exporter.operator.client import AdminError
 
+
 class Client(Protocol):
     """What these commands need of the admin API client (HTTP, or direct on the database)."""
 
