@@ -118,7 +118,8 @@ PURCHASES = [
 async def _seed(conn: asyncpg.Connection) -> None:
     await conn.execute(
         """INSERT INTO liquid_abt.incident_periods (exchange, cause, started_at, ended_at)
-           VALUES ('kraken', 'unavailable', $1, $2), ('independent_reserve', 'maintenance', $3, NULL)""",
+           VALUES ('kraken', 'unavailable', $1, $2),
+                  ('independent_reserve', 'maintenance', $3, NULL)""",
         T0, END, at(3600),
     )  # fmt: skip
     for seconds, actor, action, exchange, result, cause, detail in AUDIT:

@@ -51,6 +51,10 @@ SELECT p.id, p.exchange, p.cause, p.started_at, p.ended_at,
 FROM periods p ORDER BY p.id DESC
 """
 
+_COUNT_SQL: Final = """
+SELECT count(*) FROM liquid_abt.incident_periods WHERE $1::text IS NULL OR exchange = $1
+"""
+
 _NEIGHBOURS_SQL: Final = """
 SELECT (SELECT max(coalesce(ended_at, started_at)) FROM liquid_abt.incident_periods
         WHERE exchange = $1 AND id < $2) AS previous_end,
@@ -139,10 +143,7 @@ async def list_incidents(
     async with _snapshot(db) as connection:
         now: datetime = await connection.fetchval("SELECT now()")
         rows = await connection.fetch(PERIODS_SQL, exchange, None, limit, offset)
-        total = await connection.fetchval(
-            "SELECT count(*) FROM liquid_abt.incident_periods WHERE $1::text IS NULL OR exchange = $1",
-            exchange,
-        )
+        total = await connection.fetchval(_COUNT_SQL, exchange)
     return [_period(r) for r in rows], int(total), now
 
 
@@ -158,16 +159,7 @@ async def _review(
     connection: asyncpg.Connection, period: IncidentPeriod, classifier: ReasonClassifier,
     now: datetime,
 ) -> Review:  # fmt: skip
-    previous_end, next_start = await connection.fetchrow(
-        _NEIGHBOURS_SQL, period.exchange, period.id
-    )
-    start = period.started_at - LEAD
-    if previous_end is not None and previous_end > start:
-        start = min(previous_end, period.started_at)
-    end = min((period.ended_at or now) + TAIL, now)
-    if next_start is not None:
-        end = min(end, next_start)
-    end = max(end, period.ended_at or now)
+    start, end = await _window(connection, period, now)
     exchange = period.exchange
     audit_rows = [_audit(r) for r in await connection.fetch(_AUDIT_SQL, exchange, start, end, 5000)]
     pages = [dict(r) for r in await connection.fetch(_PAGES_SQL, exchange, start, end, 1000)]
@@ -189,11 +181,29 @@ async def _review(
     )
     return Review(
         incident=period, generated_at=now, window_start=start, window_end=end,
-        impact_start=impact_start, impact_end=impact_end, timeline=entries, timeline_cut=cut, runbook_impact=runbook,
-        exchange_impact=exchange_impact, retries=model.retries(retry_rows),
+        impact_start=impact_start, impact_end=impact_end, timeline=entries, timeline_cut=cut,
+        runbook_impact=runbook, exchange_impact=exchange_impact,
+        retries=model.retries(retry_rows),
         durations=model.durations(period, audit_rows, now, impact_start), notices=notices,
         checklist=questions(),
     )  # fmt: skip
+
+
+async def _window(
+    connection: asyncpg.Connection, period: IncidentPeriod, now: datetime
+) -> tuple[datetime, datetime]:
+    """The timeline's: LEAD before the start and TAIL after the end, but not into the exchange's
+    previous or next incident, and not past now."""
+    previous_end, next_start = await connection.fetchrow(
+        _NEIGHBOURS_SQL, period.exchange, period.id
+    )
+    start = period.started_at - LEAD
+    if previous_end is not None and previous_end > start:
+        start = min(previous_end, period.started_at)
+    end = min((period.ended_at or now) + TAIL, now)
+    if next_start is not None:
+        end = min(end, next_start)
+    return start, max(end, period.ended_at or now)
 
 
 async def _find(connection: asyncpg.Connection, reference: int | str) -> IncidentPeriod:

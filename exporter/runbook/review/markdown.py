@@ -31,6 +31,7 @@ def markdown(review: Review) -> str:
 
 def _summary(review: Review) -> str:
     i = review.incident
+    open_ = i.ended_at is None
     rows = [
         ("Exchange", i.exchange),
         ("Cause", i.cause),
@@ -39,7 +40,7 @@ def _summary(review: Review) -> str:
         ("Purchases stopped", _time(i.stopped_at)),
         ("Purchases resumed", _time(i.resumed_at) if i.resumed_at else _not_resumed(review)),
         ("Ended", _time(i.ended_at) if i.ended_at else "open"),
-        ("Duration", span(i.duration(review.generated_at)) + (" so far" if i.ended_at is None else "")),
+        ("Duration", span(i.duration(review.generated_at)) + (" so far" if open_ else "")),
     ]  # fmt: skip
     return table(("", ""), rows)
 
