@@ -66,8 +66,8 @@ def _timeline(review: Review) -> str:
     start = review.durations.first_evidence
     rows = [(_time(e.at), offset(e.at - start), e.source, e.text) for e in review.timeline]
     head = (
-        f"## Timeline\n\nFrom {_time(review.window_start)} to {_time(review.window_end)}; "
-        "the second column counts from the first evidence. Sources: evidence (probes, the "
+        f"## Timeline\n\nFrom {_time(review.window_start)} to {_time(review.window_end)}. "
+        "Sources: evidence (probes, the "
         "platform's calls, alerts), decision (breaker, pause, API rate, retries), page "
         "(notifications received from Alertmanager), verification, resume, notice."
     )
@@ -76,7 +76,8 @@ def _timeline(review: Review) -> str:
         f"{review.incident.exchange}` has them."
         if review.timeline_cut else ""
     )  # fmt: skip
-    return f"{head}\n\n{table(('time (UTC)', 'since start', 'source', 'what'), rows)}{cut}"
+    headers = ("time (UTC)", "since first evidence", "source", "what")
+    return f"{head}\n\n{table(headers, rows)}{cut}"
 
 
 def _impact(review: Review) -> str:
