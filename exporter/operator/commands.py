@@ -100,7 +100,8 @@ def _common(top: bool) -> argparse.ArgumentParser:
         dest="database_url",
         metavar="DSN",
         help="no exporter running (every replica down): run status, pause and resume straight "
-        "against this PostgreSQL, in the admin API's audited transactions; the password comes "
+        "against this PostgreSQL, in the admin API's audited transactions (and the read-only "
+        "incidents and incident-report); the password comes "
         "from DATABASE_PASSWORD or DATABASE_PASSWORD_FILE, the admin token is not needed",
     )
     common.add_argument(
