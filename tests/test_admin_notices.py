@@ -46,10 +46,15 @@ async def arrange(db: asyncpg.Connection) -> tuple[int, list[int]]:
             """INSERT INTO liquid_abt.customer_notices (incident_id, exchange, kind, tenant_id,
                    channels, message) VALUES ($1, 'kraken', $2, $3, '{email}', 'text')
                RETURNING id""",
-            incident, kind, tenant,
+            incident,
+            kind,
+            tenant,
         )  # fmt: skip
-        for kind, tenant in [("incident_started", None), ("purchase_failed", "t1"),
-                             ("purchase_failed", "t2")]  # fmt: skip
+        for kind, tenant in [
+            ("incident_started", None),
+            ("purchase_failed", "t1"),
+            ("purchase_failed", "t2"),
+        ]  # fmt: skip
     ]
     return incident, ids
 
