@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 
 from exporter.config import Config, parse_config
 from exporter.controls import notices as outbox
@@ -17,6 +18,10 @@ from exporter.controls.notice_metrics import NoticesSource
 from exporter.controls.notices import Notice
 from exporter.database.pool import Connection, close_pool, create_pool
 from exporter.runbook.notices.loop import NoticeLoop, estimate_seconds
+from exporter.web.app import create_app
+from exporter.web.keys import RUNNERS
+from tests.harness import wait_until
+from tests.helpers import scrape, value
 
 CONFIG: Config = parse_config({"kraken": {"enabled": False}})
 NOTICES = CONFIG.notices
@@ -340,3 +345,31 @@ def test_platform_integration_doc_carries_the_exact_outbox_statements() -> None:
     )  # fmt: skip
     for sql in statements:
         assert f"```sql\n{sql.strip()}\n```" in doc, sql
+
+
+# ---- wired into the app ----
+
+
+async def test_the_app_plans_notices_and_serves_their_metrics(
+    aiohttp_client, database: Connection, db: asyncpg.Connection
+) -> None:
+    """The exporter as served: its planner loop queues incident_started for an open incident,
+    and /metrics shows it waiting for the notifier."""
+    config = parse_config({
+        "collectors": {"interval": "1h", "timeout": "10s"}, "kraken": {"enabled": False},
+        "retry": {"fill_interval": "1h"},
+        "notices": {"interval": "100ms", "idle_interval": "100ms"},
+    })  # fmt: skip
+    client: TestClient = await aiohttp_client(create_app(config, database))
+    await incident(db, 2)
+
+    async def planned() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM liquid_abt.customer_notices"))
+
+    await wait_until(planned, timeout=20, what="the planner queues incident_started")
+    for runner in client.app[RUNNERS]:
+        assert await runner.refresh()
+    samples = await scrape(client)
+    labels = {"exchange": "kraken", "kind": "incident_started", "state": "queued"}
+    assert value(samples, "liquid_abt_customer_notices", **labels) == 1
+    assert value(samples, "liquid_abt_customer_notices_planned_total", kind="incident_started") == 1
