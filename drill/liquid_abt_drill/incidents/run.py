@@ -23,7 +23,7 @@ from ..stack import (
 )
 from .pager import Pager
 from .scenarios import SCENARIOS, Drill, Scenario
-from .timeline import Timeline, Watcher, decisions, reason_classes, retry_report
+from .timeline import Timeline, Watcher, decisions, notices, reason_classes, retry_report
 from .timing import (
     ESCALATIONS,
     PAGER,
@@ -135,6 +135,7 @@ async def run_scenario(
         timeline.retry = await retry_report(database_url, timing)  # the exporters still run
         timeline.reasons = await reason_classes(database_url)
         timeline.decisions = await decisions(database_url, timeline)
+        timeline.notices = await notices(database_url, timeline)
     return timeline
 
 
