@@ -517,6 +517,18 @@ class NoticesConfig(_Model):
     # failed, cancelled) older than this are deleted.
     retention: Duration = 90 * 86400.0
     templates: dict[str, NoticeTemplate] = Field(default_factory=_default_templates)
+    # Optional push: every replica claims ready notices and POSTs each, signed (HMAC-SHA256 of
+    # the body, key in LIQUID_ABT_NOTICES_WEBHOOK_SECRET), to this URL; a notifier that prefers
+    # a push sets it and does not claim (docs/customer-notices.md).
+    webhook_url: str | None = None
+    webhook_timeout: Duration = 10.0
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"invalid webhook_url {url!r}: expected http(s)://host/path")
+        return url
 
     @field_validator("templates")
     @classmethod

@@ -428,7 +428,8 @@ def _automation(grid: Grid) -> None:
             ".md): notices waiting (queued, held by an operator, claimed) or given up (failed), by "
             "kind (left), how long the oldest ready one has waited (right; "
             "CustomerNoticesNotConsumed after 10 minutes), and the notices planned (left, bars "
-            "of each replica's inserts). `liquid-abt-exporter admin notices list` shows them.",
+            "of each replica's inserts; the optional webhook's deliveries by result). "
+            "`liquid-abt-exporter admin notices list` shows them.",
             [
                 q(
                     "sum by (kind, state) ("
@@ -445,6 +446,12 @@ def _automation(grid: Grid) -> None:
                     + sel("liquid_abt_customer_notices_planned_total")
                     + "[$__rate_interval])) > 0",
                     "{{kind}} planned",
+                ),
+                q(
+                    "sum by (result) (increase("
+                    + sel("liquid_abt_customer_notice_webhook_deliveries_total")
+                    + "[$__rate_interval])) > 0",
+                    "webhook {{result}}",
                 ),
             ],
             decimals=0,

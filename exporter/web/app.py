@@ -40,6 +40,7 @@ from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.notices.loop import NoticeLoop, NoticeMetrics
+from exporter.runbook.notices.webhook import WebhookMetrics, WebhookSender
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
@@ -269,15 +270,20 @@ async def _notices_ctx(app: web.Application) -> AsyncIterator[None]:
 
     In dry run the exporter changes nothing the platform acts on, so nothing is planned."""
     config = app[CONFIG]
+    metrics, webhook_metrics = NoticeMetrics(app[REGISTRY]), WebhookMetrics(app[REGISTRY])
     if config.receiver.dry_run or not config.notices.enabled:
         yield
         return
     planner = NoticeLoop(
-        app[POOL], config, metrics=NoticeMetrics(app[REGISTRY]),
-        margin=probe_margin(config, app[EXCHANGES]),
-    )  # fmt: skip
+        app[POOL], config, metrics=metrics, margin=probe_margin(config, app[EXCHANGES])
+    )
     app[NOTICE_LOOP] = planner
-    async with _task("customer-notices", planner.run()):
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_task("customer-notices", planner.run()))
+        secret = app[SECRETS].notices_webhook_secret
+        if config.notices.webhook_url and secret:
+            sender = WebhookSender(app[POOL], config.notices, secret, app[REPLICA], webhook_metrics)
+            await stack.enter_async_context(_task("customer-notice-webhook", sender.run()))
         yield
 
 
