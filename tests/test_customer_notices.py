@@ -309,6 +309,19 @@ async def test_operators_hold_release_and_cancel_with_an_audit_entry(db) -> None
         await outbox.operate(db, "delete", ids=[first])
 
 
+async def test_retention_deletes_only_finished_notices(db: asyncpg.Connection) -> None:
+    incident_id = await incident(db, 10)
+    batch = [notice(incident_id, "purchase_failed", tenant=f"t{i}") for i in range(4)]
+    await outbox.insert(db, batch)
+    await db.execute(
+        """UPDATE liquid_abt.customer_notices
+           SET state = (ARRAY['sent', 'failed', 'cancelled', 'queued'])[substr(tenant_id, 2)::int + 1],
+               updated_at = now() - interval '100 days'"""
+    )
+    assert await outbox.delete_finished(db, NOTICES.retention) == 3
+    assert await db.fetchval("SELECT state FROM liquid_abt.customer_notices") == "queued"
+
+
 # ---- metrics ----
 
 
