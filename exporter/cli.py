@@ -393,6 +393,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     from exporter.web.server import serve
     from exporter.web.webconfig import WebSecurity
 
+    if config.notices.webhook_url and not Secrets.from_env().notices_webhook_secret:
+        raise ConfigError(
+            "notices.webhook_url is set but LIQUID_ABT_NOTICES_WEBHOOK_SECRET (or _FILE) is "
+            "not: every notice the webhook sends is signed with it"
+        )
     limits = _limits(args)
     telemetry_path = _telemetry_path(args.telemetry_path)
     web_config_file = Path(args.web_config_file) if args.web_config_file else None

@@ -41,6 +41,8 @@ class Secrets:
     webhook_basic_password: str | None = field(default=None, repr=False)
     kraken_api_key: str | None = field(default=None, repr=False)
     kraken_api_secret: str | None = field(default=None, repr=False)
+    # Signs the customer-notice webhook's bodies (notices.webhook_url), HMAC-SHA256.
+    notices_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
@@ -51,4 +53,5 @@ class Secrets:
             webhook_basic_password=read_secret("LIQUID_ABT_WEBHOOK_PASSWORD", env),
             kraken_api_key=read_secret("KRAKEN_API_KEY", env),
             kraken_api_secret=read_secret("KRAKEN_API_SECRET", env),
+            notices_webhook_secret=read_secret("LIQUID_ABT_NOTICES_WEBHOOK_SECRET", env),
         )

@@ -81,6 +81,24 @@ def paged(expected: dict[str, int]) -> Callable[[Timeline], list[str]]:
     return check
 
 
+def customers_told(t: Timeline) -> list[str]:
+    """incident_started once, after the incident opened; incident_resolved once, after it
+    closed (docs/customer-notices.md): each broadcast notice exactly once over two replicas."""
+    broadcast = [(at, kind) for at, kind, _ in t.notices if not kind.startswith("purchase")]
+    kinds = [kind for _, kind in broadcast]
+    if kinds != ["incident_started", "incident_resolved"]:
+        return [f"customer notices {kinds}, expected incident_started then incident_resolved"]
+    (started, _), (resolved, _) = broadcast
+    opened = [at for at, text in t.decisions if text.startswith("incident_opened")]
+    closed = [at for at, text in t.decisions if text.startswith("incident_closed")]
+    problems = []
+    if not opened or started < opened[0]:
+        problems.append(f"incident_started at {started}, incident opened at {opened}")
+    if not closed or resolved < closed[-1]:
+        problems.append(f"incident_resolved at {resolved}, incident closed at {closed}")
+    return problems
+
+
 SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
     # Kraken refuses connections for 4 minutes: stop, queue the failed purchases, page the
     # outage once, resume after verification.
@@ -89,6 +107,7 @@ SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
         paged({"ExchangeApiDown": 1}),
         lambda t: [] if "retries queued" in t.first else ["no failed purchase was queued"],
         reviewed,
+        customers_told,
     ],
     # Maintenance stops purchases and pages as maintenance, not as an outage.
     "maintenance": [
@@ -97,7 +116,11 @@ SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
         reviewed,
     ],
     # Our key refused: an auth page, once; the exchange is up, so purchases go on.
-    "invalid-key": [quiet, paged({"ExchangeApiAuthFailures": 1})],
+    "invalid-key": [
+        quiet,
+        paged({"ExchangeApiAuthFailures": 1}),
+        lambda t: [f"customer notices {t.notices}"] if t.notices else [],
+    ],
 }
 
 

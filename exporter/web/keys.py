@@ -12,6 +12,7 @@ from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection, DatabaseMonitor
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
+from exporter.runbook.notices.loop import NoticeLoop
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
@@ -36,6 +37,8 @@ ACTION_WORKER = web.AppKey("action_worker", ActionWorker)
 ACTION_METRICS = web.AppKey("action_metrics", ActionMetrics)
 INCIDENTS = web.AppKey("incidents", IncidentModel)
 INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
+# The customer-notice planner (absent in dry run or with notices.enabled false).
+NOTICE_LOOP = web.AppKey("notice_loop", NoticeLoop)
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
 # /metrics: the exposition, and its section of live metrics (`changed()` after they change).

@@ -28,6 +28,7 @@ from .timeline import (
     Watcher,
     decisions,
     incident_reviews,
+    notices,
     reason_classes,
     retry_report,
 )
@@ -143,6 +144,7 @@ async def run_scenario(
         timeline.reasons = await reason_classes(database_url)
         timeline.decisions = await decisions(database_url, timeline)
         timeline.reviews = await incident_reviews(database_url)
+        timeline.notices = await notices(database_url, timeline)
     return timeline
 
 

@@ -72,6 +72,8 @@ class Timeline:
     notifications: list[Notification] = field(default_factory=list)  # every human receiver's
     # The generated post-incident review of each incident the scenario recorded (Markdown).
     reviews: list[tuple[int, str]] = field(default_factory=list)
+    # Customer notices queued for the platform's notifier: (shipped seconds, kind, to whom).
+    notices: list[tuple[float, str, str]] = field(default_factory=list)
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
@@ -103,6 +105,8 @@ class Timeline:
         rows = [(f"{at:+.1f}s", text) for at, text in self.marks]
         rows += [(f"{v:+.1f}s", k) for k, v in self.first.items()]
         rows += [(f"{at:+.1f}s", f"  audit: {text}") for at, text in self.decisions]
+        rows += [(f"{at:+.1f}s", f"  customer notice: {kind} to {to}")
+                 for at, kind, to in self.notices]  # fmt: skip
         page = self.first_page()
         if page:
             rows.append((f"{page[0]:+.1f}s", f"first page: {page[1]}"))
@@ -286,6 +290,29 @@ async def decisions(database_url: str, timeline: Timeline) -> list[tuple[float, 
     return [
         (round(timeline.timing.shipped(r["at"] - timeline.t0_wall), 1),
          f"{r['action']} {r['result']} {r['change']}".strip())
+        for r in rows
+    ]  # fmt: skip
+
+
+_NOTICES_SQL = """
+SELECT extract(epoch FROM created_at)::float8 AS at, kind, seq, tenant_id,
+       array_to_string(channels, ', ') AS channels
+FROM liquid_abt.customer_notices
+ORDER BY created_at, id
+"""
+
+
+async def notices(database_url: str, timeline: Timeline) -> list[tuple[float, str, str]]:
+    """Each customer notice the exporters queued, when (docs/customer-notices.md)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(_NOTICES_SQL)
+    finally:
+        await conn.close()
+    return [
+        (round(timeline.timing.shipped(r["at"] - timeline.t0_wall), 1),
+         r["kind"] + (f" #{r['seq']}" if r["seq"] else ""),
+         f"{r['tenant_id'] or 'every affected tenant'} ({r['channels']})")
         for r in rows
     ]  # fmt: skip
 
