@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "admin",
         help="the operator's commands against a running exporter's admin API: status, breaker, "
-        "pause, resume, retry-queue, impact-report, audit-log (see `admin --help`)",
+        "pause, resume, retry-queue, impact-report, audit-log, incidents, incident-report (see "
+        "`admin --help`)",
         add_help=False,
     )
     return parser
@@ -392,6 +393,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     from exporter.web.server import serve
     from exporter.web.webconfig import WebSecurity
 
+    if config.notices.webhook_url and not Secrets.from_env().notices_webhook_secret:
+        raise ConfigError(
+            "notices.webhook_url is set but LIQUID_ABT_NOTICES_WEBHOOK_SECRET (or _FILE) is "
+            "not: every notice the webhook sends is signed with it"
+        )
     limits = _limits(args)
     telemetry_path = _telemetry_path(args.telemetry_path)
     web_config_file = Path(args.web_config_file) if args.web_config_file else None

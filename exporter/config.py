@@ -7,6 +7,7 @@ Secrets are never part of this file: they come from the environment or from file
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -494,6 +495,155 @@ class AdminConfig(_Model):
     impact_report_max_range: Duration = 31 * 86400.0
 
 
+# The kinds of customer notices (the runbooks' "Customer Communication"), and the template
+# variants for an incident whose purchases continue on a secondary exchange (failover).
+NOTICE_KINDS = ("incident_started", "incident_ongoing", "incident_resolved", "purchase_failed")
+NOTICE_TEMPLATES = (*NOTICE_KINDS, "incident_started_routed", "incident_ongoing_routed")
+NOTICE_CHANNELS = ("app_notification", "email")
+# What a template may name, in braces: the planner fills every one, the others are refused.
+NOTICE_FIELDS = (
+    "exchange", "routed_to", "estimated_resolution", "next_retry", "support_contact", "started_at",
+)  # fmt: skip
+_BOTH = ["app_notification", "email"]
+
+
+class NoticeTemplate(_Model):
+    channels: list[str] = Field(min_length=1)
+    message: str = Field(min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(cls, channels: list[str]) -> list[str]:
+        for name in channels:
+            if name not in NOTICE_CHANNELS:
+                raise ValueError(f"unknown channel {name!r}: use {', '.join(NOTICE_CHANNELS)}")
+        return channels
+
+    @field_validator("message")
+    @classmethod
+    def _known_fields(cls, message: str) -> str:
+        try:
+            names = [
+                name for _, name, _, _ in string.Formatter().parse(message) if name is not None
+            ]
+        except ValueError as exc:
+            raise ValueError(f"invalid template {message!r}: {exc}") from None
+        for name in names:
+            if name not in NOTICE_FIELDS:
+                raise ValueError(
+                    f"unknown field {{{name}}} in template {message!r}: use "
+                    + ", ".join(f"{{{f}}}" for f in NOTICE_FIELDS)
+                )
+        return message
+
+
+def _default_templates() -> dict[str, NoticeTemplate]:
+    # The runbooks' wording (exchange-api-failures.md "Customer Communication"; the purchase
+    # runbook's bitcoin_purchase_failure with nextRetry and supportContact).
+    started = (
+        "We are experiencing temporary issues with Bitcoin purchases. Your funds are safe and we "
+        "are working to resolve this quickly."
+    )
+    return {
+        "incident_started": NoticeTemplate(channels=_BOTH, message=started),
+        "incident_ongoing": NoticeTemplate(
+            channels=["app_notification"],
+            message="Bitcoin purchase services remain temporarily unavailable. Estimated "
+            "resolution: {estimated_resolution}",
+        ),
+        "incident_resolved": NoticeTemplate(
+            channels=_BOTH,
+            message="Bitcoin purchase services have been restored. Thank you for your patience.",
+        ),
+        "purchase_failed": NoticeTemplate(
+            channels=_BOTH,
+            message="Your Bitcoin purchase could not be completed. Your funds are safe: we will "
+            "retry it automatically ({next_retry}). Questions? Contact {support_contact}.",
+        ),
+        "incident_started_routed": NoticeTemplate(
+            channels=_BOTH,
+            message="We are experiencing temporary issues with one of our Bitcoin exchanges. "
+            "Your purchases continue on {routed_to}, and your funds are safe.",
+        ),
+        "incident_ongoing_routed": NoticeTemplate(
+            channels=["app_notification"],
+            message="Your Bitcoin purchases continue on {routed_to} while {exchange} remains "
+            "unavailable. Estimated resolution: {estimated_resolution}",
+        ),
+    }
+
+
+class NoticesConfig(_Model):
+    """Customer notices (exporter/runbook/notices/, docs/customer-notices.md)."""
+
+    enabled: bool = True
+    # incident_started is ready once purchases have been stopped this long (an incident that
+    # resumes sooner tells nobody): with the planner's interval, within 60 s of the stop.
+    started_after: Duration = 45.0
+    ongoing_every: Duration = 1800.0  # the runbook's "every 30 minutes"
+    # A tenant whose failed purchase succeeded on retry within this gets no purchase_failed.
+    blip: Duration = 300.0
+    # A closed incident stays in the planner's view this long (purchase_failed after the blip).
+    follow_up: Duration = 900.0
+    # How often every replica plans while an incident is in view; when none is, one cheap read
+    # every `idle_interval`.
+    interval: Duration = 5.0
+    idle_interval: Duration = 10.0
+    support_contact: str = Field(default="support@liquidtreasury.business", min_length=1)
+    # New notices wait for an operator's `admin notices release` (state held) instead of queued.
+    hold_new: bool = False
+    # The notifier's side (docs/platform-integration.md section 5): a claim not completed within
+    # `claim_lease` comes back; a notice that failed `max_attempts` times is dead (state failed).
+    claim_lease: Duration = 300.0
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay: Duration = 30.0
+    retry_max_delay: Duration = 1800.0
+    # The CustomerNoticesNotConsumed alert's delay is in alerts/; finished notices (sent,
+    # failed, cancelled) older than this are deleted.
+    retention: Duration = 90 * 86400.0
+    templates: dict[str, NoticeTemplate] = Field(default_factory=_default_templates)
+    # Optional push: every replica claims ready notices and POSTs each, signed (HMAC-SHA256 of
+    # the body, key in LIQUID_ABT_NOTICES_WEBHOOK_SECRET), to this URL; a notifier that prefers
+    # a push sets it and does not claim (docs/customer-notices.md).
+    webhook_url: str | None = None
+    webhook_timeout: Duration = 10.0
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"invalid webhook_url {url!r}: expected http(s)://host/path")
+        return url
+
+    @field_validator("templates")
+    @classmethod
+    def _complete_templates(cls, templates: dict[str, NoticeTemplate]) -> dict:
+        unknown = sorted(set(templates) - set(NOTICE_TEMPLATES))
+        if unknown:
+            raise ValueError(f"unknown template {unknown[0]!r}: use {', '.join(NOTICE_TEMPLATES)}")
+        # A partial `templates:` section overrides only what it names.
+        return {**_default_templates(), **templates}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NoticesConfig:
+        if self.follow_up <= self.blip:
+            raise ValueError(
+                f"follow_up ({format_duration(self.follow_up)}) must be longer than blip "
+                f"({format_duration(self.blip)}): purchase_failed is planned after the blip"
+            )
+        if self.started_after >= self.ongoing_every:
+            raise ValueError(
+                f"started_after ({format_duration(self.started_after)}) must be shorter than "
+                f"ongoing_every ({format_duration(self.ongoing_every)})"
+            )
+        if self.retry_base_delay > self.retry_max_delay:
+            raise ValueError(
+                f"retry_base_delay ({format_duration(self.retry_base_delay)}) is longer than "
+                f"retry_max_delay ({format_duration(self.retry_max_delay)})"
+            )
+        return self
+
+
 # Where the shipped alerts' runbook_url points unless Prometheus' runbook_base_url overrides it.
 DEFAULT_RUNBOOK_BASE = "https://github.com/liquid-abt/liquid-abt-exporter/blob/main/docs/runbooks"
 
@@ -598,6 +748,7 @@ class Config(_Model):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     slo: SloConfig = Field(default_factory=SloConfig)
+    notices: NoticesConfig = Field(default_factory=NoticesConfig)
 
     # Each exchange's role: every listed exchange is primary in the list form of `exchanges`.
     _roles: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -46,6 +46,8 @@ class Secrets:
     independentreserve_api_secret: str | None = field(default=None, repr=False)
     btcmarkets_api_key: str | None = field(default=None, repr=False)
     btcmarkets_api_secret: str | None = field(default=None, repr=False)
+    # Signs the customer-notice webhook's bodies (notices.webhook_url), HMAC-SHA256.
+    notices_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Secrets:
@@ -60,4 +62,5 @@ class Secrets:
             independentreserve_api_secret=read_secret("INDEPENDENTRESERVE_API_SECRET", env),
             btcmarkets_api_key=read_secret("BTCMARKETS_API_KEY", env),
             btcmarkets_api_secret=read_secret("BTCMARKETS_API_SECRET", env),
+            notices_webhook_secret=read_secret("LIQUID_ABT_NOTICES_WEBHOOK_SECRET", env),
         )

@@ -420,6 +420,47 @@ def _automation(grid: Grid) -> None:
         6,
         8,
     )
+    waiting = 'state=~"queued|held|claimed|failed"'
+    grid.add(
+        timeseries(
+            "Customer notices",
+            "The customer-notice outbox the platform's notifier consumes (docs/customer-notices"
+            ".md): notices waiting (queued, held by an operator, claimed) or given up (failed), by "
+            "kind (left), how long the oldest ready one has waited (right; "
+            "CustomerNoticesNotConsumed after 10 minutes), and the notices planned (left, bars "
+            "of each replica's inserts; the optional webhook's deliveries by result). "
+            "`liquid-abt-exporter admin notices list` shows them.",
+            [
+                q(
+                    "sum by (kind, state) ("
+                    + _max("liquid_abt_customer_notices", waiting, by="exchange, kind, state")
+                    + ") > 0",
+                    "{{kind}} {{state}}",
+                ),
+                q(
+                    _max("liquid_abt_customer_notices_oldest_ready_age_seconds"),
+                    "{{exchange}} oldest ready",
+                ),
+                q(
+                    "sum by (kind) (increase("
+                    + sel("liquid_abt_customer_notices_planned_total")
+                    + "[$__rate_interval])) > 0",
+                    "{{kind}} planned",
+                ),
+                q(
+                    "sum by (result) (increase("
+                    + sel("liquid_abt_customer_notice_webhook_deliveries_total")
+                    + "[$__rate_interval])) > 0",
+                    "webhook {{result}}",
+                ),
+            ],
+            decimals=0,
+            overrides=[by_query("B", unit="s", **{"custom.axisPlacement": "right"})],
+            links=[runbook(EXPORTER, "CustomerNoticesNotConsumed")],
+        ),
+        24,
+        8,
+    )
 
 
 # --- Purchases ----------------------------------------------------------------------------------

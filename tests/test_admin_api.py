@@ -33,6 +33,8 @@ ENDPOINTS = [
     ("POST", f"{BREAKER}/kraken/reset", {}),
     ("PATCH", f"{BREAKER}/kraken/config", {"failureThreshold": 3}),
     ("GET", "/api/admin/audit-log", None),
+    ("GET", "/api/admin/incidents", None),
+    ("GET", "/api/admin/incidents/latest", None),
 ]
 
 

@@ -188,6 +188,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         **PAGING, "exchange": EXCHANGE, "status": st.sampled_from(QUEUE_STATUSES) | TEXT})),
     "audit-log": ("GET", "/api/admin/audit-log", queries({
         **PAGING, "exchange": EXCHANGE, "beforeId": NUMBER_TEXT})),
+    "incidents": ("GET", "/api/admin/incidents", queries({**PAGING, "exchange": EXCHANGE})),
     "impact-report": ("GET", "/api/admin/impact-report", queries({
         "start": TIME, "end": TIME, "exchange": EXCHANGE,
         "reason": st.sampled_from(REASON_CLASSES) | TEXT}, impact_range())),

@@ -115,6 +115,21 @@ def test_bad_listen_address_is_named() -> None:
     assert "--web.listen-address 'nope': expected host:port" in result.stderr
 
 
+def test_a_notice_webhook_without_its_signing_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("notices:\n  webhook_url: https://notifier.example/notices\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQUID_ABT_NOTICES_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", f"--config.file={config}"],
+        capture_output=True, text=True, env={**env, "DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: notices.webhook_url is set but LIQUID_ABT_NOTICES_WEBHOOK_SECRET (or _FILE) is "
+        "not: every notice the webhook sends is signed with it\n"
+    )
+
+
 def test_migrate_without_a_database_says_so() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(

@@ -57,6 +57,15 @@ EXPECTED_ERRORS = {
         "database.pool_max_size: Input should be greater than or equal to 2 (got 0)"
     ),
     "invalid-top-level.yml": "the top level must be a mapping, got list",
+    "invalid-notice-template.yml": INVALID + (
+        "notices.templates.purchase_failed.message: unknown field {amount} in template 'Your "
+        "purchase of {amount} failed.': use {exchange}, {routed_to}, {estimated_resolution}, "
+        "{next_retry}, {support_contact}, {started_at}"
+    ),
+    "invalid-notice-blip.yml": INVALID + (
+        "notices: follow_up (15m) must be longer than blip (30m): purchase_failed is planned "
+        "after the blip"
+    ),
     # `exchanges: [kraken]` and a comment holding é in Latin-1 (byte 0xe9).
     "invalid-not-utf8.yml": (
         "not UTF-8: byte 0xe9 at position 25 (line 2, column 6); save the file as UTF-8"
@@ -153,6 +162,7 @@ def test_full_example_is_valid() -> None:
     config = load_config(TESTDATA / "valid-full.yml")
     assert config.collectors.snapshot_expiry == 300
     assert (config.primary, config.secondaries) == ("kraken", ["independentreserve"])
+    assert config.notices.templates["incident_ongoing"].channels == ["app_notification"]
 
 
 def test_the_list_of_exchanges_makes_every_one_primary() -> None:

@@ -61,6 +61,9 @@ INCIDENT_ONLY = {
     ("liquid-abt-incident.json", "annotation", "Circuit breaker transitions"): "on a transition",
     ("liquid-abt-incident.json", "annotation", "Incident down"): "only while purchases stopped",
     ("liquid-abt-incident.json", "Age of the newest verification", "A"): "only with a secondary",
+    ("liquid-abt-incident.json", "Customer notices", "A"): "only while notices wait",
+    ("liquid-abt-incident.json", "Customer notices", "C"): "only once notices are planned",
+    ("liquid-abt-incident.json", "Customer notices", "D"): "only with a webhook configured",
 }
 # What Grafana substitutes; the values are those of a 1s-scrape test Prometheus.
 GRAFANA_VARIABLES = {

@@ -354,6 +354,7 @@ def test_recovery_waits_for_the_recovery_timeout_then_verifies_under_a_lease() -
 def test_a_passed_verification_closes_then_probation_then_resume() -> None:
     world = World()
     world.open()
+    healthy_from = world.now
     decision = world.recover()
     assert kinds(decision) == [type(decision.effects[0]), Audit, SetBreaker]
     assert (world.incident.phase, world.breaker.state) == (PROBATION, State.CLOSED)
@@ -367,6 +368,9 @@ def test_a_passed_verification_closes_then_probation_then_resume() -> None:
         Incident("kraken", last_closed_at=world.incident.last_closed_at)
     )
     assert of(decision, Resume)[0].cause.startswith("kraken is healthy again")
+    # When the evidence cleared, for the post-incident review's time to resume.
+    [closed] = of(decision, Audit)
+    assert closed.detail["healthy_since"] == healthy_from
 
 
 def test_a_doubtful_round_in_probation_starts_it_again() -> None:

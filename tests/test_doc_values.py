@@ -68,7 +68,7 @@ def configuration_rows() -> list[tuple[str, str]]:
 
 
 # Defaults too long for a table cell, described in words there (and shown by the example file).
-DESCRIBED = {"purchases.failure_reasons", "receiver.actions", "slo.purchases"}
+DESCRIBED = {"purchases.failure_reasons", "receiver.actions", "slo.purchases", "notices.templates"}
 
 
 def _documented(text: str) -> Any:

@@ -60,6 +60,18 @@ def quiet(t: Timeline) -> list[str]:
     return problems
 
 
+def reviewed(t: Timeline) -> list[str]:
+    """The generated post-incident review of the (last) incident: resolved, its times, its
+    timeline from evidence to resume, the runbook's impact query."""
+    if not t.reviews:
+        return ["no post-incident review"]
+    _, text = t.reviews[-1]
+    expected = ["State: **resolved**", "| Time to stop | first evidence | purchases stopped |",
+                "| evidence |", "| decision |", "| verification |", "| resume |",
+                "recovery verification passed", "### The runbook's query"]  # fmt: skip
+    return [f"the review has no {e!r}" for e in expected if e not in text]
+
+
 def paged(expected: dict[str, int]) -> Callable[[Timeline], list[str]]:
     """Exactly these alerts paged, each this many times: the cause, once."""
 
@@ -69,6 +81,24 @@ def paged(expected: dict[str, int]) -> Callable[[Timeline], list[str]]:
     return check
 
 
+def customers_told(t: Timeline) -> list[str]:
+    """incident_started once, after the incident opened; incident_resolved once, after it
+    closed (docs/customer-notices.md): each broadcast notice exactly once over two replicas."""
+    broadcast = [(at, kind) for at, kind, _ in t.notices if not kind.startswith("purchase")]
+    kinds = [kind for _, kind in broadcast]
+    if kinds != ["incident_started", "incident_resolved"]:
+        return [f"customer notices {kinds}, expected incident_started then incident_resolved"]
+    (started, _), (resolved, _) = broadcast
+    opened = [at for at, text in t.decisions if text.startswith("incident_opened")]
+    closed = [at for at, text in t.decisions if text.startswith("incident_closed")]
+    problems = []
+    if not opened or started < opened[0]:
+        problems.append(f"incident_started at {started}, incident opened at {opened}")
+    if not closed or resolved < closed[-1]:
+        problems.append(f"incident_resolved at {resolved}, incident closed at {closed}")
+    return problems
+
+
 SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
     # Kraken refuses connections for 4 minutes: stop, queue the failed purchases, page the
     # outage once, resume after verification.
@@ -76,11 +106,21 @@ SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
         stopped_then_resumed_after_verification,
         paged({"ExchangeApiDown": 1}),
         lambda t: [] if "retries queued" in t.first else ["no failed purchase was queued"],
+        reviewed,
+        customers_told,
     ],
     # Maintenance stops purchases and pages as maintenance, not as an outage.
-    "maintenance": [stopped_then_resumed_after_verification, paged({"ExchangeMaintenance": 1})],
+    "maintenance": [
+        stopped_then_resumed_after_verification,
+        paged({"ExchangeMaintenance": 1}),
+        reviewed,
+    ],
     # Our key refused: an auth page, once; the exchange is up, so purchases go on.
-    "invalid-key": [quiet, paged({"ExchangeApiAuthFailures": 1})],
+    "invalid-key": [
+        quiet,
+        paged({"ExchangeApiAuthFailures": 1}),
+        lambda t: [f"customer notices {t.notices}"] if t.notices else [],
+    ],
 }
 
 
@@ -91,6 +131,8 @@ async def test_the_stack_handles_the_incident(
 ) -> None:
     timeline = await run_scenario(SCENARIOS[name], tmp_path / name, TIMING, database.dsn)
     print(timeline.table())
+    for _, text in timeline.reviews:
+        print(text)
     problems = [problem for check in SMOKE[name] for problem in check(timeline)]
     # Each replica has its own key: their nonces never interleave.
     if timeline.invalid_nonces:

@@ -1,6 +1,6 @@
 """SIGKILL the exporter at random moments while it stops purchases for an outage: afterwards
 nothing is half-done (breaker, pause, queued retries and the incident commit together or not at
-all), and after a restart nothing is done twice."""
+all), and after a restart nothing is done twice: not the incident, not its customer notice."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def config(kraken_url: str) -> str:
         # The retry filler queues the same purchases by itself (tests/test_retry_filler.py);
         # here the queue must tell whether the incident's own commit happened.
         retry={"fill_interval": "1h"},
+        # The notice planner runs through the kills too: incident_started is due 100 ms after
+        # the incident's first evidence, so kills land before, during and after its insert.
+        notices={"started_after": "100ms", "interval": "50ms", "idle_interval": "50ms"},
     )  # fmt: skip
 
 
@@ -34,22 +37,27 @@ SELECT coalesce(i.phase, 'normal') AS phase, coalesce(b.state, 'closed') AS brea
        coalesce(c.purchases_paused, false) AS paused,
        (SELECT count(*) FROM liquid_abt.retry_queue) AS queued,
        (SELECT count(*) FROM liquid_abt.incident_periods) AS periods,
-       (SELECT count(*) FROM liquid_abt.audit_log WHERE action = 'pause_purchases') AS pauses
+       (SELECT count(*) FROM liquid_abt.audit_log WHERE action = 'pause_purchases') AS pauses,
+       (SELECT count(*) FROM liquid_abt.customer_notices) AS notices
 FROM (SELECT 'kraken' AS exchange) x
 LEFT JOIN liquid_abt.incidents i USING (exchange)
 LEFT JOIN liquid_abt.circuit_breakers b USING (exchange)
 LEFT JOIN liquid_abt.exchange_controls c USING (exchange)
 """
 NOTHING = {"phase": "normal", "breaker": "closed", "paused": False, "queued": 0, "periods": 0,
-           "pauses": 0}  # fmt: skip
-ALL = {"phase": "down", "breaker": "open", "paused": True, "queued": 5, "periods": 1, "pauses": 1}
+           "pauses": 0, "notices": 0}  # fmt: skip
+ALL = {"phase": "down", "breaker": "open", "paused": True, "queued": 5, "periods": 1, "pauses": 1,
+       "notices": 1}  # fmt: skip
+# Killed after the incident committed but before the planner's insert: the restart plans it.
+STOPPED = {**ALL, "notices": 0}
 
 
 async def reset(db: asyncpg.Connection) -> None:
     await db.execute(
         """TRUNCATE liquid_abt.incidents, liquid_abt.probe_observations,
                     liquid_abt.circuit_breakers, liquid_abt.exchange_controls,
-                    liquid_abt.retry_queue, liquid_abt.incident_periods, liquid_abt.audit_log"""
+                    liquid_abt.retry_queue, liquid_abt.incident_periods, liquid_abt.audit_log,
+                    liquid_abt.customer_notices"""
     )
 
 
@@ -79,8 +87,9 @@ async def test_a_kill_mid_decision_leaves_all_or_nothing_and_a_restart_finishes_
             exporter.process.kill()
             await asyncio.to_thread(exporter.stop)
             after_kill = dict(await db.fetchrow(STATE_SQL))
-            assert after_kill in (NOTHING, ALL), f"half-done after a kill: {after_kill}"
-            seen.append("all" if after_kill == ALL else "nothing")
+            assert after_kill in (NOTHING, STOPPED, ALL), f"half-done after a kill: {after_kill}"
+            stage = {"all": ALL, "stopped": STOPPED, "nothing": NOTHING}
+            seen += [name for name, state in stage.items() if state == after_kill]
 
             restarted = await asyncio.to_thread(
                 stack.exporter, database_url=database.dsn, config_yaml=config_yaml, port=port
@@ -92,4 +101,9 @@ async def test_a_kill_mid_decision_leaves_all_or_nothing_and_a_restart_finishes_
             await wait_until(finished, timeout=20, interval=0.1, what="the outage handled once")
             await asyncio.to_thread(restarted.stop)
             assert dict(await db.fetchrow(STATE_SQL)) == ALL, "nothing doubled by the restart"
-    print(f"{KILLS} kills: {seen.count('all')} after the commit, {seen.count('nothing')} before")
+            kinds = await db.fetch("SELECT kind, state FROM liquid_abt.customer_notices")
+            assert [tuple(r) for r in kinds] == [("incident_started", "queued")]
+    print(
+        f"{KILLS} kills: {seen.count('all')} after the notice, {seen.count('stopped')} after "
+        f"the commit and before the notice, {seen.count('nothing')} before"
+    )

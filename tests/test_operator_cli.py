@@ -189,6 +189,41 @@ def test_audit_log_lists_what_the_cli_did(exporter: RunningExporter) -> None:
     ok(admin(exporter, "breaker", "reset", "kraken"))
 
 
+def test_customer_notices_list_hold_release_and_cancel(exporter: RunningExporter) -> None:
+    # An incident long closed (outside the planner's view): its notices are arranged here.
+    row, _ = query(exporter, """
+        WITH i AS (INSERT INTO liquid_abt.incident_periods (exchange, cause, started_at, ended_at)
+                   VALUES ('kraken', 'unavailable', now() - interval '3 hours',
+                           now() - interval '170 minutes') RETURNING id)
+        INSERT INTO liquid_abt.customer_notices (incident_id, exchange, kind, seq, tenant_id,
+                                                 channels, message)
+        SELECT i.id, 'kraken', k.kind, 0, k.tenant, '{app_notification}', k.message
+        FROM i, (VALUES ('incident_started', NULL, 'We are experiencing temporary issues'),
+                        ('purchase_failed', 'tenant-7', 'Your Bitcoin purchase could not be'))
+             AS k(kind, tenant, message)
+        RETURNING incident_id""")  # fmt: skip
+    incident = str(row["incident_id"])
+    out = ok(admin(exporter, "notices", "list", "--incident", incident))
+    header, *rows, paging = out.splitlines()
+    assert header.split()[:6] == ["ID", "INCIDENT", "EXCHANGE", "KIND", "TENANT", "STATE"]
+    assert [r.split()[3:6] for r in rows] == [["purchase_failed", "tenant-7", "queued"],
+                                              ["incident_started", "all", "affected"]]  # fmt: skip
+    assert paging == "1-2 of 2"
+    started = rows[1].split()[0]
+    assert ok(admin(exporter, "notices", "hold", started, "--reason", "review")) == (
+        f"held 1 notice(s): {started}\n"
+    )
+    held = as_json(admin(exporter, "notices", "list", "--state", "held", "--json"))
+    assert [n["id"] for n in held["entries"]] == [int(started)]
+    ok(admin(exporter, "notices", "release", started))
+    out = ok(admin(exporter, "notices", "cancel", "--incident", incident))
+    assert out.startswith("cancelled 2 notice(s): ")
+    assert ok(admin(exporter, "notices", "cancel", started)).startswith("no notice cancelled")
+    result = admin(exporter, "notices", "hold")
+    assert result.returncode == 1
+    assert result.stderr == "error: notices hold: name the notices: ids, or --incident ID\n"
+
+
 # ---- where the token and the URL come from ----
 
 

@@ -111,7 +111,7 @@ def test_the_json_answer_is_the_admin_apis(dsn: str, config_file: Path) -> None:
          "error: unknown exchange 'binance': configured are kraken, independent_reserve "
          "(the exchanges of --config.file)\n"),
         (["audit-log"], "--database-url: `audit-log` needs a running exporter; with "
-         "--database-url only status, pause, resume work"),
+         "--database-url only status, pause, resume, incidents, incident-report work"),
     ],
 )  # fmt: skip
 def test_what_it_cannot_do_is_named(

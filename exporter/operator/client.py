@@ -65,25 +65,35 @@ class AdminClient:
         query = f"?{urllib.parse.urlencode(given)}" if given else ""
         return self._call("GET", f"{path}{query}")
 
+    def get_text(self, path: str, **params: Any) -> str:
+        """A text answer (an incident review's Markdown); its failures are JSON like the rest."""
+        given = {k: str(v) for k, v in params.items() if v is not None}
+        query = f"?{urllib.parse.urlencode(given)}" if given else ""
+        return str(self._call("GET", f"{path}{query}", accept="text/markdown"))
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._call("POST", path, body)
 
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self._call("PATCH", path, body)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None,
+        accept: str = "application/json",
+    ) -> Any:  # fmt: skip
         request = urllib.request.Request(
             f"{self.url}/api/admin/{path}",
             data=None if body is None else json.dumps(body).encode(),
             method=method,
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json",
-                     "Accept": "application/json"},
+                     "Accept": accept},
         )  # fmt: skip
         try:
             with urllib.request.urlopen(
                 request, timeout=self._timeout, context=self._context
             ) as response:
-                return json.loads(response.read())
+                raw = response.read()
+                return json.loads(raw) if accept == "application/json" else raw.decode()
         except urllib.error.HTTPError as error:
             raise AdminError(self._refusal(error.code, error.read())) from None
         except TimeoutError:
@@ -94,7 +104,7 @@ class AdminClient:
             if isinstance(error.reason, ssl.SSLCertVerificationError):
                 raise AdminError(self._untrusted(error.reason)) from None
             raise AdminError(self._unreachable(error.reason)) from None
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
             raise AdminError(f"{self.url}: no admin API answer: {error}") from None
 
     def _too_slow(self) -> str:

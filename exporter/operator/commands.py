@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from exporter.config import ConfigError, load_config, parse_duration
+from exporter.config import NOTICE_KINDS, ConfigError, load_config, parse_duration
+from exporter.controls.notices import NOTICE_STATES
 from exporter.controls.retry_queue import QUEUE_STATUSES
 from exporter.labels import REASON_CLASSES
 from exporter.operator import direct, render
@@ -35,6 +36,7 @@ from exporter.operator.client import (
     admin_token,
     tls_context,
 )
+from exporter.operator.incidents import add_incident_commands
 from exporter.secrets import SecretError
 
 CONFIG_ENV = "LIQUID_ABT_CONFIG_FILE"
@@ -99,7 +101,8 @@ def _common(top: bool) -> argparse.ArgumentParser:
         dest="database_url",
         metavar="DSN",
         help="no exporter running (every replica down): run status, pause and resume straight "
-        "against this PostgreSQL, in the admin API's audited transactions; the password comes "
+        "against this PostgreSQL, in the admin API's audited transactions (and the read-only "
+        "incidents and incident-report); the password comes "
         "from DATABASE_PASSWORD or DATABASE_PASSWORD_FILE, the admin token is not needed",
     )
     common.add_argument(
@@ -126,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_breaker(commands, common)
     _add_purchases(commands, common)
     _add_reports(commands, common)
+    add_incident_commands(commands, common)
+    _add_notices(commands, common)
     return parser
 
 
@@ -219,6 +224,34 @@ def _add_reports(commands: Any, common: argparse.ArgumentParser) -> None:
     log.add_argument("--before-id", type=int, metavar="ID",
                      help="only entries older than this id (keeps pages still while it grows)")  # fmt: skip
     _paging(log)
+
+
+def _add_notices(commands: Any, common: argparse.ArgumentParser) -> None:
+    notices = commands.add_parser(
+        "notices", help="customer notices: list, hold, release, cancel",
+        description="The customer-notice outbox the platform's notifier consumes "
+        "(docs/customer-notices.md).",
+    )  # fmt: skip
+    actions = notices.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _command(actions, "list", common, _notices, "notices, newest first")
+    listing.add_argument("--incident", type=int, metavar="ID", help="only this incident's")
+    listing.add_argument("--state", choices=NOTICE_STATES, metavar="STATE",
+                         help=f"only this state: {', '.join(NOTICE_STATES)}")  # fmt: skip
+    listing.add_argument("--kind", choices=NOTICE_KINDS, metavar="KIND",
+                         help=f"only this kind: {', '.join(NOTICE_KINDS)}")  # fmt: skip
+    listing.add_argument("--exchange", metavar="EXCHANGE", help="only this exchange")
+    _paging(listing)
+    for action, words in [
+        ("hold", "keep queued notices from the notifier until `release`"),
+        ("release", "let held notices go to the notifier"),
+        ("cancel", "never send these queued or held notices"),
+    ]:
+        sub = _command(actions, action, common, _operate_notices, words)
+        sub.add_argument("ids", type=int, nargs="*", metavar="ID", help="notice ids")
+        sub.add_argument("--incident", type=int, metavar="ID",
+                         help="every notice of this incident (holding or cancelling its "
+                              "incident_started also governs what is planned for it next)")  # fmt: skip
+        _reason(sub)
 
 
 def _paging(sub: argparse.ArgumentParser) -> None:
@@ -364,6 +397,20 @@ def _audit_log(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     answer = client.get("audit-log", exchange=args.exchange, beforeId=args.before_id,
                         limit=args.limit, offset=args.offset)  # fmt: skip
     return answer, render.audit_log(answer, render.now())
+
+
+def _notices(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    answer = client.get("notices", incident=args.incident, state=args.state, kind=args.kind,
+                        exchange=args.exchange, limit=args.limit, offset=args.offset)  # fmt: skip
+    return answer, render.notices(answer, render.now())
+
+
+def _operate_notices(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    if not args.ids and args.incident is None:
+        raise AdminError(f"notices {args.action}: name the notices: ids, or --incident ID")
+    body = _given(ids=args.ids or None, incident=args.incident, reason=args.reason)
+    answer = client.post(f"notices/{args.action}", body)
+    return answer, render.notices_changed(answer)
 
 
 def _given(**fields: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """`admin --database-url`: status, pause and resume straight against PostgreSQL, for when no
-exporter answers (`LiquidAbtExporterDown`: every replica is down).
+exporter answers (`LiquidAbtExporterDown`: every replica is down); also the incidents and their
+reviews, which only read.
 
 The answers are the admin API's own: the same functions build them (web/admin/status.py,
 web/admin/purchases.py), so a pause made here is the same audited transaction, a manual hold
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -20,14 +22,20 @@ from exporter.controls import pause as controls
 from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import DATABASE_ERRORS, Connection, create_pool
 from exporter.operator.client import AdminError
+from exporter.runbook import review
 from exporter.secrets import read_secret
+from exporter.web.admin.incidents import incidents_answer, review_of
+from exporter.web.admin.inputs import Paging
 from exporter.web.admin.purchases import pause_answer, resume_answer
 from exporter.web.admin.status import exchange_status
 
 T = TypeVar("T")
 
+# The incidents and their reviews read the database only: they work without an exporter too.
+REVIEW_COMMANDS = ("incidents", "incident-report")
+
 # What works without an exporter; every other command needs the admin API's process.
-DIRECT_COMMANDS = ("status", "pause", "resume")
+DIRECT_COMMANDS = ("status", "pause", "resume", *REVIEW_COMMANDS)
 
 
 def connection(dsn: str) -> Connection:
@@ -50,7 +58,24 @@ class DirectClient:
             return self._run(self._status)
         if path == "purchases/status":
             return self._run(self._purchases)
+        if path == "incidents":
+            paging = Paging(limit=params.get("limit", 20), offset=params.get("offset", 0))
+            return self._run(lambda pool: incidents_answer(pool, params.get("exchange"), paging))
+        if path.startswith("incidents/"):
+            return self._review(path).as_json()
         raise self._unsupported()
+
+    def get_text(self, path: str, **params: Any) -> str:
+        if path.startswith("incidents/"):
+            return review.markdown(self._review(path))
+        raise self._unsupported()
+
+    def _review(self, path: str) -> review.Review:
+        reference = unquote(path.removeprefix("incidents/"))
+        try:
+            return self._run(lambda pool: review_of(pool, self._config, reference))
+        except (ValueError, review.IncidentNotFound) as exc:
+            raise AdminError(str(exc)) from None
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         if path == "purchases/pause":

@@ -201,6 +201,29 @@ def retry_queue(answer: dict[str, Any], at: datetime) -> str:
     return f"{table(headers, rows)}\n{_paging(answer)}"
 
 
+def notices(answer: dict[str, Any], at: datetime) -> str:
+    if not answer["entries"]:
+        return f"no customer notices{_paging(answer, empty=True)}"
+    headers = ["ID", "INCIDENT", "EXCHANGE", "KIND", "TENANT", "STATE", "READY", "ATTEMPTS",
+               "MESSAGE"]  # fmt: skip
+    rows = [
+        [str(n["id"]), str(n["incidentId"] or "-"), n["exchange"],
+         n["kind"] + (f" #{n['seq']}" if n["seq"] else ""), n["tenantId"] or "all affected",
+         n["state"], when(n["readyAt"], at), str(n["attempts"]),
+         cut(n["lastError"] or n["message"], 50)]
+        for n in answer["entries"]
+    ]  # fmt: skip
+    return f"{table(headers, rows)}\n{_paging(answer)}"
+
+
+def notices_changed(answer: dict[str, Any]) -> str:
+    changed = answer["changed"]
+    verb = {"hold": "held", "release": "released", "cancel": "cancelled"}[answer["action"]]
+    if not changed:
+        return f"no notice {verb}: none of them was in a state to be (a claimed one is in flight)"
+    return f"{verb} {len(changed)} notice(s): {', '.join(str(i) for i in changed)}"
+
+
 def audit_log(answer: dict[str, Any], at: datetime) -> str:
     if not answer["entries"]:
         return f"no audit entries{_paging(answer, empty=True)}"

@@ -25,6 +25,7 @@ from exporter.buildinfo import build_info
 from exporter.config import Config
 from exporter.controls.breaker import BreakerStore
 from exporter.controls.exposition import ControlsSource
+from exporter.controls.notice_metrics import NoticesSource
 from exporter.database.background import run_forever
 from exporter.database.listen import listen
 from exporter.database.pool import (
@@ -38,6 +39,8 @@ from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from exporter.runbook.notices.loop import NoticeLoop, NoticeMetrics
+from exporter.runbook.notices.webhook import WebhookMetrics, WebhookSender
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
@@ -65,6 +68,8 @@ from exporter.signals.integrations import default_registry
 from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import bearer_matches, build_admin_app
+from exporter.web.admin.incidents import routes as incidents_routes
+from exporter.web.admin.notices import routes as notices_routes
 from exporter.web.admin.purchases import routes as purchases_routes
 from exporter.web.admin.status import routes as status_routes
 from exporter.web.exposition import MetricsExposition, RegistrySection
@@ -80,6 +85,7 @@ from exporter.web.keys import (
     INCIDENT_LOOPS,
     INCIDENTS,
     LIVE_METRICS,
+    NOTICE_LOOP,
     POOL,
     PROBES,
     REGISTRY,
@@ -102,18 +108,22 @@ log = logging.getLogger(__name__)
 
 def build_sources(config: Config, exchanges: Registry | None = None) -> list[Source]:
     classifier = ReasonClassifier(config.purchases.failure_reasons)
-    registry = exchanges or default_registry()
-    # Handled failures leave a margin before the first failed probe round: one interval and one
-    # timeout of the slowest probe.
-    margin = max(
-        s.probe_interval + s.timeout
-        for s in (registry.settings(config, name) for name in config.exchanges)
-    )
+    margin = probe_margin(config, exchanges or default_registry())
     return [
         PurchasesSource(config, classifier),
         ApiCallsSource(config),
         ControlsSource(config, probe_margin=margin),
+        NoticesSource(config),
     ]
+
+
+def probe_margin(config: Config, registry: Registry) -> float:
+    """Handled failures leave a margin before the first failed probe round: one interval and one
+    timeout of the slowest probe."""
+    return max(
+        s.probe_interval + s.timeout
+        for s in (registry.settings(config, name) for name in config.exchanges)
+    )
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -294,6 +304,28 @@ async def _retry_filler_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _notices_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Customer notices planned on every replica (exactly once by the outbox's unique key).
+
+    In dry run the exporter changes nothing the platform acts on, so nothing is planned."""
+    config = app[CONFIG]
+    metrics, webhook_metrics = NoticeMetrics(app[REGISTRY]), WebhookMetrics(app[REGISTRY])
+    if config.receiver.dry_run or not config.notices.enabled:
+        yield
+        return
+    planner = NoticeLoop(
+        app[POOL], config, metrics=metrics, margin=probe_margin(config, app[EXCHANGES])
+    )
+    app[NOTICE_LOOP] = planner
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_task("customer-notices", planner.run()))
+        secret = app[SECRETS].notices_webhook_secret
+        if config.notices.webhook_url and secret:
+            sender = WebhookSender(app[POOL], config.notices, secret, app[REPLICA], webhook_metrics)
+            await stack.enter_async_context(_task("customer-notice-webhook", sender.run()))
+        yield
+
+
 def _webhook(app: web.Application) -> WebhookHandler:
     def wake_worker() -> None:
         if ACTION_WORKER in app:
@@ -449,7 +481,10 @@ async def warm_up(app: web.Application, timeout: float | None = None) -> None:
 
 def admin_route_tables() -> list[web.RouteTableDef]:
     """Every concern's admin routes; each module owns its table."""
-    return [status_routes, purchases_routes, breaker_routes, audit_routes]
+    return [
+        status_routes, purchases_routes, breaker_routes, audit_routes, incidents_routes,
+        notices_routes,
+    ]  # fmt: skip
 
 
 @web.middleware
@@ -505,7 +540,7 @@ def create_app(
     # Order matters: each context may use what the previous ones created.
     app.cleanup_ctx.extend(
         [_pool_ctx, _monitor_ctx, _breakers_ctx, _runners_ctx, _probe_ctx, _verification_ctx,
-         _incidents_ctx, _actions_ctx, _retry_filler_ctx]
+         _incidents_ctx, _actions_ctx, _retry_filler_ctx, _notices_ctx]
     )  # fmt: skip
     app.router.add_get("/", index)
     app.router.add_get(options.telemetry_path, app[EXPOSITION].handle)

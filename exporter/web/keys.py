@@ -12,6 +12,7 @@ from exporter.controls.breaker import BreakerStore
 from exporter.database.pool import Connection, DatabaseMonitor
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
+from exporter.runbook.notices.loop import NoticeLoop
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.verification_watch import VerificationWatch
 from exporter.runbook.worker import ActionWorker
@@ -39,6 +40,8 @@ INCIDENTS = web.AppKey("incidents", IncidentModel)
 INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
 # Failover's evidence: each secondary's verification and the primary's last good market.
 VERIFICATION_WATCH = web.AppKey("verification_watch", VerificationWatch)
+# The customer-notice planner (absent in dry run or with notices.enabled false).
+NOTICE_LOOP = web.AppKey("notice_loop", NoticeLoop)
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
 # /metrics: the exposition, and its section of live metrics (`changed()` after they change).

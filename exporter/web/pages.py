@@ -230,6 +230,7 @@ ALERT_RUNBOOKS: Final = (
     ("BitcoinPurchase", "bitcoin-purchase-failures.md"),
     ("Exchange", "exchange-api-failures.md"),
     ("LiquidAbt", "liquid-abt-exporter.md"),
+    ("CustomerNotices", "liquid-abt-exporter.md"),
 )
 
 

@@ -23,7 +23,15 @@ from ..stack import (
 )
 from .pager import Pager
 from .scenarios import SCENARIOS, Drill, Scenario
-from .timeline import Timeline, Watcher, decisions, reason_classes, retry_report
+from .timeline import (
+    Timeline,
+    Watcher,
+    decisions,
+    incident_reviews,
+    notices,
+    reason_classes,
+    retry_report,
+)
 from .timing import (
     ESCALATIONS,
     PAGER,
@@ -148,6 +156,8 @@ async def run_scenario(
         timeline.retry = await retry_report(database_url, timing)  # the exporters still run
         timeline.reasons = await reason_classes(database_url)
         timeline.decisions = await decisions(database_url, timeline)
+        timeline.reviews = await incident_reviews(database_url)
+        timeline.notices = await notices(database_url, timeline)
     return timeline
 
 
@@ -185,8 +195,21 @@ async def run_all(names: Sequence[str], folder: Path, timing: Timing) -> int:
                   + ("as expected" if not problems else "NOT AS EXPECTED: " + "; ".join(problems)),
                   flush=True)  # fmt: skip
             print()
+            print_reviews(timeline, folder / name)
             failed += bool(problems)
     return 1 if failed else 0
+
+
+def print_reviews(timeline: Timeline, folder: Path) -> None:
+    """Each incident's generated review, printed for the closing note and kept beside the
+    scenario's logs (incident-<id>.md)."""
+    if not timeline.reviews:
+        print(f"  no incident recorded: no post-incident review for {timeline.scenario}\n")
+    for incident, text in timeline.reviews:
+        path = folder / f"incident-{incident}.md"
+        path.write_text(text)
+        print(f"---- post-incident review of incident {incident} ({path}) ----\n")
+        print(text, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from exporter.config import Config
+from exporter.runbook import review
 from exporter.signals.classify import ReasonClassifier
 
 from ..stack import (
@@ -69,6 +70,10 @@ class Timeline:
     fixed: float | None = None  # when the scenario removed the fault, shipped seconds
     retry: RetryCoverage | None = None  # the runbook's retry query, at the end
     notifications: list[Notification] = field(default_factory=list)  # every human receiver's
+    # The generated post-incident review of each incident the scenario recorded (Markdown).
+    reviews: list[tuple[int, str]] = field(default_factory=list)
+    # Customer notices queued for the platform's notifier: (shipped seconds, kind, to whom).
+    notices: list[tuple[float, str, str]] = field(default_factory=list)
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
@@ -100,6 +105,8 @@ class Timeline:
         rows = [(f"{at:+.1f}s", text) for at, text in self.marks]
         rows += [(f"{v:+.1f}s", k) for k, v in self.first.items()]
         rows += [(f"{at:+.1f}s", f"  audit: {text}") for at, text in self.decisions]
+        rows += [(f"{at:+.1f}s", f"  customer notice: {kind} to {to}")
+                 for at, kind, to in self.notices]  # fmt: skip
         page = self.first_page()
         if page:
             rows.append((f"{page[0]:+.1f}s", f"first page: {page[1]}"))
@@ -287,6 +294,29 @@ async def decisions(database_url: str, timeline: Timeline) -> list[tuple[float, 
     ]  # fmt: skip
 
 
+_NOTICES_SQL = """
+SELECT extract(epoch FROM created_at)::float8 AS at, kind, seq, tenant_id,
+       array_to_string(channels, ', ') AS channels
+FROM liquid_abt.customer_notices
+ORDER BY created_at, id
+"""
+
+
+async def notices(database_url: str, timeline: Timeline) -> list[tuple[float, str, str]]:
+    """Each customer notice the exporters queued, when (docs/customer-notices.md)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(_NOTICES_SQL)
+    finally:
+        await conn.close()
+    return [
+        (round(timeline.timing.shipped(r["at"] - timeline.t0_wall), 1),
+         r["kind"] + (f" #{r['seq']}" if r["seq"] else ""),
+         f"{r['tenant_id'] or 'every affected tenant'} ({r['channels']})")
+        for r in rows
+    ]  # fmt: skip
+
+
 async def reason_classes(database_url: str) -> dict[str, int]:
     """How the exporter classifies the platform's failures (the reason label of its metrics)."""
     classify = ReasonClassifier(Config().purchases.failure_reasons).classify
@@ -302,3 +332,16 @@ async def reason_classes(database_url: str) -> dict[str, int]:
         reason = classify(row["failure_reason"])
         counts[reason] = counts.get(reason, 0) + row["n"]
     return counts
+
+
+async def incident_reviews(database_url: str) -> list[tuple[int, str]]:
+    """Each incident's post-incident review, oldest first, as `liquid-abt-exporter admin
+    --database-url URL incident-report ID` writes it (the same loader and renderer)."""
+    classifier = ReasonClassifier(Config().purchases.failure_reasons)
+    conn = await asyncpg.connect(database_url)
+    try:
+        ids = await conn.fetch("SELECT id FROM liquid_abt.incident_periods ORDER BY id")
+        found = [await review.load_review(conn, r["id"], classifier) for r in ids]
+    finally:
+        await conn.close()
+    return [(r.incident.id, review.markdown(r)) for r in found]

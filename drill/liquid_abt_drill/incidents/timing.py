@@ -72,6 +72,10 @@ def exporter_config(
         "retry": {"base_delay": t.d(60), "max_delay": t.d(3600), "fill_interval": t.d(5)},
         "receiver": {"alertmanager_url": alertmanager_url, "reconcile_interval": t.d(60),
                      "retry_max_delay": t.d(60)},
+        "notices": {"started_after": t.d(45), "ongoing_every": t.d(1800), "blip": t.d(300),
+                    "follow_up": t.d(900), "interval": t.d(5), "idle_interval": t.d(10),
+                    "claim_lease": t.d(300), "retry_base_delay": t.d(30),
+                    "retry_max_delay": t.d(1800)},
     }  # fmt: skip
     if secondaries:
         config["exchanges"] = {

@@ -415,7 +415,12 @@ def _resume(incident: Incident, now: datetime, policy: Policy, effects: list[Eff
         Resume(why),
         MakeRetriesDue(why),
         ClosePeriod(now),
-        Audit("incident_closed", why, detail={"started_at": incident.started_at}),
+        # healthy_since: when the evidence cleared, for the review's time to resume.
+        Audit(
+            "incident_closed",
+            why,
+            detail={"started_at": incident.started_at, "healthy_since": incident.healthy_since},
+        ),
         Log(INFO, f"purchases resume: {why}", {"exchange": exchange}),
     ]
     return replace(
