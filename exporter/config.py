@@ -331,6 +331,55 @@ class IncidentConfig(_Model):
         return self
 
 
+class FailoverConfig(_Model):
+    """Failover: while the primary's incident stops purchases, route them to a verified secondary
+    (exporter/runbook/incident/routing.py; docs/failover.md). Off unless a secondary is named."""
+
+    # Off by default; on once a secondary is configured, unless set to false.
+    enabled: bool | None = None
+    # The exchange whose purchases are routed while its incident stops them.
+    primary: str = "kraken"
+    # The secondaries purchases may be routed to, most preferred first. Until the exchanges'
+    # roles are in `exchanges:` this list is where a secondary is named.
+    secondaries: list[str] = Field(default_factory=list)
+    # A secondary may take purchases only while its latest passing check is this recent.
+    verified_within: Duration = 60.0
+    # Its best ask within this fraction of the reference price (0.015: 1.5 %).
+    max_price_deviation: float = Field(default=0.015, gt=0, lt=1)
+    # The primary's last good mid is the reference for this long; after it, the median mid of
+    # the configured exchanges whose checks are this recent, when at least
+    # `reference_min_sources` of them answer.
+    reference_max_age: Duration = 600.0
+    reference_min_sources: int = Field(default=2, ge=1)
+
+    @property
+    def active(self) -> bool:
+        """Whether purchases may be routed at all."""
+        return bool(self.secondaries) and self.enabled is not False
+
+    @field_validator("secondaries")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _LABEL_VALUE.match(name) or name in ("other", "none", "primary", "auto"):
+                raise ValueError(
+                    f"invalid secondary {name!r}: lower-case letters, digits and _, not "
+                    "'other', 'none', 'primary' or 'auto'"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"secondaries must be distinct, got {', '.join(names)}")
+        return names
+
+    @model_validator(mode="after")
+    def _enabled_needs_a_secondary(self) -> FailoverConfig:
+        if self.enabled and not self.secondaries:
+            raise ValueError(
+                "enabled is true but no secondary is configured: name one in "
+                "failover.secondaries, or set enabled to false"
+            )
+        return self
+
+
 class RetryConfig(_Model):
     """Exponential backoff of queued purchases: base * factor^attempt, jittered, capped."""
 
@@ -507,6 +556,7 @@ class Config(_Model):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     web: WebConfig = Field(default_factory=WebConfig)
@@ -534,6 +584,26 @@ class Config(_Model):
             raise ValueError(
                 f"slo.purchases: the objectives are derived from the 5m purchase window: add 5m "
                 f"to purchases.windows (got {served}), or set slo.purchases to [] for none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _secondaries_are_other_exchanges(self) -> Config:
+        for index, name in enumerate(self.failover.secondaries):
+            if name not in self.exchanges:
+                raise ValueError(
+                    f"failover.secondaries.{index}: unknown exchange {name!r}: "
+                    f"not in exchanges ({', '.join(self.exchanges)})"
+                )
+            if name == self.failover.primary:
+                raise ValueError(
+                    f"failover.secondaries.{index}: {name!r} is failover.primary: a secondary "
+                    "is another exchange"
+                )
+        if self.failover.active and self.failover.primary not in self.exchanges:
+            raise ValueError(
+                f"failover.primary: unknown exchange {self.failover.primary!r}: "
+                f"not in exchanges ({', '.join(self.exchanges)})"
             )
         return self
 

@@ -47,6 +47,20 @@ class Incident:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where the primary's purchases go (liquid_abt.purchase_routes; routing.py decides it)."""
+
+    exchange: str
+    routed_to: str | None = None  # the secondary purchases are routed to; None: not routed
+    since: datetime | None = None  # when routed_to last changed
+    valid_until: datetime | None = None  # the gate stops routing after it
+    reason: str | None = None
+    blocked_guard: str | None = None  # the guard that keeps purchases from being routed
+    override: str | None = None  # an admin's: a secondary's name, "none", or None (automatic)
+    failovers: int = 0  # routes started, ever (liquid_abt_purchase_failovers_total)
+
+
+@dataclass(frozen=True)
 class VerificationLease:
     """A recovery verification this replica may run; the token fences it if the lease is lost."""
 
