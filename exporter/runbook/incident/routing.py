@@ -38,7 +38,15 @@ from decimal import Decimal
 from typing import Any
 
 from exporter.labels import ROUTE_GUARDS
-from exporter.runbook.incident.effects import INFO, WARNING, Audit, Effect, Log, SetRoute
+from exporter.runbook.incident.effects import (
+    INFO,
+    WARNING,
+    Audit,
+    Effect,
+    Log,
+    MakeRetriesDue,
+    SetRoute,
+)
 from exporter.runbook.incident.state import NORMAL, Route
 
 PRIMARY, NONE, AUTO = "primary", "none", "auto"
@@ -290,8 +298,11 @@ def _effects(
     else:
         words = f"purchases not routed ({label}): {why}"
         action, level = "route_cleared", INFO
-    return (
-        SetRoute(routed_to, why, blocked),
+    effects: list[Effect] = [
+        SetRoute(routed_to, words, blocked),
         Audit(action, words, detail=detail),
         Log(level, words, {"route": label, "blocked_guard": blocked, "evidence": why}),
-    )
+    ]
+    if routed_to is not None and changed:
+        effects.append(MakeRetriesDue(words))  # queued retries follow the route
+    return tuple(effects)

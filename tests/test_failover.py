@@ -1,0 +1,190 @@
+"""Failover against a real PostgreSQL: the incident model's executor routes in the decision's
+transaction, the gate's `buy_on` and the routed claim follow, a stale route expires in the gate,
+and the dry run only records. Verification rows are inserted directly (the markets' probes have
+their own tests); time moves by ageing rows, never by sleeping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.config import Config, parse_config
+from exporter.controls import gate, pause, retry_queue
+from exporter.controls.breaker import BreakerStore
+from exporter.database.pool import Connection, create_pool
+from exporter.runbook.incident import IncidentModel
+from exporter.runbook.incident import route_store as routes
+from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from tests.test_incident import DOWN, HEALTHY
+
+pytestmark = pytest.mark.db
+
+IR = "independentreserve"
+RAW = {
+    "exchanges": ["kraken", IR],
+    "kraken": {"enabled": False},
+    "failover": {"secondaries": [IR]},
+}
+CONFIG = parse_config(RAW)
+
+
+@pytest.fixture
+async def pool(database: Connection) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database, CONFIG.database)
+    yield pool
+    await pool.close()
+
+
+def model(pool: asyncpg.Pool, config: Config = CONFIG) -> IncidentModel:
+    registry = CollectorRegistry()
+    return IncidentModel(
+        pool, config, BreakerStore(pool, config, registry), ActionMetrics(registry),
+        IncidentMetrics(registry, list(config.exchanges)), replica="replica-a",
+    )  # fmt: skip
+
+
+async def verified(
+    db: asyncpg.Connection, exchange: str, *, age: float = 5, ok: bool = True,
+    ask: str = "100100", bid: str = "99900", balance: str | None = "50000", depth: str = "1",
+) -> None:  # fmt: skip
+    """A verification row as the markets' probes write it, `age` seconds old."""
+    await db.execute(
+        """INSERT INTO liquid_abt.exchange_verifications
+               (exchange, replica, checked_at, ok, best_bid, best_ask, asks, balance_aud,
+                verified_at)
+           VALUES ($1, 'replica-m', now() - make_interval(secs => $2), $3, $4::numeric,
+                   $5::numeric, $6::jsonb, $7::numeric,
+                   CASE WHEN $3 THEN now() - make_interval(secs => $2) END)
+           ON CONFLICT (exchange) DO UPDATE
+           SET checked_at = excluded.checked_at, ok = excluded.ok, best_bid = excluded.best_bid,
+               best_ask = excluded.best_ask, asks = excluded.asks,
+               balance_aud = excluded.balance_aud,
+               verified_at = coalesce(excluded.verified_at,
+                                      liquid_abt.exchange_verifications.verified_at)""",
+        exchange, float(age), ok, bid, ask, json.dumps([[ask, depth]]), balance,
+    )  # fmt: skip
+
+
+async def waiting(db: asyncpg.Connection, aud: str = "1000") -> None:
+    await db.execute(
+        """INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason,
+                                          exchange_provider, created_at)
+           VALUES ('tenant-1', $1::numeric, 'failed', 'EService:Unavailable',
+                   'kraken', now() - interval '10 seconds')""",
+        aud,
+    )
+
+
+async def kraken_down(m: IncidentModel) -> None:
+    for _ in range(2):
+        await m.observe("kraken", DOWN)
+
+
+async def test_kraken_down_routes_to_a_verified_secondary_and_the_gate_says_so(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await verified(db, "kraken", ask="100050", bid="99950")
+    await verified(db, IR)
+    await waiting(db)
+    m = model(pool)
+    await kraken_down(m)
+    found = await gate.purchase_gate(db, "kraken")
+    # Today's columns unchanged (paused, breaker open); buy_on names the secondary.
+    assert (found.purchases_paused, found.breaker_state, found.may_buy) == (True, "open", False)
+    assert found.buy_on == IR and found.routed
+    row = await routes.peek(db, "kraken")
+    assert row.routed_to == IR and row.failovers == 1 and row.blocked_guard is None
+    audit = await db.fetchrow("SELECT * FROM liquid_abt.audit_log WHERE action = 'route_purchases'")
+    detail = json.loads(audit["detail"])
+    assert audit["exchange"] == "kraken" and f"to {IR}" in audit["cause"]
+    assert detail["reference"]["source"] == "kraken mid" and detail["route"] == IR
+    # The queued retry follows the route: the routed claim hands it out for the secondary; the
+    # claim of a platform that ignores routes hands out nothing, as before.
+    assert await retry_queue.claim_due(db, 10) == []
+    claimed = await retry_queue.claim_routed(db, 10)
+    assert [e.retry_on for e in claimed] == [IR]
+
+
+async def test_a_stale_route_expires_in_the_gate_without_a_decision(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await verified(db, "kraken")
+    await verified(db, IR)
+    await kraken_down(model(pool))
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == IR
+    await db.execute(
+        "UPDATE liquid_abt.purchase_routes SET valid_until = now() - interval '1 second'"
+    )
+    assert (await gate.purchase_gate(db, "kraken")).buy_on is None
+
+
+async def test_the_gate_never_follows_a_route_over_a_hold_or_a_stopped_secondary(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await verified(db, "kraken")
+    await verified(db, IR)
+    await kraken_down(model(pool))
+    await pause.pause(db, IR, reason="ops", estimated_duration=None, actor="admin", cause="x")
+    assert (await gate.purchase_gate(db, "kraken")).buy_on is None
+    await pause.resume(db, IR, actor="admin", cause="x")
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == IR
+    await pause.pause(db, "kraken", reason="hold", estimated_duration=None, actor="admin",
+                      cause="hold", manual=True)  # fmt: skip
+    assert (await gate.purchase_gate(db, "kraken")).buy_on is None
+
+
+@pytest.mark.parametrize(
+    ("arrange", "guard"),
+    [
+        ({"age": 61}, "unverified"),
+        ({"ask": "103000"}, "price"),
+        ({"depth": "0.001"}, "depth"),
+        ({"balance": "10"}, "balance"),
+    ],
+)
+async def test_a_guard_keeps_purchases_waiting_and_names_itself(
+    pool: asyncpg.Pool, db: asyncpg.Connection, arrange: dict, guard: str
+) -> None:
+    await verified(db, "kraken")
+    await verified(db, IR, **arrange)
+    await waiting(db)
+    await kraken_down(model(pool))
+    assert (await gate.purchase_gate(db, "kraken")).buy_on is None
+    assert (await routes.peek(db, "kraken")).blocked_guard == guard
+    assert await retry_queue.claim_routed(db, 10) == []
+
+
+async def test_back_on_kraken_once_its_incident_closes(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await verified(db, "kraken")
+    await verified(db, IR)
+    m = model(pool)
+    await kraken_down(m)
+    # The incident closes (verified, probation over): the next decision brings purchases back.
+    await db.execute("UPDATE liquid_abt.incidents SET phase = 'probation', "
+                     "probation_until = now() - interval '1 second', last_closed_at = now()")  # fmt: skip
+    await db.execute("UPDATE liquid_abt.circuit_breakers SET state = 'closed'")
+    await m.observe("kraken", HEALTHY)
+    found = await gate.purchase_gate(db, "kraken")
+    assert (found.buy_on, found.may_buy) == ("kraken", True)
+    assert (await routes.peek(db, "kraken")).routed_to is None
+
+
+async def test_the_dry_run_records_the_route_and_changes_nothing(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    config = parse_config({**RAW, "receiver": {"dry_run": True}})
+    await verified(db, "kraken")
+    await verified(db, IR)
+    await kraken_down(model(pool, config))
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == "kraken"
+    recorded = await db.fetch(
+        "SELECT result FROM liquid_abt.audit_log WHERE action = 'route_purchases'"
+    )
+    assert [r["result"] for r in recorded] == ["dry_run"]
+    assert (await routes.peek(db, "kraken")).routed_to is None
