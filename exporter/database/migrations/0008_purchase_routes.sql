@@ -23,6 +23,10 @@ CREATE TABLE liquid_abt.purchase_routes (
     override_at    timestamptz,
     -- Routes started, ever: liquid_abt_purchase_failovers_total.
     failovers      bigint NOT NULL DEFAULT 0,
+    -- The primary's last good mid and when its check read it: failover's reference price once
+    -- the primary's checks fail (exchange_verifications then holds no quote for it).
+    reference_mid  numeric CHECK (reference_mid > 0),
+    reference_at   timestamptz,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 

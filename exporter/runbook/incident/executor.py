@@ -127,16 +127,19 @@ class Executor:
         blocked or overridden: the common case costs one primary-key lookup."""
         exchange = incident.exchange
         current = await self._load_route(connection, exchange)
+        primary = (await route_store.markets(connection, [exchange])).get(exchange)
         idle = current.routed_to is None and current.blocked_guard is None
         if incident.phase == NORMAL and idle and current.override is None:
+            kept = routing.remember(current, primary)  # the reference for the next outage
+            if kept != current:
+                await self._save_route(connection, kept)
             return None
         controls_row = await controls.status(connection, exchange)
         held = controls_row.manual_hold or bool(applying.snapshot and applying.snapshot.held)
         f = self._config.failover
         view = routing.RouteView(
             phase=incident.phase, paused=await self._paused(connection, exchange, incident),
-            held=held, primary_market=(await route_store.markets(connection, [exchange])).get(
-                exchange),
+            held=held, primary_market=primary,
             secondaries=await route_store.secondaries(connection, list(f.secondaries)),
             waiting_aud=await route_store.waiting_aud(
                 connection, exchange, self._config.purchases.retry_window),

@@ -16,16 +16,19 @@ from exporter.database.transactions import Executor
 from exporter.runbook.incident.routing import Market, Secondary
 from exporter.runbook.incident.state import Route
 
-_COLUMNS = "exchange, routed_to, since, valid_until, reason, blocked_guard, override, failovers"
+_COLUMNS = """exchange, routed_to, since, valid_until, reason, blocked_guard, override, failovers,
+              reference_mid, reference_at"""
 
 _WRITE_SQL = """
 INSERT INTO liquid_abt.purchase_routes
-    (exchange, routed_to, since, valid_until, reason, blocked_guard, override, failovers)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    (exchange, routed_to, since, valid_until, reason, blocked_guard, override, failovers,
+     reference_mid, reference_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (exchange) DO UPDATE
 SET routed_to = excluded.routed_to, since = excluded.since, valid_until = excluded.valid_until,
     reason = excluded.reason, blocked_guard = excluded.blocked_guard,
-    failovers = excluded.failovers, updated_at = now()
+    failovers = excluded.failovers, reference_mid = excluded.reference_mid,
+    reference_at = excluded.reference_at, updated_at = now()
 """
 
 _MARKETS_SQL = """
@@ -79,7 +82,8 @@ async def peek(db: Executor, exchange: str) -> Route:
 async def save(connection: asyncpg.Connection, route: Route) -> None:
     await connection.execute(
         _WRITE_SQL, route.exchange, route.routed_to, route.since, route.valid_until, route.reason,
-        route.blocked_guard, route.override, route.failovers,
+        route.blocked_guard, route.override, route.failovers, route.reference_mid,
+        route.reference_at,
     )  # fmt: skip
 
 

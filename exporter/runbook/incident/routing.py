@@ -131,12 +131,28 @@ class RouteDecision:
     evidence: dict[str, Any]
 
 
-def reference(view: RouteView, now: datetime, policy: RoutingPolicy) -> Reference | None:
+def remember(current: Route, primary: Market | None) -> Route:
+    """Keep the primary's newest good mid on the route: its failing checks carry no quote, and
+    the reference must outlive them (run on every decision, routed or not)."""
+    if primary is None or primary.mid is None:
+        return current
+    if current.reference_at is not None and primary.checked_at <= current.reference_at:
+        return current
+    return replace(current, reference_mid=primary.mid, reference_at=primary.checked_at)
+
+
+def reference(
+    view: RouteView, now: datetime, policy: RoutingPolicy, current: Route | None = None
+) -> Reference | None:
     """The primary's last good mid while recent; else the median of the recent mids."""
     age = timedelta(seconds=policy.reference_max_age)
     primary = view.primary_market
     if primary is not None and primary.mid is not None and now - primary.checked_at <= age:
         return Reference(primary.mid, f"{primary.exchange} mid")
+    kept = current
+    if kept and kept.reference_mid and kept.reference_at and now - kept.reference_at <= age:
+        seen = (now - kept.reference_at).total_seconds()
+        return Reference(kept.reference_mid, f"{kept.exchange} last good mid, {seen:.0f} s old")
     markets = [s.market for s in view.secondaries if s.market is not None]
     recent = [m for m in markets if m.mid is not None and now - m.checked_at <= age]
     if len(recent) < policy.reference_min_sources:
@@ -201,9 +217,10 @@ def guard(
 
 def route(current: Route, view: RouteView, now: datetime, policy: RoutingPolicy) -> RouteDecision:
     """The route of the primary's purchases; see the module docstring."""
+    current = remember(current, view.primary_market)
     primary_may_buy = view.phase == NORMAL and not view.paused
     stopped = view.phase != NORMAL
-    ref = reference(view, now, policy)
+    ref = reference(view, now, policy, current)
     evidence: dict[str, Any] = {
         "phase": view.phase, "paused": view.paused, "held": view.held,
         "waiting_aud": str(view.waiting_aud), "override": current.override,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from exporter.config import Config
@@ -58,6 +59,10 @@ class Route:
     blocked_guard: str | None = None  # the guard that keeps purchases from being routed
     override: str | None = None  # an admin's: a secondary's name, "none", or None (automatic)
     failovers: int = 0  # routes started, ever (liquid_abt_purchase_failovers_total)
+    # The primary's last good mid and when its check read it: the reference price once its
+    # checks fail (their rows then hold no quote).
+    reference_mid: Decimal | None = None
+    reference_at: datetime | None = None
 
 
 @dataclass(frozen=True)
