@@ -188,3 +188,40 @@ async def test_the_dry_run_records_the_route_and_changes_nothing(
     )
     assert [r["result"] for r in recorded] == ["dry_run"]
     assert (await routes.peek(db, "kraken")).routed_to is None
+
+
+async def test_the_route_is_exported_from_postgresql_one_series_per_route(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    from exporter.controls.exposition import ControlsSource
+
+    source = ControlsSource(CONFIG)
+
+    async def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        families = await source.collect(db)
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in families for s in f.samples if s.name.startswith("liquid_abt_purchase_")
+        }  # fmt: skip
+
+    def route_of(found: dict) -> list[str]:
+        return [dict(k[1])["route"] for k, v in found.items()
+                if k[0] == "liquid_abt_purchase_route" and v == 1]  # fmt: skip
+
+    before = await samples()
+    assert route_of(before) == ["primary"]
+    assert sum(1 for k in before if k[0] == "liquid_abt_purchase_route") == 3  # pre-initialised
+    await verified(db, "kraken")
+    await verified(db, IR)
+    await kraken_down(model(pool))
+    after = await samples()
+    assert route_of(after) == [IR]
+    assert after[("liquid_abt_purchase_failovers_total", (("exchange", "kraken"),))] == 1
+    assert after[("liquid_abt_purchase_routed_seconds", (("exchange", "kraken"),))] >= 0
+    await db.execute("UPDATE liquid_abt.exchange_verifications SET ok = false "
+                     "WHERE exchange = $1", IR)  # fmt: skip
+    await model(pool).observe("kraken", DOWN)
+    blocked = await samples()
+    assert route_of(blocked) == ["none"]
+    key = ("liquid_abt_purchase_route_blocked", (("exchange", "kraken"), ("guard", "unverified")))
+    assert blocked[key] == 1
