@@ -134,8 +134,11 @@ async def read_routes(db: Executor, exchanges: list[str]) -> dict[str, dict[str,
             f"SELECT {_COLUMNS}, override_by FROM liquid_abt.purchase_routes WHERE exchange = $1",
             exchange,
         )
+        buy_on = gate["buy_on"]
         shown[exchange] = {
-            "buyOn": gate["buy_on"],
+            # The route as liquid_abt_purchase_route names it: primary, a secondary, none.
+            "to": "none" if buy_on is None else "primary" if buy_on == exchange else buy_on,
+            "buyOn": buy_on,
             "routedTo": row["routed_to"] if row else None,
             "since": _iso(row["since"]) if row else None,
             "validUntil": _iso(row["valid_until"]) if row else None,
