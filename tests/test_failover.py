@@ -225,3 +225,53 @@ async def test_the_route_is_exported_from_postgresql_one_series_per_route(
     assert route_of(blocked) == ["none"]
     key = ("liquid_abt_purchase_route_blocked", (("exchange", "kraken"), ("guard", "unverified")))
     assert blocked[key] == 1
+
+
+# ---- the admin's route: API, audit, status line, landing page ----
+
+
+async def test_an_admin_forbids_then_forces_a_route_through_the_api(
+    aiohttp_client, database: Connection, db: asyncpg.Connection
+) -> None:
+    from datetime import UTC, datetime
+
+    from exporter.operator import render
+    from exporter.secrets import Secrets
+    from exporter.web.app import create_app
+
+    config = parse_config({**RAW, "collectors": {"interval": "1h", "timeout": "10s"}})
+    client = await aiohttp_client(create_app(config, database, Secrets(admin_token="t0ken")))
+    auth = {"Authorization": "Bearer t0ken"}
+
+    async def post(body: dict, exchange: str = "kraken") -> tuple[int, dict]:
+        response = await client.post(f"/api/admin/route/{exchange}", json=body, headers=auth)
+        return response.status, await response.json()
+
+    await verified(db, "kraken")
+    await verified(db, IR)
+    status, answer = await post({"to": IR, "reason": "test the secondary"})
+    # Forced while kraken is fine: decided at once, guarded, audited with the admin's words.
+    assert status == 200 and answer["changed"] and answer["route"]["to"] == IR
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == IR
+    entry = await db.fetchrow(
+        "SELECT * FROM liquid_abt.audit_log WHERE action = 'set_route_override'"
+    )
+    assert (entry["actor"], entry["cause"]) == ("admin", "test the secondary")
+    line = render.route_line(answer["route"], datetime.now(UTC))
+    assert line.startswith(f"route: purchases go to {IR} since ") and f"--to {IR}" in line
+    status, answer = await post({"to": "none"})
+    assert status == 200 and answer["route"]["to"] == "primary"
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == "kraken"
+    status, answer = await post({"to": "auto"})
+    assert status == 200 and answer["route"]["override"] is None
+    # Bad values are named.
+    assert await post({"to": "coinspot"}) == (400, {
+        "error": f"to: unknown route 'coinspot': use one of {IR}, none, auto"})  # fmt: skip
+    assert await post({"to": "none"}, IR) == (400, {
+        "error": f"{IR!r} is not failover.primary ('kraken'): only its purchases are routed"})  # fmt: skip
+    # The status shows the route; the landing page says where purchases go.
+    await post({"to": IR})
+    shown = await (await client.get("/api/admin/status", headers=auth)).json()
+    assert shown["exchanges"][0]["route"]["to"] == IR
+    page = await (await client.get("/")).text()
+    assert f"routed to {IR}" in page

@@ -203,3 +203,10 @@ def test_the_failover_config_has_defaults_and_names_bad_values() -> None:
     policy = RoutingPolicy.from_config(config)
     assert policy == RoutingPolicy(True, ("independentreserve",))
     assert not RoutingPolicy.from_config(parse_config({})).enabled
+
+
+def test_the_admin_route_command_takes_a_route_and_a_reason() -> None:
+    from exporter.operator.commands import build_parser
+
+    args = build_parser().parse_args(["route", "kraken", "--to", "none", "--reason", "ops"])
+    assert (args.command, args.exchange, args.to, args.reason) == ("route", "kraken", "none", "ops")

@@ -125,7 +125,7 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
         lines.append(f"  next recovery verification at {when(incident['nextVerificationAt'], at)}")
     route = exchange.get("route")
     if route and (route["routedTo"] or route["blockedGuard"] or route["override"]):
-        lines.append(f"  {_route(route, at)}")
+        lines.append(f"  {route_line(route, at)}")
     verified = exchange["lastVerification"]
     if verified:
         failed = [
@@ -140,7 +140,7 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
     return [*lines, _indent(actions(exchange["recentActions"], at, with_exchange=False))]
 
 
-def _route(route: dict[str, Any], at: datetime) -> str:
+def route_line(route: dict[str, Any], at: datetime) -> str:
     """Failover's line: where purchases go, since when, why (docs/failover.md)."""
     override = f" (admin: --to {route['override']})" if route["override"] else ""
     reason = cut(route["reason"], 100) if route["reason"] else ""

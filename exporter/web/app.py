@@ -60,6 +60,7 @@ from exporter.web.admin.audit import routes as audit_routes
 from exporter.web.admin.breaker import routes as breaker_routes
 from exporter.web.admin.common import bearer_matches, build_admin_app
 from exporter.web.admin.purchases import routes as purchases_routes
+from exporter.web.admin.route import routes as route_routes
 from exporter.web.admin.status import routes as status_routes
 from exporter.web.exposition import MetricsExposition, RegistrySection
 from exporter.web.keys import (
@@ -411,7 +412,7 @@ async def warm_up(app: web.Application, timeout: float | None = None) -> None:
 
 def admin_route_tables() -> list[web.RouteTableDef]:
     """Every concern's admin routes; each module owns its table."""
-    return [status_routes, purchases_routes, breaker_routes, audit_routes]
+    return [status_routes, purchases_routes, breaker_routes, audit_routes, route_routes]
 
 
 @web.middleware

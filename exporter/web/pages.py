@@ -200,8 +200,11 @@ def _purchases(
     to = (route or {}).get("to")
     if to not in (None, "primary", "none"):
         # Failover: paused here, flowing on a verified secondary (docs/failover.md).
-        return _badge(f"routed to {to}", "warn") + _detail("paused here, buying there") + _runbook(
-            runbooks, "exchange-api-failures.md#purchasesroutedtosecondary"
+        where = "paused here, buying there" if purchases["paused"] else "forced by an admin"
+        return (
+            _badge(f"routed to {to}", "warn")
+            + _detail(where)
+            + _runbook(runbooks, "exchange-api-failures.md#purchasesroutedtosecondary")
         )
     if not purchases["paused"]:
         return _badge("flowing", "ok")

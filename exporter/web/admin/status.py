@@ -56,8 +56,10 @@ async def exchange_status(
         "at": datetime.now(UTC).isoformat(),
         "dryRun": config.receiver.dry_run,
         "exchanges": [
-            {**_one(name, b, p, q, incidents[name], recent[name], reasons.get(name)),
-             "route": routes.get(name)}
+            {
+                **_one(name, b, p, q, incidents[name], recent[name], reasons.get(name)),
+                "route": routes.get(name),
+            }
             for name, b, p, q in zip(exchanges, breaker, pause, queue, strict=True)
         ],  # fmt: skip
     }
