@@ -275,3 +275,28 @@ async def test_an_admin_forbids_then_forces_a_route_through_the_api(
     assert shown["exchanges"][0]["route"]["to"] == IR
     page = await (await client.get("/")).text()
     assert f"routed to {IR}" in page
+
+
+async def test_kraken_s_last_good_mid_outlives_its_failing_checks(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """The primary's failed checks carry no quote: the route row keeps its last good mid, read
+    while it was healthy, and that is the reference once it is down."""
+    await verified(db, "kraken", ask="100050", bid="99950")
+    await verified(db, IR)
+    m = model(pool)
+    await m.observe("kraken", HEALTHY)
+    kept = await routes.peek(db, "kraken")
+    assert kept.reference_mid == 100000 and kept.routed_to is None
+    await db.execute(
+        """UPDATE liquid_abt.exchange_verifications
+           SET ok = false, best_bid = NULL, best_ask = NULL, checked_at = now()
+           WHERE exchange = 'kraken'"""
+    )
+    await kraken_down(m)
+    assert (await gate.purchase_gate(db, "kraken")).buy_on == IR
+    audit = await db.fetchrow(
+        "SELECT detail FROM liquid_abt.audit_log WHERE action = 'route_purchases'"
+    )
+    source = json.loads(audit["detail"])["reference"]["source"]
+    assert source.startswith("kraken last good mid")

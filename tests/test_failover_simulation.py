@@ -15,6 +15,7 @@ import pytest
 from exporter.runbook.incident.routing import NONE, PRIMARY, RoutingPolicy
 from tests.simulator import Fault, Kind, Params, Violation, random_timeline, simulate
 from tests.simulator.failover import (
+    FAILOVER_INVARIANTS,
     FailoverWorld,
     SecondaryFault,
     SecondaryKind,
@@ -183,6 +184,30 @@ def test_routing_back_before_probation_breaks_an_invariant(
     with pytest.raises(Violation) as caught:
         run(KRAKEN_DOWN)
     assert caught.value.invariant == "back_only_after_probation"
+
+
+def test_routing_under_an_admin_hold_breaks_an_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.runbook.incident import routing
+
+    real = routing.route
+
+    def deaf(current, view, now, policy):  # type: ignore[no-untyped-def]
+        return real(current, replace(view, held=False), now, policy)
+
+    faults = [*KRAKEN_DOWN, Fault(Kind.HOLD, 200.0, 300.0)]
+    monkeypatch.setattr("tests.simulator.failover.route", deaf)
+    with pytest.raises(Violation) as caught:
+        run(faults)
+    assert caught.value.invariant == "hold_wins_route"
+
+
+def test_every_failover_invariant_has_a_mutation_that_breaks_it() -> None:
+    import inspect
+    import sys
+
+    source = inspect.getsource(sys.modules[__name__])
+    for invariant in FAILOVER_INVARIANTS:
+        assert f'caught.value.invariant == "{invariant}"' in source, invariant
 
 
 # -- generated timelines --
