@@ -91,7 +91,6 @@ class Executor:
         self._classifier = ReasonClassifier(config.purchases.failure_reasons)
         self._isolated: set[str] = set()
         self._routing = routing.RoutingPolicy.from_config(config)
-        self.routes: dict[str, str] = {}  # the route label each primary's last decision chose
 
     # -- one decision --
 
@@ -124,7 +123,8 @@ class Executor:
     ) -> routing.RouteDecision | None:  # fmt: skip
         """Failover, beside the decision and in its transaction: where the primary's purchases
         go now (routing.py). Nothing to read while the primary is normal and nothing is routed,
-        blocked or overridden: the common case costs one primary-key lookup."""
+        blocked or overridden but the primary's last good mid (the next outage's reference): the
+        common case costs two primary-key lookups."""
         exchange = incident.exchange
         current = await self._load_route(connection, exchange)
         primary = (await route_store.markets(connection, [exchange])).get(exchange)
@@ -149,8 +149,6 @@ class Executor:
             await self._apply(connection, applying, effect)
         if decided.route != current:
             await self._save_route(connection, decided.route)
-        label = decided.label
-        after_commit(lambda: self.routes.__setitem__(exchange, label))
         return decided
 
     async def _load_route(self, connection: asyncpg.Connection, exchange: str) -> Route:
