@@ -74,6 +74,17 @@ EXPECTED_ERRORS = {
         "(top level): slo.purchases: the objectives are derived from the 5m purchase window: "
         "add 5m to purchases.windows (got 15m, 1h), or set slo.purchases to [] for none"
     ),
+    "invalid-failover-secondary.yml": INVALID + (
+        "(top level): failover.secondaries.0: unknown exchange 'independentreserve': not in "
+        "exchanges (kraken)"
+    ),
+    "invalid-failover-deviation.yml": INVALID + (
+        "failover.max_price_deviation: Input should be less than 1 (got 1.5)"
+    ),
+    "invalid-failover-enabled.yml": INVALID + (
+        "failover: enabled is true but no secondary is configured: name one in "
+        "failover.secondaries, or set enabled to false"
+    ),
 }  # fmt: skip
 
 
