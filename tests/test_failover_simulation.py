@@ -83,8 +83,8 @@ def test_the_secondary_failing_mid_failover_pauses_purchases_then_they_flow_agai
     changes = world.routes.changes
     assert labels(world) == [IR, NONE, IR, PRIMARY]
     unrouted = changes[1][0]
-    # Its next failed check (every probe interval), then Kraken's next decision (5 s).
-    assert 200.0 < unrouted <= 200.0 + SHIPPED.probe_interval + SHIPPED.incident_interval + 1
+    # Its next failed check (every verify interval), then Kraken's next decision (5 s).
+    assert 200.0 < unrouted <= 200.0 + world.verify_interval + SHIPPED.incident_interval + 1
     assert changes[2][0] >= 260.0
 
 

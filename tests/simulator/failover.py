@@ -39,6 +39,9 @@ from tests.simulator.world import World, at
 
 PRICE = Decimal("100000")  # AUD per BTC, every exchange's mid while nothing is wrong
 SPREAD = Decimal("50")
+# How often the markets' checks refresh each exchange's row (the markets helper's shipped
+# `<exchange>.verify_interval`, and Kraken's good rounds at the same cadence).
+VERIFY_INTERVAL = 15.0
 FAILOVER_INVARIANTS = ("routed_only_when_healthy", "back_only_after_probation", "hold_wins_route")
 
 
@@ -88,7 +91,7 @@ class FailoverWorld(World):
         super().__init__(params, faults, seed, **options)
         self.specs = {s.name: s for s in secondaries}
         self.policy = policy or RoutingPolicy(True, tuple(self.specs))
-        self.verify_interval = verify_interval or params.probe_interval
+        self.verify_interval = verify_interval or VERIFY_INTERVAL
         self.waiting = waiting_aud
         self.skip = skip
         self.route = Route(EXCHANGE)
