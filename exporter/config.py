@@ -417,6 +417,62 @@ class IncidentConfig(_Model):
         return self
 
 
+class FailoverConfig(_Model):
+    """Failover: while the primary's incident stops purchases, route them to a verified secondary
+    (exporter/runbook/incident/routing.py; docs/failover.md). Off unless `exchanges` gives an
+    exchange the role secondary.
+
+    The roles in `exchanges` are the one place that names the primary and the secondaries; the
+    config fills `primary` and `secondaries` from them once it is read."""
+
+    # Off by default; on once a secondary is configured, unless set to false.
+    enabled: bool | None = None
+    # The secondaries purchases may be routed to, most preferred first: a reordering of the
+    # exchanges with role secondary (default: all of them, in the order `exchanges` names them).
+    secondaries: list[str] = Field(default_factory=list)
+    # A secondary may take purchases only while its latest passing check is this recent.
+    verified_within: Duration = 60.0
+    # Its best ask within this fraction of the reference price (0.015: 1.5 %).
+    max_price_deviation: float = Field(default=0.015, gt=0, lt=1)
+    # The primary's last good mid is the reference for this long; after it, the median mid of
+    # the configured exchanges whose checks are this recent, when at least
+    # `reference_min_sources` of them answer.
+    reference_max_age: Duration = 600.0
+    reference_min_sources: int = Field(default=2, ge=1)
+
+    # The exchange whose purchases are routed while its incident stops them: the one with role
+    # primary (None when the list form of `exchanges` names several: no failover).
+    _primary: str | None = PrivateAttr(default=None)
+
+    @property
+    def primary(self) -> str | None:
+        return self._primary
+
+    @property
+    def active(self) -> bool:
+        """Whether purchases may be routed at all."""
+        return bool(self.secondaries) and self._primary is not None and self.enabled is not False
+
+    def resolved(self, primary: str | None, secondaries: list[str]) -> FailoverConfig:
+        """This section with the roles' primary, and the roles' secondaries where none is named."""
+        copy = self.model_copy(update={"secondaries": self.secondaries or secondaries})
+        copy._primary = primary
+        return copy
+
+    @field_validator("secondaries")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _LABEL_VALUE.match(name) or name in ("other", "none", "primary", "auto"):
+                raise ValueError(
+                    f"invalid secondary {name!r}: lower-case letters, digits and _, not "
+                    "'other', 'none', 'primary' or 'auto'"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"secondaries must be distinct, got {', '.join(names)}")
+        return names
+
+
 class RetryConfig(_Model):
     """Exponential backoff of queued purchases: base * factor^attempt, jittered, capped."""
 
@@ -744,6 +800,7 @@ class Config(_Model):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     web: WebConfig = Field(default_factory=WebConfig)
@@ -764,7 +821,25 @@ class Config(_Model):
         config = handler(data)
         config._roles = roles or dict.fromkeys(config.exchanges, "primary")
         config._secondaries_are_probed()
+        config._failover_follows_roles()
         return config
+
+    def _failover_follows_roles(self) -> None:
+        """Fill failover's primary and secondaries from the roles; a named order must name
+        secondaries only."""
+        for index, name in enumerate(self.failover.secondaries):
+            if name not in self.secondaries:
+                raise ValueError(
+                    f"failover.secondaries.{index}: {name!r} is not a secondary exchange: give "
+                    f"it the role in exchanges ({{{name}: {{role: secondary}}}})"
+                )
+        if self.failover.enabled and not self.secondaries:
+            raise ValueError(
+                "failover: enabled is true but no secondary is configured: give one the role "
+                "secondary in exchanges (e.g. independentreserve: {role: secondary}), or set "
+                "enabled to false"
+            )
+        object.__setattr__(self, "failover", self.failover.resolved(self.primary, self.secondaries))
 
     @model_serializer(mode="wrap")
     def _dump_roles(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -26,3 +26,15 @@ INCIDENT_CAUSES: Final = ("none", "unavailable", "maintenance", "trading_restric
 # The checks of recovery verification (exporter/signals/probe.py and each exchange's probe,
 # runbook/recovery.py); any other name a verifier reports is counted as "other".
 RECOVERY_CHECKS: Final = ("system_status", "price", "order_book", "balance", "verifier", OTHER)
+# Failover (exporter/runbook/incident/routing.py): the guard that keeps the primary's purchases
+# from being routed to a secondary.
+ROUTE_GUARDS: Final = (
+    "unverified",
+    "secondary_stopped",
+    "balance",
+    "price",
+    "depth",
+    "no_reference",
+    "admin_forbids",
+    "admin_hold",
+)

@@ -463,6 +463,68 @@ def _automation(grid: Grid) -> None:
     )
 
 
+# --- Failover -----------------------------------------------------------------------------------
+
+
+def _failover(grid: Grid) -> None:
+    """Where purchases go while the primary's incident stops them (docs/failover.md)."""
+    grid.row("Failover: purchases routed to a secondary exchange")
+    route = sel("liquid_abt_purchase_route", EXCHANGE)
+    grid.add(
+        timeline(
+            "Purchase route over time",
+            "Where the exchange's purchases go, as the platform's gate answers (buy_on): the "
+            "primary itself, a verified secondary while its incident stops them, or none (they "
+            "wait). One lane per possible route.",
+            [q(f"max by (exchange, route) ({route})", "{{exchange}} → {{route}}")],
+            states((0, "—", "transparent"), (1, "current", "orange")),
+            links=[runbook(EXCHANGE_API, "PurchasesRoutedToSecondary")],
+        ),
+        12,
+        6,
+    )
+    routed = _max("liquid_abt_purchase_routed_seconds")
+    grid.add(
+        stat(
+            "Routed for",
+            "How long purchases have been routed to a secondary (PurchasesRoutedToSecondary, a "
+            "warning to chat, says where and why).",
+            [q(routed, "{{exchange}}")],
+            unit="s",
+            mappings=states((0, "Not routed", "green")),
+            thresholds=steps("orange"),
+            links=[runbook(EXCHANGE_API, "PurchasesRoutedToSecondary")],
+        ),
+        4,
+        6,
+    )
+    failovers = sel("liquid_abt_purchase_failovers_total", EXCHANGE)
+    grid.add(
+        stat(
+            "Failovers (time range)",
+            "Times purchases were routed to a secondary in the time range.",
+            [q(f"max by (exchange) (increase({failovers}[$__range]))", "{{exchange}}")],
+            decimals=0,
+            thresholds=steps("green", (1, "orange")),
+        ),
+        4,
+        6,
+    )
+    blocked = sel("liquid_abt_purchase_route_blocked", EXCHANGE)
+    grid.add(
+        bargauge(
+            "Route blocked by",
+            "The guard that keeps purchases from being routed while the primary's incident stops "
+            "them: unverified, secondary_stopped, balance, price, depth, no_reference (the "
+            "secondary's evidence), admin_forbids, admin_hold (an admin's).",
+            [q(f"max by (guard) ({blocked})", "{{guard}}")],
+            links=[runbook(EXCHANGE_API, "PurchasesRoutedToSecondary")],
+        ),
+        4,
+        6,
+    )
+
+
 # --- Purchases ----------------------------------------------------------------------------------
 
 
@@ -1019,6 +1081,7 @@ def dashboard() -> dict[str, Any]:
     grid = Grid()
     _now(grid)
     _automation(grid)
+    _failover(grid)
     _purchases(grid)
     _exchange_api(grid)
     _exporter(grid)

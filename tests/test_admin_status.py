@@ -177,7 +177,8 @@ async def test_the_public_view_is_what_metrics_already_show(
     view = public_view(await call(client, "GET", "status"))
     kraken = view["exchanges"][0]
     assert set(kraken) == {"exchange", "incident", "breaker", "purchases", "apiRateMultiplier",
-                           "retryQueue"}  # fmt: skip
+                           "retryQueue", "route"}  # fmt: skip
+    assert kraken["route"] == {"to": "none", "blockedGuard": None}  # paused, not routed
     assert kraken["incident"] == {"phase": "down", "cause": "alert"}  # the metric's cause class
     shown = {(k, sub) for k, v in kraken.items() if isinstance(v, dict) for sub in v}
     shown |= {(k,) for k, v in kraken.items() if not isinstance(v, dict) and k != "exchange"}

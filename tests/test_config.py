@@ -118,6 +118,18 @@ EXPECTED_ERRORS = {
         "btcmarkets.pair: invalid pair 'BTC/USD': BASE/AUD in upper case, like BTC/AUD "
         "(purchases are in AUD)"
     ),
+    "invalid-failover-secondary.yml": INVALID + (
+        "(top level): failover.secondaries.0: 'independentreserve' is not a secondary exchange: "
+        "give it the role in exchanges ({independentreserve: {role: secondary}})"
+    ),
+    "invalid-failover-deviation.yml": INVALID + (
+        "failover.max_price_deviation: Input should be less than 1 (got 1.5)"
+    ),
+    "invalid-failover-enabled.yml": INVALID + (
+        "(top level): failover: enabled is true but no secondary is configured: give one the "
+        "role secondary in exchanges (e.g. independentreserve: {role: secondary}), or set "
+        "enabled to false"
+    ),
 }  # fmt: skip
 
 

@@ -232,7 +232,7 @@ async def test_concurrent_pauses_and_resumes_never_interleave(pools) -> None:
 
 async def test_the_platforms_gate_reads_pause_breaker_and_rate(db: asyncpg.Connection) -> None:
     found = await gate.purchase_gate(db, "kraken")
-    assert found == gate.PurchaseGate("kraken", False, "closed", 1.0) and found.may_buy
+    assert found == gate.PurchaseGate("kraken", False, "closed", 1.0, "kraken") and found.may_buy
     await auto_pause(db)
     await api_rate.set_rate_multiplier(db, "kraken", 0.5, actor="automation", cause="rate limited")
     found = await gate.purchase_gate(db, "kraken")

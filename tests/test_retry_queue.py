@@ -354,8 +354,8 @@ async def test_queue_depth_at_metrics_after_enqueue(
 def test_platform_integration_doc_carries_the_exact_statements() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "platform-integration.md").read_text()
     statements = (
-        GATE_SQL, retry_queue.CLAIM_SQL, retry_queue.COMPLETE_SQL, retry_queue.FAIL_SQL,
-        retry_queue.RELEASE_SQL,
+        GATE_SQL, retry_queue.CLAIM_SQL, retry_queue.CLAIM_ROUTED_SQL, retry_queue.COMPLETE_SQL,
+        retry_queue.FAIL_SQL, retry_queue.RELEASE_SQL,
     )  # fmt: skip
     for sql in statements:
         assert f"```sql\n{sql.strip()}\n```" in doc, sql

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 
 import asyncpg
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.config import Config, format_duration
+from exporter.controls.gate import GATE_SQL
 from exporter.labels import (
     BREAKER_STATES,
     INCIDENT_CAUSES,
     INCIDENT_PHASES,
     OTHER,
     RECOVERY_CHECKS,
+    ROUTE_GUARDS,
 )
 from exporter.signals.collectors.base import LabelledValues
 
@@ -63,6 +65,16 @@ GROUP BY 1, 2
 """
 
 
+# Failover's route of the primary: the gate's answer (what the platform sees), and the row.
+ROUTE_SQL = f"""
+SELECT g.buy_on, r.routed_to, r.blocked_guard, coalesce(r.failovers, 0) AS failovers,
+       CASE WHEN g.buy_on IS DISTINCT FROM g.exchange AND g.buy_on IS NOT NULL
+            THEN extract(epoch FROM now() - r.since) ELSE 0 END::float8 AS routed_seconds
+FROM ({GATE_SQL}) AS g
+LEFT JOIN liquid_abt.purchase_routes r ON r.exchange = g.exchange
+"""
+
+
 BACKLOG_SQL = """
 SELECT count(*) FROM liquid_abt.notifications WHERE processed_at IS NULL AND dead_lettered_at IS NULL
 """
@@ -94,6 +106,11 @@ class ControlsSource:
         # The margin before the first failed probe round: one interval and one timeout (the
         # wiring computes it from the exchanges' probe settings).
         self._margin = probe_margin
+        failover = config.failover
+        # Served whenever the primary is configured, failover or not (the route is then the
+        # gate's: primary or none), so that rules and dashboards always find the series.
+        self._primary = failover.primary if failover.primary in config.exchanges else None
+        self._routes = ["primary", *failover.secondaries, "none"]
 
     def _families(self) -> dict[str, LabelledValues]:
         x = self._exchanges
@@ -192,4 +209,44 @@ class ControlsSource:
         )  # fmt: skip
         for row in handled:
             families["handled"].set((row["exchange"], row["window"]), row["failures"])
-        return [*(f.family() for f in families.values()), backlog.family()]
+        return [
+            *(f.family() for f in families.values()), backlog.family(),
+            *await self._route(connection),
+        ]  # fmt: skip
+
+    async def _route(self, connection: asyncpg.Connection) -> list[Metric]:
+        """Failover's series for the primary."""
+        exchange = self._primary
+        if exchange is None:
+            return []
+        route = LabelledValues(
+            "liquid_abt_purchase_route",
+            "Where the exchange's purchases go, as the platform's gate says (buy_on): 1 for the "
+            "current route (primary; a secondary's name while routed; none while they wait).",
+            ["exchange", "route"], [exchange], self._routes,
+        )  # fmt: skip
+        blocked = LabelledValues(
+            "liquid_abt_purchase_route_blocked",
+            "1 for the guard that keeps the exchange's purchases from being routed to a "
+            "secondary while its incident stops them.",
+            ["exchange", "guard"], [exchange], ROUTE_GUARDS,
+        )  # fmt: skip
+        routed = LabelledValues(
+            "liquid_abt_purchase_routed_seconds",
+            "How long the exchange's purchases have been routed to a secondary; 0 when not.",
+            ["exchange"], [exchange],
+        )  # fmt: skip
+        failovers = CounterMetricFamily(
+            "liquid_abt_purchase_failovers",
+            "Times the exchange's purchases were routed to a secondary.",
+            labels=["exchange"],
+        )
+        row = await connection.fetchrow(ROUTE_SQL, exchange)
+        buy_on = row["buy_on"]
+        label = "none" if buy_on is None else "primary" if buy_on == exchange else buy_on
+        route.set((exchange, label if label in self._routes else "none"), 1)
+        if row["blocked_guard"] in ROUTE_GUARDS:
+            blocked.set((exchange, row["blocked_guard"]), 1)
+        routed.set((exchange,), row["routed_seconds"])
+        failovers.add_metric([exchange], row["failovers"])
+        return [route.family(), blocked.family(), routed.family(), failovers]

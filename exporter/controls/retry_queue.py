@@ -19,13 +19,15 @@ import asyncpg
 
 from exporter.config import PurchasesConfig, RetryConfig
 from exporter.controls import audit
+from exporter.controls.gate import BUY_ON, ROUTE_JOINS
 from exporter.database.transactions import Executor, transaction
 from exporter.signals.classify import ReasonClassifier
 
 QUEUE_STATUSES = ("queued", "in_progress", "succeeded", "failed", "cancelled")
 
 _COLUMNS = """id, purchase_id, exchange, tenant_id, amount_aud, failure_reason, attempts,
-              max_attempts, next_attempt_at, status, last_error, cause, enqueued_at, updated_at"""
+              max_attempts, next_attempt_at, status, last_error, cause, enqueued_at, updated_at,
+              retry_on"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class QueueEntry:
     cause: str | None
     enqueued_at: datetime
     updated_at: datetime
+    # The exchange to buy this retry on, as the routed claim handed it out (None: its exchange).
+    retry_on: str | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> QueueEntry:
@@ -68,6 +72,7 @@ class QueueEntry:
             "cause": self.cause,
             "enqueuedAt": self.enqueued_at.isoformat(),
             "updatedAt": self.updated_at.isoformat(),
+            "retryOn": self.retry_on,
         }
 
 
@@ -271,6 +276,10 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
+def _indent(text: str, spaces: int) -> str:
+    return text.replace("\n", "\n" + " " * spaces)
+
+
 # ---- The platform's side: each call is one statement, copied verbatim in
 # docs/platform-integration.md (a test keeps the two identical). ----
 
@@ -292,6 +301,32 @@ WITH due AS (
 )
 UPDATE liquid_abt.retry_queue q
 SET status = 'in_progress', attempts = q.attempts + 1, updated_at = now()
+FROM due
+WHERE q.id = due.id
+RETURNING q.*
+"""
+
+# The same claim for a platform that follows routes (the gate's `buy_on`): it hands out the due
+# rows that may be bought somewhere now, and says where in `retry_on`: the purchase's exchange,
+# or the secondary its purchases are routed to. Nothing is handed out while they must wait.
+CLAIM_ROUTED_SQL = f"""
+WITH due AS (
+    SELECT q.id, g.buy_on
+    FROM liquid_abt.retry_queue q
+    CROSS JOIN LATERAL (
+        SELECT {_indent(BUY_ON.format(exchange="x.exchange"), 8)} AS buy_on
+        FROM (VALUES (q.exchange)) AS x(exchange)
+        {_indent(ROUTE_JOINS.format(exchange="x.exchange"), 8)}
+    ) AS g
+    WHERE q.status = 'queued'
+      AND q.next_attempt_at <= now()
+      AND g.buy_on IS NOT NULL
+    ORDER BY q.next_attempt_at, q.id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE liquid_abt.retry_queue q
+SET status = 'in_progress', attempts = q.attempts + 1, retry_on = due.buy_on, updated_at = now()
 FROM due
 WHERE q.id = due.id
 RETURNING q.*
@@ -335,6 +370,12 @@ WHERE id = $1 AND status = 'in_progress'
 async def claim_due(db: Executor, limit: int) -> list[QueueEntry]:
     """Claim up to `limit` due purchases: they become in_progress, their attempts go up by one."""
     rows = await db.fetch(CLAIM_SQL, limit)
+    return sorted((QueueEntry.from_row(r) for r in rows), key=lambda e: (e.next_attempt_at, e.id))
+
+
+async def claim_routed(db: Executor, limit: int) -> list[QueueEntry]:
+    """Claim up to `limit` due purchases that may be bought now, each with its `retry_on`."""
+    rows = await db.fetch(CLAIM_ROUTED_SQL, limit)
     return sorted((QueueEntry.from_row(r) for r in rows), key=lambda e: (e.next_attempt_at, e.id))
 
 

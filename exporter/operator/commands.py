@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands, common)
     _add_breaker(commands, common)
     _add_purchases(commands, common)
+    _add_route(commands, common)
     _add_reports(commands, common)
     add_incident_commands(commands, common)
     _add_notices(commands, common)
@@ -206,6 +207,16 @@ def _add_purchases(commands: Any, common: argparse.ArgumentParser) -> None:
     queue.add_argument("--status", choices=QUEUE_STATUSES, metavar="STATUS",
                        help=f"only this status: {', '.join(QUEUE_STATUSES)}")  # fmt: skip
     _paging(queue)
+
+
+def _add_route(commands: Any, common: argparse.ArgumentParser) -> None:
+    route = _command(commands, "route", common, _route,
+                     "failover: force the primary's purchases to a secondary (still guarded), "
+                     "forbid routing (none), or leave it to the incident model (auto)")  # fmt: skip
+    _exchange(route)
+    route.add_argument("--to", required=True, metavar="ROUTE",
+                       help="a configured secondary, none or auto")  # fmt: skip
+    _reason(route)
 
 
 def _add_reports(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -377,6 +388,12 @@ def _outcome(client: Client, timeout: AdminTimeout, exchange: str, *, paused: bo
                 f"({PENDING_LIMIT:g}s later it still shows): run it again"
             )
         time.sleep(0.5)
+
+
+def _route(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    body = _given(to=args.to, reason=args.reason)
+    answer = client.post(f"route/{_path(args.exchange)}", body)
+    return answer, f"{args.exchange}: {render.route_line(answer['route'], render.now())}"
 
 
 def _retry_queue(client: Client, args: argparse.Namespace) -> tuple[Any, str]:

@@ -123,6 +123,9 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
         )
     if incident["nextVerificationAt"]:
         lines.append(f"  next recovery verification at {when(incident['nextVerificationAt'], at)}")
+    route = exchange.get("route")
+    if route and (route["routedTo"] or route["blockedGuard"] or route["override"]):
+        lines.append(f"  {route_line(route, at)}")
     verified = exchange["lastVerification"]
     if verified:
         failed = [
@@ -135,6 +138,18 @@ def _exchange_detail(exchange: dict[str, Any], at: datetime) -> list[str]:
     if not exchange["recentActions"]:
         return [*lines, "  no actions recorded"]
     return [*lines, _indent(actions(exchange["recentActions"], at, with_exchange=False))]
+
+
+def route_line(route: dict[str, Any], at: datetime) -> str:
+    """Failover's line: where purchases go, since when, why (docs/failover.md)."""
+    override = f" (admin: --to {route['override']})" if route["override"] else ""
+    reason = cut(route["reason"], 100) if route["reason"] else ""
+    if route["to"] not in ("primary", "none"):
+        return (f"route: purchases go to {route['to']} since {when(route['since'], at)}"
+                f"{override}: {reason}")  # fmt: skip
+    if route["blockedGuard"]:
+        return f"route: not routed, {route['blockedGuard']} guard{override}: {reason}"
+    return f"route: {route['to']}{override}"
 
 
 def _indent(text: str) -> str:

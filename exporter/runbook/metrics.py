@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 ACTION_NAMES = (
     "open_breaker", "pause_purchases", "queue_retries", "lower_api_rate", "restore_api_rate",
     "request_recovery", "verify_recovery", "close_breaker", "resume_purchases", "reconcile",
+    "route_purchases",
 )  # fmt: skip
 ACTION_RESULTS = ("success", "failure", "skipped", "dry_run")
 

@@ -71,6 +71,7 @@ from exporter.web.admin.common import bearer_matches, build_admin_app
 from exporter.web.admin.incidents import routes as incidents_routes
 from exporter.web.admin.notices import routes as notices_routes
 from exporter.web.admin.purchases import routes as purchases_routes
+from exporter.web.admin.route import routes as route_routes
 from exporter.web.admin.status import routes as status_routes
 from exporter.web.exposition import MetricsExposition, RegistrySection
 from exporter.web.keys import (
@@ -483,7 +484,7 @@ def admin_route_tables() -> list[web.RouteTableDef]:
     """Every concern's admin routes; each module owns its table."""
     return [
         status_routes, purchases_routes, breaker_routes, audit_routes, incidents_routes,
-        notices_routes,
+        notices_routes, route_routes,
     ]  # fmt: skip
 
 

@@ -174,7 +174,7 @@ def _exchanges(view: dict[str, Any] | None, now: datetime, runbooks: str) -> str
 
 def _row(exchange: dict[str, Any], now: datetime, runbooks: str) -> str:
     cells = (
-        _purchases(exchange["purchases"], now, runbooks),
+        _purchases(exchange["purchases"], now, runbooks, exchange.get("route")),
         _ratio(exchange.get("failureRatio")),
         _incident(exchange["incident"], runbooks),
         _breaker(exchange["breaker"]),
@@ -194,12 +194,25 @@ def _detail(text: str) -> str:
     return f'<span class="detail">{escape(text)}</span>'
 
 
-def _purchases(purchases: dict[str, Any], now: datetime, runbooks: str) -> str:
+def _purchases(
+    purchases: dict[str, Any], now: datetime, runbooks: str, route: dict[str, Any] | None = None
+) -> str:
+    to = (route or {}).get("to")
+    if to not in (None, "primary", "none"):
+        # Failover: paused here, flowing on a verified secondary (docs/failover.md).
+        where = "paused here, buying there" if purchases["paused"] else "forced by an admin"
+        return (
+            _badge(f"routed to {to}", "warn")
+            + _detail(where)
+            + _runbook(runbooks, "exchange-api-failures.md#purchasesroutedtosecondary")
+        )
     if not purchases["paused"]:
         return _badge("flowing", "ok")
     since = purchases["since"]
     when = f"paused {_ago(since, now)}" if since else "paused"
     held = ""
+    if route and route.get("blockedGuard"):
+        held = _detail(f"not routed: {route['blockedGuard']} guard")
     if purchases["manualHold"]:
         held = _detail("manual hold: an admin resumes them") + _runbook(
             runbooks, "exchange-api-failures.md#resume-purchases", "how to resume"
@@ -227,6 +240,7 @@ INCIDENT_RUNBOOK: Final = {
 ALERT_RUNBOOKS: Final = (
     ("LiquidAbtExchangeIsolated", "exchange-api-failures.md"),
     ("LiquidAbtPurchasesStopped", "exchange-api-failures.md"),
+    ("PurchasesRoutedToSecondary", "exchange-api-failures.md"),
     ("BitcoinPurchase", "bitcoin-purchase-failures.md"),
     ("Exchange", "exchange-api-failures.md"),
     ("LiquidAbt", "liquid-abt-exporter.md"),

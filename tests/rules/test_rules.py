@@ -63,6 +63,10 @@ CONTROL_METRICS = (
     "liquid_abt_manual_hold",
     "liquid_abt_api_rate_multiplier",
     "liquid_abt_actions_total",
+    "liquid_abt_purchase_route",
+    "liquid_abt_purchase_route_blocked",
+    "liquid_abt_purchase_routed_seconds",
+    "liquid_abt_purchase_failovers_total",
 )
 # Alerts that name a cause on an exchange (with the labels that make them one), and those they
 # explain (alertmanager.yml).
@@ -584,6 +588,14 @@ def test_the_state_of_the_automation_has_an_alert_that_never_pages() -> None:
     assert {"liquid_abt_incident_phase", "liquid_abt_circuit_breaker_state"} <= set(
         re.findall(r"liquid_abt_[a-z0-9_]+", rule["expr"])
     )
+
+
+def test_failover_is_a_warning_to_chat_never_a_page() -> None:
+    """Failover pages nobody beyond the cause's page (docs/failover.md)."""
+    (rule,) = [r for r in alerts() if r["alert"] == "PurchasesRoutedToSecondary"]
+    assert (rule["labels"]["severity"], rule["labels"]["escalation"]) == ("warning", "none")
+    routes = set(re.findall(r"liquid_abt_purchase_route\w*", " ".join(r["expr"] for r in _pages())))
+    assert routes == set()
 
 
 def test_every_runbook_alert_id_exists_with_its_severity_and_escalation() -> None:

@@ -16,16 +16,17 @@ import asyncpg
 from exporter.controls import audit
 from exporter.controls.breaker import ACTOR_AUTOMATION
 from exporter.database.transactions import after_commit
-from exporter.runbook.incident import store
+from exporter.runbook.incident import route_store, store
 from exporter.runbook.incident.effects import Effect, StartVerification
 from exporter.runbook.incident.executor import Applying, Executor, log
-from exporter.runbook.incident.state import NORMAL, Incident
+from exporter.runbook.incident.state import NORMAL, Incident, Route
 
 
 class DryRunExecutor(Executor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._incidents: dict[str, Incident] = {}
+        self._routes: dict[str, Route] = {}
 
     async def _load(self, connection: asyncpg.Connection, exchange: str) -> Incident:
         if exchange not in self._incidents:
@@ -34,6 +35,14 @@ class DryRunExecutor(Executor):
 
     async def _save(self, connection: asyncpg.Connection, incident: Incident) -> None:
         self._incidents[incident.exchange] = incident
+
+    async def _load_route(self, connection: asyncpg.Connection, exchange: str) -> Route:
+        if exchange not in self._routes:
+            self._routes[exchange] = await route_store.peek(connection, exchange)
+        return self._routes[exchange]
+
+    async def _save_route(self, connection: asyncpg.Connection, route: Route) -> None:
+        self._routes[route.exchange] = route
 
     async def _paused(
         self, connection: asyncpg.Connection, exchange: str, incident: Incident

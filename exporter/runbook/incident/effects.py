@@ -141,6 +141,21 @@ class BreakerEvidence:
 
 
 @dataclass(frozen=True)
+class SetRoute:
+    """Route the primary's purchases to a secondary (None: not routed), or keep the route and
+    refresh its validity (`audited` False: nothing changed that a person needs to read)."""
+
+    routed_to: str | None
+    cause: str
+    blocked_guard: str | None = None
+    audited: bool = True
+
+    @property
+    def action(self) -> str | None:
+        return "route_purchases" if self.audited else None
+
+
+@dataclass(frozen=True)
 class Log:
     """A log line worth reading at 3 a.m., written once the decision committed."""
 
@@ -152,7 +167,7 @@ class Log:
 
 Effect = (
     SetBreaker | Pause | Resume | QueueRetries | MakeRetriesDue | SetApiRate | StartVerification
-    | RecordVerification | Audit | OpenPeriod | ClosePeriod | BreakerEvidence | Log
+    | RecordVerification | Audit | OpenPeriod | ClosePeriod | BreakerEvidence | SetRoute | Log
 )  # fmt: skip
 
 WARNING, INFO = logging.WARNING, logging.INFO

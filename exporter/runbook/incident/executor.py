@@ -28,7 +28,7 @@ from exporter.controls.breaker import ACTOR_AUTOMATION, BreakerStore, Snapshot
 from exporter.database.transactions import after_commit
 from exporter.runbook.alert_states import lock_exchange, outage_alertnames, still_firing
 from exporter.runbook.evidence import live_observations, platform_calls, record_round
-from exporter.runbook.incident import store
+from exporter.runbook.incident import route_store, routing, store
 from exporter.runbook.incident.decision import Decision, Event, Evidence, decide
 from exporter.runbook.incident.effects import (
     Audit,
@@ -44,9 +44,10 @@ from exporter.runbook.incident.effects import (
     Resume,
     SetApiRate,
     SetBreaker,
+    SetRoute,
     StartVerification,
 )
-from exporter.runbook.incident.state import Breaker, Incident, Policy
+from exporter.runbook.incident.state import NORMAL, Breaker, Incident, Policy, Route
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.exchange import RoundResult
@@ -89,6 +90,7 @@ class Executor:
         self._new_token = new_token
         self._classifier = ReasonClassifier(config.purchases.failure_reasons)
         self._isolated: set[str] = set()
+        self._routing = routing.RoutingPolicy.from_config(config)
 
     # -- one decision --
 
@@ -110,8 +112,50 @@ class Executor:
             await self._apply(connection, applying, effect)
         if decision.incident != incident:
             await self._save(connection, decision.incident)
+        if exchange == self._config.failover.primary and self._routing.enabled:
+            await self._route(connection, applying, decision.incident, now)
         after_commit(lambda: self._announce(exchange, decision))
         return decision
+
+    async def _route(
+        self, connection: asyncpg.Connection, applying: Applying, incident: Incident,
+        now: datetime,
+    ) -> routing.RouteDecision | None:  # fmt: skip
+        """Failover, beside the decision and in its transaction: where the primary's purchases
+        go now (routing.py). Nothing to read while the primary is normal and nothing is routed,
+        blocked or overridden but the primary's last good mid (the next outage's reference): the
+        common case costs two primary-key lookups."""
+        exchange = incident.exchange
+        current = await self._load_route(connection, exchange)
+        primary = (await route_store.markets(connection, [exchange])).get(exchange)
+        idle = current.routed_to is None and current.blocked_guard is None
+        if incident.phase == NORMAL and idle and current.override is None:
+            kept = routing.remember(current, primary)  # the reference for the next outage
+            if kept != current:
+                await self._save_route(connection, kept)
+            return None
+        controls_row = await controls.status(connection, exchange)
+        held = controls_row.manual_hold or bool(applying.snapshot and applying.snapshot.held)
+        f = self._config.failover
+        view = routing.RouteView(
+            phase=incident.phase, paused=await self._paused(connection, exchange, incident),
+            held=held, primary_market=primary,
+            secondaries=await route_store.secondaries(connection, list(f.secondaries)),
+            waiting_aud=await route_store.waiting_aud(
+                connection, exchange, self._config.purchases.retry_window),
+        )  # fmt: skip
+        decided = routing.route(current, view, now, self._routing)
+        for effect in decided.effects:
+            await self._apply(connection, applying, effect)
+        if decided.route != current:
+            await self._save_route(connection, decided.route)
+        return decided
+
+    async def _load_route(self, connection: asyncpg.Connection, exchange: str) -> Route:
+        return await route_store.lock(connection, exchange)
+
+    async def _save_route(self, connection: asyncpg.Connection, route: Route) -> None:
+        await route_store.save(connection, route)
 
     async def act(
         self, connection: asyncpg.Connection, exchange: str | None, effects: list[Effect]
@@ -256,6 +300,8 @@ class Executor:
                 after_commit(lambda: log.log(line.level, line.message, extra=line.fields))
             case StartVerification():
                 pass  # the lease is on the row already; the caller runs the checks
+            case SetRoute():
+                pass  # the route row is written with the decision (_save_route)
         return "success"
 
     def _announce(self, exchange: str, decision: Decision) -> None:

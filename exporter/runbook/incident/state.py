@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from exporter.config import Config
@@ -44,6 +45,24 @@ class Incident:
             self.relapses, self.next_attempt_at, self.probation_until, self.last_closed_at,
             self.lease_until, self.lease_token, self.rate_lowered_at, self.rate_limited_seen_at,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the primary's purchases go (liquid_abt.purchase_routes; routing.py decides it)."""
+
+    exchange: str
+    routed_to: str | None = None  # the secondary purchases are routed to; None: not routed
+    since: datetime | None = None  # when routed_to last changed
+    valid_until: datetime | None = None  # the gate stops routing after it
+    reason: str | None = None
+    blocked_guard: str | None = None  # the guard that keeps purchases from being routed
+    override: str | None = None  # an admin's: a secondary's name, "none", or None (automatic)
+    failovers: int = 0  # routes started, ever (liquid_abt_purchase_failovers_total)
+    # The primary's last good mid and when its check read it: the reference price once its
+    # checks fail (their rows then hold no quote).
+    reference_mid: Decimal | None = None
+    reference_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from exporter.controls import audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.controls.breaker import BreakerStore
 from exporter.runbook.incident import Incident, read_incidents
+from exporter.runbook.incident.route_store import read_routes
 from exporter.web.admin import inputs
 from exporter.web.admin.inputs import NoQuery
 from exporter.web.keys import BREAKERS, CONFIG, POOL
@@ -40,6 +41,7 @@ async def exchange_status(
     """The status of every configured exchange; `recent_actions=0` skips the audit log read
     (the landing page, which does not show them)."""
     exchanges = list(config.exchanges)
+    primary = [config.failover.primary] if config.failover.primary in exchanges else []
     breaker, pause, queue, recent, incidents, reasons = await asyncio.gather(
         breakers.peek_all(),
         controls.statuses(pool, exchanges),
@@ -48,14 +50,18 @@ async def exchange_status(
         read_incidents(pool, exchanges),
         _reasons(pool, exchanges),
     )
+    routes = await read_routes(pool, primary)
     return {
         "version": __version__,
         "at": datetime.now(UTC).isoformat(),
         "dryRun": config.receiver.dry_run,
         "exchanges": [
-            _one(name, b, p, q, incidents[name], recent[name], reasons.get(name))
+            {
+                **_one(name, b, p, q, incidents[name], recent[name], reasons.get(name)),
+                "route": routes.get(name),
+            }
             for name, b, p, q in zip(exchanges, breaker, pause, queue, strict=True)
-        ],
+        ],  # fmt: skip
     }
 
 
@@ -139,6 +145,9 @@ PUBLIC_FIELDS: Final = {
     ("apiRateMultiplier",): "liquid_abt_api_rate_multiplier",
     ("retryQueue", "waiting"): "liquid_abt_retry_queue_depth",
     ("retryQueue", "oldestWaitingSince"): "liquid_abt_retry_queue_oldest_age_seconds",
+    # Failover's route, on the primary exchange only (docs/failover.md).
+    ("route", "to"): "liquid_abt_purchase_route",
+    ("route", "blockedGuard"): "liquid_abt_purchase_route_blocked",
 }
 
 
@@ -150,7 +159,8 @@ def public_view(status: dict[str, Any]) -> dict[str, Any]:
         source = {**full, "retryQueue": {**queue, "waiting": queue["queued"] + queue["inProgress"]}}
         view: dict[str, Any] = {"exchange": full["exchange"]}
         for path in PUBLIC_FIELDS:
-            _copy(source, view, path)
+            if source.get(path[0]) is not None:
+                _copy(source, view, path)
         cause = view["incident"]["cause"]  # the metric's label is its class: `alert`, not the name
         view["incident"]["cause"] = cause.partition(":")[0] if cause else None
         exchanges.append(view)
