@@ -170,9 +170,19 @@ async def test_recent_actions_are_the_newest_few(client: TestClient) -> None:
     assert [a["detail"]["to"] for a in recent[:3]] == ["CLOSED", "HALF_OPEN", "OPEN"]
 
 
+# Failover's route is the one primary's: the list form names several exchanges, all primary.
+KRAKEN_PRIMARY = parse_config({
+    "exchanges": {"kraken": {"role": "primary"}},
+    "collectors": {"interval": "200ms", "timeout": "200ms"},
+    "breaker": {"recovery_timeout": "1h"},
+    "kraken": {"enabled": False},
+})  # fmt: skip
+
+
 async def test_the_public_view_is_what_metrics_already_show(
-    client: TestClient, db: asyncpg.Connection
+    aiohttp_client, database: Connection, db: asyncpg.Connection
 ) -> None:
+    client = await aiohttp_client(create_app(KRAKEN_PRIMARY, database, Secrets(admin_token=TOKEN)))
     await incident(client, db)
     view = public_view(await call(client, "GET", "status"))
     kraken = view["exchanges"][0]
