@@ -116,10 +116,13 @@ async def test_a_stale_route_expires_in_the_gate_without_a_decision(
     await verified(db, IR)
     await kraken_down(model(pool))
     assert (await gate.purchase_gate(db, "kraken")).buy_on == IR
+    # What the customer notices say: purchases continue on the secondary the gate names.
+    assert (await routes.routed_to(db, "kraken"), await routes.routed_to(db, IR)) == (IR, None)
     await db.execute(
         "UPDATE liquid_abt.purchase_routes SET valid_until = now() - interval '1 second'"
     )
     assert (await gate.purchase_gate(db, "kraken")).buy_on is None
+    assert await routes.routed_to(db, "kraken") is None
 
 
 async def test_the_gate_never_follows_a_route_over_a_hold_or_a_stopped_secondary(

@@ -37,7 +37,7 @@ from exporter.database.pool import (
 )
 from exporter.runbook.alert_states import outage_alertnames, rate_alertnames
 from exporter.runbook.evidence import REPLICA as DEFAULT_REPLICA
-from exporter.runbook.incident import IncidentModel
+from exporter.runbook.incident import IncidentModel, route_store
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.notices.loop import NoticeLoop, NoticeMetrics
 from exporter.runbook.notices.webhook import WebhookMetrics, WebhookSender
@@ -314,9 +314,11 @@ async def _notices_ctx(app: web.Application) -> AsyncIterator[None]:
     if config.receiver.dry_run or not config.notices.enabled:
         yield
         return
+    # With failover, the notices say purchases continue on the secondary the gate names.
     planner = NoticeLoop(
-        app[POOL], config, metrics=metrics, margin=probe_margin(config, app[EXCHANGES])
-    )
+        app[POOL], config, metrics=metrics, margin=probe_margin(config, app[EXCHANGES]),
+        routed_to=route_store.routed_to if config.failover.active else None,
+    )  # fmt: skip
     app[NOTICE_LOOP] = planner
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(_task("customer-notices", planner.run()))

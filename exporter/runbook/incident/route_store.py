@@ -125,6 +125,13 @@ async def waiting_aud(db: Executor, exchange: str, window: float) -> Decimal:
     return Decimal(await db.fetchval(WAITING_SQL, exchange, window))
 
 
+async def routed_to(db: Executor, exchange: str) -> str | None:
+    """The secondary the exchange's purchases go to now, as the platform's gate says (`buy_on`
+    naming another exchange); None while they go to the exchange itself or wait."""
+    buy_on = (await db.fetchrow(GATE_SQL, exchange))["buy_on"]
+    return buy_on if buy_on is not None and buy_on != exchange else None
+
+
 async def read_routes(db: Executor, exchanges: list[str]) -> dict[str, dict[str, Any]]:
     """Each exchange's route with the gate's answer, for the admin status and the landing page."""
     shown: dict[str, dict[str, Any]] = {}
