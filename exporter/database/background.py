@@ -36,11 +36,14 @@ class Wakeup:
         self._event.set()
 
     async def wait(self, seconds: float | None) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes
+        # in the tick the event is set, and the loop then outlives its app's shutdown.
         if seconds is None:
             await self._event.wait()
         elif seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), seconds)
+                async with asyncio.timeout(seconds):
+                    await self._event.wait()
         self._event.clear()
 
 
