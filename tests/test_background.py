@@ -1,12 +1,15 @@
-"""The background loops' sleep: a wake-up cuts it short, and a cancellation always ends it."""
+"""The background loops' sleep: a wake-up cuts it short, and a cancellation always ends it; the
+database monitor's ping."""
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from exporter.database.background import Wakeup, run_forever
+from exporter.database.pool import DatabaseMonitor
 
 
 @pytest.mark.parametrize("ticks", range(6))
@@ -53,3 +56,20 @@ async def test_a_wake_up_cuts_the_sleep_short_and_is_not_lost_mid_iteration() ->
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert calls == 2
+
+
+async def test_a_statement_answered_elsewhere_stands_for_the_monitors_ping() -> None:
+    """The platform watch's reading, every few seconds, tells the monitor the database answered:
+    an idle replica sends no `SELECT 1` of its own. Without such an answer the monitor pings,
+    and finds a database that went away (here: nothing listens on the port)."""
+    pool = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:9/none", min_size=0)
+    try:
+        monitor = DatabaseMonitor(pool, interval=60.0, timeout=2.0)
+        monitor.up = True  # its last ping succeeded
+        monitor.answered()
+        assert await monitor.iteration() == 60.0 and monitor.up, "no ping: the watch's answer"
+        monitor = DatabaseMonitor(pool, interval=60.0, timeout=2.0)
+        monitor.up = True
+        assert await monitor.iteration() == 60.0 and not monitor.up, "pinged, and refused"
+    finally:
+        await pool.close()

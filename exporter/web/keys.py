@@ -13,6 +13,7 @@ from exporter.database.pool import Connection, DatabaseMonitor
 from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
 from exporter.runbook.probing import IncidentLoop
+from exporter.runbook.retry_filler import RetryFiller
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
 from exporter.signals.collectors.base import SnapshotRunner
@@ -36,6 +37,8 @@ ACTION_WORKER = web.AppKey("action_worker", ActionWorker)
 ACTION_METRICS = web.AppKey("action_metrics", ActionMetrics)
 INCIDENTS = web.AppKey("incidents", IncidentModel)
 INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
+# The retry filler (None in dry run), told by the incident loops' platform watch what failed.
+RETRY_FILLER: web.AppKey[RetryFiller | None] = web.AppKey("retry_filler")
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
 # /metrics: the exposition, and its section of live metrics (`changed()` after they change).
