@@ -54,7 +54,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
-## test-fast: the unit and db tiers only, no program started, a quarter of the simulator's
+## test-fast: the unit and db tiers only, no program started, an eighth of the simulator's
 ## 10,000 generated sequences (under 2 minutes)
 test-fast: $(STAMP)
 	$(PYTEST) -m "(unit or db) and not thorough" -n $(FAST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
