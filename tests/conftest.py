@@ -53,7 +53,10 @@ async def create_database(server_dsn: str, template: str, prefix: str = "t") -> 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server_dsn)
     try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        # A file copy of the small template takes half the time of PostgreSQL 15's default
+        # (WAL_LOG: every page through the WAL); hundreds of tests each make one.
+        file_copy = " STRATEGY FILE_COPY" if admin.get_server_version() >= (15, 0) else ""
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}{file_copy}")
     finally:
         await admin.close()
     return name

@@ -22,7 +22,7 @@ from exporter.runbook.alert_states import AlertState
 from exporter.runbook.evidence import Observation, observe_round
 from exporter.runbook.incident import IncidentModel, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
-from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL, IncidentLoop
+from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL, PLATFORM_WATCH_QUIET, IncidentLoop
 from exporter.runbook.recovery import verify
 from exporter.signals.exchange import CallResult, Check, RecoveryResult, RoundResult
 from exporter.signals.kraken.integration import INTEGRATION
@@ -332,8 +332,11 @@ async def test_the_platform_watch_wakes_a_waiting_loop_once_when_the_platform_fa
 ) -> None:
     probe = ScriptedProbe(HEALTHY)
     loop = IncidentLoop(KRAKEN, a.model, KRAKEN_SETTINGS, probe)
+    # Nothing failed: the quiet cadence; the newest call unanswered: every second.
+    assert await loop.watch() == PLATFORM_WATCH_QUIET and not woken(loop)
+    await platform_fails(db, 1)
     assert await loop.watch() == PLATFORM_WATCH_INTERVAL and not woken(loop)
-    await platform_fails(db)
+    await platform_fails(db, 2)
     await loop.watch()
     assert not woken(loop), "not before its first round: it runs one anyway"
     await db.execute("DELETE FROM api_call_logs")

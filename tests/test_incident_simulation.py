@@ -38,18 +38,20 @@ def run(faults: list[Fault], horizon: float, seed: int = 1, **options: Any) -> W
     return simulate(SHIPPED, faults, seed, horizon, **options)
 
 
-# About 90 s of CPU in all (twice the steps since the probe runs every 10 s, and the platform
-# watch reads every second), in chunks so that xdist spreads them over the cores: every chunk
-# holds different seeds, together they are the 10,000 sequences.
-CHUNKS = 4
+# About 70 s of CPU in all, in small chunks so that xdist spreads them over its workers and no
+# one test holds up the end of the run: every chunk holds different seeds, together they are
+# the 10,000 sequences.
+CHUNKS = 40
+FAST_CHUNKS = CHUNKS // 8
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "chunk",
-    # `make test-fast` runs the first quarter (2,500 sequences); `make test` all 10,000.
-    [0, *(pytest.param(chunk, marks=pytest.mark.thorough) for chunk in range(1, CHUNKS))],
-)
+    # `make test-fast` runs an eighth of the chunks (1,250 sequences); `make test` all 10,000.
+    [*range(FAST_CHUNKS),
+     *(pytest.param(chunk, marks=pytest.mark.thorough) for chunk in range(FAST_CHUNKS, CHUNKS))],
+)  # fmt: skip
 def test_ten_thousand_generated_sequences_keep_every_invariant(chunk: int) -> None:
     steps = stops = resumes = 0
     seeds = range(chunk, SEQUENCES, CHUNKS)
@@ -62,7 +64,7 @@ def test_ten_thousand_generated_sequences_keep_every_invariant(chunk: int) -> No
     # The generator must keep exercising the loop, or this test proves nothing.
     assert steps > 15 * len(seeds)
     assert stops > len(seeds) // 4
-    assert resumes > len(seeds) // 200
+    assert resumes > len(seeds) // 500  # a resume takes a recovery within 200 s: rare
 
 
 def test_long_sequences_recover_relapse_and_back_off() -> None:

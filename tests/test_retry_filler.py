@@ -20,6 +20,7 @@ from exporter.config import Config, parse_config
 from exporter.controls import audit, retry_queue
 from exporter.controls import pause as controls
 from exporter.database.pool import Connection
+from exporter.runbook.platform_watch import RetryWindow, read_platform
 from exporter.runbook.retry_filler import CAUSE, RetryFiller
 from exporter.signals.classify import ReasonClassifier
 from exporter.web.app import create_app
@@ -196,3 +197,32 @@ async def test_every_replica_runs_the_filler_on_its_own(
         return sorted(await queue(db)) == sorted(ids)
 
     await wait_until(all_queued, what="the filler queues the 7 eligible failures")
+
+
+async def test_the_platform_watch_wakes_the_filler_only_for_a_failure_it_has_not_dealt_with(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """An idle replica's filler spends no transaction: it runs when the watch's reading (one
+    statement, every few seconds) shows a failed purchase new to it; those it leaves unqueued
+    (reasons never retried) wake it no more."""
+    filler = RetryFiller(pool, CONFIG, random.Random(5))
+    window = RetryWindow(CONFIG.purchases.retry_max_count, CONFIG.purchases.retry_window)
+
+    async def watch() -> frozenset[str]:
+        reading = await read_platform(
+            pool, "kraken", CLASSIFIER, window=60.0, calls=3, retry=window
+        )
+        filler.notice("kraken", reading.unqueued_failures)
+        return reading.unqueued_failures
+
+    assert await watch() == frozenset() and not filler.woken
+    eligible_ids = await fail(db, 3, "EService:Unavailable", seconds_ago=1)
+    never = await fail(db, 1, "insufficient_funds", seconds_ago=1)
+    await fail(db, 1, "EService:Unavailable", retry_count=3)  # retried enough: not read
+    assert await watch() == frozenset(eligible_ids + never) and filler.woken
+    assert await filler.round() == {"kraken": 3, "independent_reserve": 0}
+    assert await watch() == frozenset(never) and not filler.woken, "dealt with: left for good"
+    late = await fail(db, 1, "Request timeout after 10000ms", seconds_ago=0)
+    assert await watch() == frozenset(never + late) and filler.woken
+    assert await filler.round() == {"kraken": 1, "independent_reserve": 0}
+    assert sorted(await queue(db)) == sorted(eligible_ids + late)

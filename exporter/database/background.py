@@ -35,12 +35,24 @@ class Wakeup:
     def wake(self) -> None:
         self._event.set()
 
+    @property
+    def pending(self) -> bool:
+        """A wake-up came that no wait has taken yet."""
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        """Take a pending wake-up: the work it asked for is about to be done."""
+        self._event.clear()
+
     async def wait(self, seconds: float | None) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes
+        # in the tick the event is set, and the loop then outlives its app's shutdown.
         if seconds is None:
             await self._event.wait()
         elif seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), seconds)
+                async with asyncio.timeout(seconds):
+                    await self._event.wait()
         self._event.clear()
 
 

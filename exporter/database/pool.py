@@ -139,7 +139,12 @@ async def ping(pool: asyncpg.Pool, timeout: float) -> None:
 
 
 class DatabaseMonitor:
-    """Pings the database in the background; scrapes and readiness read the latest answer."""
+    """Pings the database in the background; scrapes and readiness read the latest answer.
+
+    A statement another loop saw answered (`answered()`, the platform watch's every few
+    seconds) counts as a ping: an idle replica then sends no `SELECT 1` of its own. The price: a
+    database that goes away just after such an answer is found by the ping after next, two
+    intervals (10 s) later at most instead of one (LiquidAbtDatabaseDown waits 2 minutes)."""
 
     def __init__(self, pool: asyncpg.Pool, interval: float, timeout: float) -> None:
         self._pool = pool
@@ -149,6 +154,11 @@ class DatabaseMonitor:
         self.last_check: float = 0.0
         self.last_error: str | None = None
         self._checked = asyncio.Event()
+        self._answered_at = float("-inf")  # time.monotonic() of the latest answer seen elsewhere
+
+    def answered(self) -> None:
+        """Another statement on the pool was just answered."""
+        self._answered_at = time.monotonic()
 
     async def check(self) -> bool:
         try:
@@ -166,6 +176,9 @@ class DatabaseMonitor:
         return self.up
 
     async def iteration(self) -> float:
+        if self.up and time.monotonic() - self._answered_at < self._interval:
+            self.last_check = time.time()
+            return self._interval
         try:
             await self.check()
         except Exception:  # report the database as down while the check itself is broken

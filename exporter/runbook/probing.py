@@ -1,33 +1,43 @@
 """The incident loop of one exchange: probe, record the round, let the model decide, verify.
 
-It owns the probe's cadence, from the exchange's own settings (signals/exchange.py): the
-runbook's 30-second health check while all is well (`probe_interval`), a quick second look after
+It owns the probe's cadence, from the exchange's own settings (signals/exchange.py): a health
+check every `probe_interval` (10 s) while all is well, a quick second look after
 a round the API did not answer (`doubt_interval`), and a round every `incident_interval` while an
 incident is open, so recovery and relapses are seen within seconds. An exchange nobody probes
 still gets decisions: on wake-ups (alerts) and, during an incident, on the same short interval.
 
 The platform's own calls are the earliest evidence: it buys all the time, the probe only every
-`probe_interval`. So a second loop, the platform watch, reads the platform's latest calls every
-PLATFORM_WATCH_INTERVAL (one small query); when they start failing for want of an answer, a
-loop that is waiting (not mid-round, its last round answered) runs its next round at once. That
-round, unanswered on every replica, and the platform's failing calls stop purchases together
+`probe_interval`. So a second loop, the platform watch, reads the platform's latest calls (one
+statement, platform_watch.py); when they start failing for want of an answer, a loop that is
+waiting (not mid-round, its last round answered) runs its next round at once. That round,
+unanswered on every replica, and the platform's failing calls stop purchases together
 (evidence.judge), without waiting for `failure_threshold` rounds.
+
+The watch reads every PLATFORM_WATCH_QUIET seconds while the newest call was answered, and every
+PLATFORM_WATCH_INTERVAL once it was not. Calls fail `platform_min_calls` in a row before they
+count; at one purchase a second the third comes 2 s after the first, so the quiet cadence (3 s)
+finds the failing start no later than a reading every second would, at a third of an idle
+replica's reads. The same reading tells the retry filler about failed purchases not queued yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 from exporter.database.background import Wakeup, run_forever
 from exporter.runbook.incident import NORMAL, Incident, IncidentModel
+from exporter.runbook.platform_watch import PlatformReading
 from exporter.runbook.recovery import Verifier, verify
 from exporter.signals.exchange import UNPROBED, Probe, ProbeSettings, RoundResult
 
 # Without a probe and without an incident, decide now and then anyway (a lost wake-up).
 _IDLE_EVALUATION = 60.0
-# How often the platform watch reads the platform's latest calls (the simulator's cadence too).
+# How often the platform watch reads the platform's latest calls (the simulator's cadence too):
+# every second once the newest call went unanswered, every PLATFORM_WATCH_QUIET seconds before.
 PLATFORM_WATCH_INTERVAL = 1.0
+PLATFORM_WATCH_QUIET = 3.0
 
 
 class IncidentLoop:
@@ -38,7 +48,15 @@ class IncidentLoop:
         settings: ProbeSettings = UNPROBED,
         probe: Probe | None = None,
         verifier: Verifier | None = None,
+        *,
+        on_reading: Callable[[str, PlatformReading], None] | None = None,
+        read_failures: bool = False,
+        quiet_interval: float = PLATFORM_WATCH_QUIET,
     ) -> None:
+        """`on_reading(exchange, reading)` hears of every platform watch reading (the database
+        monitor, and the retry filler, for which `read_failures` adds the failed purchases not
+        queued yet); `quiet_interval` is at most PLATFORM_WATCH_QUIET (shorter when the filler
+        promises less)."""
         self.exchange = exchange
         self._model = model
         self._settings = settings
@@ -48,6 +66,9 @@ class IncidentLoop:
         # Waiting between iterations, and the last round answered: the platform watch may wake it.
         self._idle = False
         self._platform_failing = False
+        self._on_reading = on_reading
+        self._read_failures = read_failures
+        self._quiet = min(quiet_interval, PLATFORM_WATCH_QUIET)
 
     def wake(self) -> None:
         self._wakeup.wake()
@@ -67,11 +88,14 @@ class IncidentLoop:
     async def watch(self) -> float:
         """Wake the loop for a round when the platform's latest calls start failing (once per
         episode: a failed round brings the short `doubt_interval` anyway)."""
-        failing = await self._model.platform_failing(self.exchange)
+        reading = await self._model.watch_platform(self.exchange, failures=self._read_failures)
+        failing = reading.failing(self._model.platform_min_calls)
         if failing and not self._platform_failing and self._idle:
             self.wake()
         self._platform_failing = failing
-        return PLATFORM_WATCH_INTERVAL
+        if self._on_reading is not None:
+            self._on_reading(self.exchange, reading)
+        return PLATFORM_WATCH_INTERVAL if reading.unanswered else self._quiet
 
     async def iteration(self) -> float:
         self._idle = False

@@ -41,6 +41,7 @@ from exporter.runbook.incident import IncidentModel, route_store
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
 from exporter.runbook.notices.loop import NoticeLoop, NoticeMetrics
 from exporter.runbook.notices.webhook import WebhookMetrics, WebhookSender
+from exporter.runbook.platform_watch import PlatformReading
 from exporter.runbook.probing import IncidentLoop
 from exporter.runbook.receiver import ReceiverMetrics, WebhookHandler
 from exporter.runbook.reconcile import Reconciler
@@ -92,6 +93,7 @@ from exporter.web.keys import (
     REGISTRY,
     RELOADER,
     REPLICA,
+    RETRY_FILLER,
     RUNNERS,
     SECRETS,
     TELEMETRY_PATH,
@@ -243,6 +245,8 @@ async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
         exchanges=exchanges,
     )  # fmt: skip
     app[INCIDENTS] = model
+    # In dry run the exporter changes nothing the platform acts on, so nothing is queued.
+    app[RETRY_FILLER] = None if config.receiver.dry_run else RetryFiller(app[POOL], config)
     loops = {exchange: _incident_loop(app, model, exchange) for exchange in config.exchanges}
     app[INCIDENT_LOOPS] = loops
     async with contextlib.AsyncExitStack() as stack:
@@ -257,10 +261,20 @@ async def _incidents_ctx(app: web.Application) -> AsyncIterator[None]:
 def _incident_loop(app: web.Application, model: IncidentModel, exchange: str) -> IncidentLoop:
     config, exchanges = app[CONFIG], app[EXCHANGES]
     probe: Probe | None = app[PROBES].get(exchange)
+    filler, monitor = app[RETRY_FILLER], app[DB_MONITOR]
+
+    def on_reading(exchange: str, reading: PlatformReading) -> None:
+        monitor.answered()  # the database answered: no ping needed this interval
+        if filler is not None:
+            filler.notice(exchange, reading.unqueued_failures)
+
     return IncidentLoop(
         exchange, model, exchanges.settings(config, exchange),
         probe=probe if exchanges.probed(config, exchange) else None,
         verifier=probe.recovery_check if probe is not None else None,
+        on_reading=on_reading, read_failures=filler is not None,
+        # The filler's promise: each failure queued within retry.fill_interval.
+        quiet_interval=config.retry.fill_interval,
     )  # fmt: skip
 
 
@@ -293,14 +307,12 @@ async def _actions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _retry_filler_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Every eligible failed purchase queued once, from the purchases, whatever alert fires.
-
-    In dry run the exporter changes nothing the platform acts on, so nothing is queued."""
-    config = app[CONFIG]
-    if config.receiver.dry_run:
+    """Every eligible failed purchase queued once, from the purchases, whatever alert fires
+    (the filler is made with the incident loops, whose platform watch wakes it)."""
+    filler = app[RETRY_FILLER]
+    if filler is None:
         yield
         return
-    filler = RetryFiller(app[POOL], config)
     async with _task("retry-filler", filler.run()):
         yield
 

@@ -14,6 +14,7 @@ from exporter.runbook.incident import IncidentModel
 from exporter.runbook.metrics import ActionMetrics
 from exporter.runbook.notices.loop import NoticeLoop
 from exporter.runbook.probing import IncidentLoop
+from exporter.runbook.retry_filler import RetryFiller
 from exporter.runbook.verification_watch import VerificationWatch
 from exporter.runbook.worker import ActionWorker
 from exporter.secrets import Secrets
@@ -42,6 +43,8 @@ INCIDENT_LOOPS = web.AppKey("incident_loops", dict[str, IncidentLoop])
 VERIFICATION_WATCH = web.AppKey("verification_watch", VerificationWatch)
 # The customer-notice planner (absent in dry run or with notices.enabled false).
 NOTICE_LOOP = web.AppKey("notice_loop", NoticeLoop)
+# The retry filler (None in dry run), told by the incident loops' platform watch what failed.
+RETRY_FILLER: web.AppKey[RetryFiller | None] = web.AppKey("retry_filler")
 # This process's name among the replicas (its row in probe_observations).
 REPLICA = web.AppKey("replica", str)
 # /metrics: the exposition, and its section of live metrics (`changed()` after they change).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from exporter.config import Config
-from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL
+from exporter.runbook.probing import PLATFORM_WATCH_INTERVAL, PLATFORM_WATCH_QUIET
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ class Params:
     status_alert_delay: float = 90.0  # maintenance / trading restricted: `for: 1m` + the same
     auth_alert_delay: float = 90.0
     # The platform watch's cadence (probing.py): each replica reads the platform's latest calls
-    # this often, and a failing start wakes it for a round.
+    # every `watch_quiet_interval` while the newest was answered, every `watch_interval` once it
+    # was not; a failing start wakes it for a round.
     watch_interval: float = PLATFORM_WATCH_INTERVAL
+    watch_quiet_interval: float = PLATFORM_WATCH_QUIET
 
     @classmethod
     def shipped(cls, config: Config | None = None, **world: Any) -> Params:

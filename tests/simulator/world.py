@@ -347,15 +347,19 @@ class World:
         del calls[10:]
         return PlatformCalls(tuple(c[1] for c in calls), tuple(at(c[0]) for c in calls))
 
-    def _platform_failing(self) -> bool:
-        """self.platform().failing(platform_min_calls), without building the evidence: the
-        platform watch reads it every second."""
+    def _platform_watch(self) -> tuple[bool, bool]:
+        """The platform watch's reading (platform_watch.PlatformReading), without building the
+        evidence: whether the latest `platform_min_calls` calls fail for want of an answer, and
+        whether the newest does."""
         oldest, now, k = self.now - self.p.platform_window, self.now, self.p.platform_min_calls
         calls = [c for c in self.platform_calls if oldest < c[0] <= now]
-        if len(calls) < k:
-            return False
+        if not calls:
+            return False, False
         calls.sort(key=_logged_at, reverse=True)
-        return all(reason in UNAVAILABLE_REASONS for _, reason in calls[:k])
+        unanswered = calls[0][1] in UNAVAILABLE_REASONS
+        if len(calls) < k or not unanswered:
+            return False, unanswered
+        return all(reason in UNAVAILABLE_REASONS for _, reason in calls[:k]), unanswered
 
     # -- evidence --
 
@@ -493,20 +497,21 @@ class World:
         replica = self.replicas[slot]
         if replica.generation != generation:
             return  # its process was restarted: the new one has its own watch
-        failing = self._platform_failing()
+        failing, unanswered = self._platform_watch()
         if failing and not replica.watching_failing and replica.idle:
             self._schedule_round(replica, self.now)
         replica.watching_failing = failing
-        self._at(self._next_watch(failing), "watch", slot, generation)
+        self._at(self._next_watch(unanswered), "watch", slot, generation)
 
-    def _next_watch(self, failing: bool) -> float:
-        """The watch's next reading that could differ: every interval, but across a stretch in
-        which no platform call can fail it reads "not failing" each time, so it skips ahead to
-        the first reading after the next fault starts (same phase; a speed-up, nothing more)."""
-        interval, now = self.p.watch_interval, self.now
+    def _next_watch(self, unanswered: bool) -> float:
+        """The watch's next reading that could differ: every `watch_interval` once the newest
+        call went unanswered, every `watch_quiet_interval` before; across a stretch in which no
+        platform call can fail it reads "answered" each time, so it skips ahead to the first
+        reading after the next fault starts (same phase; a speed-up, nothing more)."""
+        if unanswered:
+            return self.now + self.p.watch_interval
+        interval, now = self.p.watch_quiet_interval, self.now
         after = now + interval
-        if failing:
-            return after
         # A call fails only during a fault, and is logged at most platform_timeout later; the
         # watch reads the calls logged within platform_window.
         linger = self.p.platform_window + self.p.platform_timeout

@@ -11,6 +11,7 @@ control endpoint can listen on its own port, so it stays reachable while the API
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -160,7 +161,7 @@ def garbage() -> web.Response:
     return web.Response(text="<html>upstream says hello", content_type="text/html")
 
 
-class FakeExchange:
+class FakeExchange(abc.ABC):
     """A fake exchange on real sockets; subclasses give the routes and the failure replies."""
 
     name = "exchange"
@@ -182,16 +183,16 @@ class FakeExchange:
         self.control_url: str | None = None
 
     # What each exchange supplies.
-    def add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def add_routes(self, app: web.Application) -> None: ...
 
     def endpoint(self, request: web.Request) -> str:
         """The name requests are counted under in `state.hits`."""
         return request.path.rsplit("/", 1)[-1]
 
+    @abc.abstractmethod
     def failure(self, request: web.Request, endpoint: str) -> web.StreamResponse | None:
         """The reply the current mode gives instead of the normal one, if any."""
-        raise NotImplementedError
 
     # The machinery.
     @property

@@ -49,6 +49,7 @@ from exporter.runbook.incident.effects import (
 )
 from exporter.runbook.incident.state import NORMAL, Breaker, Incident, Policy, Route
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from exporter.runbook.platform_watch import PlatformReading, RetryWindow, read_platform
 from exporter.signals.classify import ReasonClassifier
 from exporter.signals.exchange import RoundResult
 
@@ -166,17 +167,18 @@ class Executor:
         for effect in effects:
             await self._apply(connection, applying, effect)
 
-    async def platform_failing(self, pool: asyncpg.Pool, exchange: str) -> bool:
-        """The platform's latest `platform_min_calls` calls all failed for want of an answer:
-        read without a lock or a decision, so the platform watch costs one small query."""
-        cfg = self._config.incident
-        async with pool.acquire() as connection:
-            now: datetime = await connection.fetchval("SELECT clock_timestamp()")
-            calls = await platform_calls(
-                connection, exchange, self._classifier, cfg.platform_window, now,
-                limit=cfg.platform_min_calls,
-            )  # fmt: skip
-        return calls.failing(cfg.platform_min_calls)
+    async def watch_platform(
+        self, pool: asyncpg.Pool, exchange: str, *, failures: bool = False
+    ) -> PlatformReading:
+        """The platform's latest `platform_min_calls` calls (and, with `failures`, its failed
+        purchases not queued yet): read without a lock or a decision, in one statement, so the
+        platform watch costs one transaction."""
+        cfg, purchases = self._config.incident, self._config.purchases
+        retry = RetryWindow(purchases.retry_max_count, purchases.retry_window)
+        return await read_platform(
+            pool, exchange, self._classifier, window=cfg.platform_window,
+            calls=cfg.platform_min_calls, retry=retry if failures else None,
+        )  # fmt: skip
 
     async def _evidence(
         self, connection: asyncpg.Connection, exchange: str, event: Event, snapshot: Snapshot,

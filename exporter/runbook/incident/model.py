@@ -26,6 +26,7 @@ from exporter.runbook.incident.effects import QueueRetries
 from exporter.runbook.incident.executor import Executor
 from exporter.runbook.incident.state import Incident, Policy, VerificationLease
 from exporter.runbook.metrics import ActionMetrics, IncidentMetrics
+from exporter.runbook.platform_watch import PlatformReading
 from exporter.signals.exchange import RecoveryResult, Registry, RoundResult
 
 
@@ -46,6 +47,7 @@ class IncidentModel:
     ) -> None:
         self._pool = pool
         self._replica = replica
+        self._min_calls = config.incident.platform_min_calls
         registry = exchanges or Registry()
         policies = {name: Policy.from_config(config, registry.settings(config, name))
                     for name in config.exchanges}  # fmt: skip
@@ -74,10 +76,18 @@ class IncidentModel:
             decision = await self.executor.decide(connection, exchange, Tick("probe_round"), result)
         return decision.incident, decision.lease
 
+    @property
+    def platform_min_calls(self) -> int:
+        return self._min_calls
+
     async def platform_failing(self, exchange: str) -> bool:
-        """Whether the platform's latest calls to the exchange all fail for want of an answer
-        (the platform watch of probing.py reads it between rounds)."""
-        return await self.executor.platform_failing(self._pool, exchange)
+        """Whether the platform's latest calls to the exchange all fail for want of an answer."""
+        reading = await self.watch_platform(exchange)
+        return reading.failing(self._min_calls)
+
+    async def watch_platform(self, exchange: str, *, failures: bool = False) -> PlatformReading:
+        """The platform watch's reading (probing.py, between rounds): one statement."""
+        return await self.executor.watch_platform(self._pool, exchange, failures=failures)
 
     async def evaluate(self, exchange: str) -> tuple[Incident, VerificationLease | None]:
         """Decide on the evidence already recorded (a timer, a resolved alert, a wake-up)."""
