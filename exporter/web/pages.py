@@ -241,6 +241,7 @@ ALERT_RUNBOOKS: Final = (
     ("LiquidAbtExchangeIsolated", "exchange-api-failures.md"),
     ("LiquidAbtPurchasesStopped", "exchange-api-failures.md"),
     ("PurchasesRoutedToSecondary", "exchange-api-failures.md"),
+    ("SecondaryExchangeUnavailable", "exchange-api-failures.md"),
     ("BitcoinPurchase", "bitcoin-purchase-failures.md"),
     ("Exchange", "exchange-api-failures.md"),
     ("LiquidAbt", "liquid-abt-exporter.md"),

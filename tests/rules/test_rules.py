@@ -188,6 +188,16 @@ def test_alertmanager_config_passes_amtool_check() -> None:
             id="exchange-warning-to-webhook-and-chat",
         ),
         pytest.param(
+            {
+                "alertname": "SecondaryExchangeUnavailable",
+                "severity": "warning",
+                "escalation": "none",
+                "exchange": "independentreserve",
+            },
+            "liquid-abt-exporter,team-chat",
+            id="secondary-unavailable-to-chat-never-pager",
+        ),
+        pytest.param(
             {"alertname": "LiquidAbtCollectorStale", "severity": "warning", "escalation": "none"},
             "team-chat",
             id="warning-to-chat",
@@ -596,6 +606,23 @@ def test_failover_is_a_warning_to_chat_never_a_page() -> None:
     assert (rule["labels"]["severity"], rule["labels"]["escalation"]) == ("warning", "none")
     routes = set(re.findall(r"liquid_abt_purchase_route\w*", " ".join(r["expr"] for r in _pages())))
     assert routes == set()
+
+
+def test_no_exchange_page_fires_for_a_secondary() -> None:
+    """Issue 22: a secondary's trouble stops no purchase, so no more pages than the same outage
+    without a secondary: every exchange page ends with the same `unless` (its behaviour:
+    alerts/tests/secondary.test.yml); the warning to chat is SecondaryExchangeUnavailable."""
+    secondary = [
+        "unless on (exchange)",
+        'max by (exchange) (last_over_time(liquid_abt_exchange_role{role="secondary"}[5m])) == 1',
+    ]
+    exchange_pages = [r for r in _pages() if r["alert"].startswith("Exchange")]
+    assert len(exchange_pages) == 7
+    for rule in exchange_pages:
+        lines = [line.strip() for line in rule["expr"].strip().splitlines()]
+        assert lines[-2:] == secondary, rule["alert"]
+    (warning,) = [r for r in alerts() if r["alert"] == "SecondaryExchangeUnavailable"]
+    assert (warning["labels"]["severity"], warning["labels"]["escalation"]) == ("warning", "none")
 
 
 def test_every_runbook_alert_id_exists_with_its_severity_and_escalation() -> None:
