@@ -18,7 +18,14 @@ from ..stack import (
     http_request,
     wait_until,
 )
-from .timeline import Timeline
+from .timeline import (
+    BACK_ON_PRIMARY,
+    PROBATION_OVER,
+    Timeline,
+    bought_on,
+    routed_to,
+)
+from .timing import EXCHANGE as EXCHANGE_NAME
 from .timing import Timing
 
 # ---- scenarios --------------------------------------------------------------------------------
@@ -83,6 +90,8 @@ class Scenario:
     # Fake secondary exchanges started beside Kraken and configured `role: secondary`
     # (independentreserve, btcmarkets); the scenario reaches them as `drill.secondaries[name]`.
     secondaries: tuple[str, ...] = ()
+    # The figures `make drill` prints under the timeline (shipped seconds against the targets).
+    figures: Callable[[Timeline], list[str]] | None = None
 
 
 def within(timeline: Timeline, what: str, seconds: float) -> list[str]:
@@ -333,6 +342,82 @@ def _isolated_expect(t: Timeline) -> list[str]:
     return problems
 
 
+# ---- failover (issue 22): Kraken down with a verified secondary ---------------------------------
+
+SECONDARY = "independentreserve"
+STOPPED = "purchases stopped (paused or breaker open)"
+
+
+def _closed(t: Timeline) -> float | None:
+    """When Kraken's incident closed (its probation over), from the audit log."""
+    return next((at for at, text in t.decisions if text.startswith("incident_closed")), None)
+
+
+def _delta(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else round(later - earlier, 1)
+
+
+def _failover_numbers(t: Timeline) -> dict[str, float | None]:
+    routed = t.first.get(routed_to(SECONDARY))
+    return {
+        "routed after Kraken died": routed,
+        "routed after purchases stopped": _delta(routed, t.first.get(STOPPED)),
+        "first purchase on the secondary after Kraken died": t.first.get(bought_on(SECONDARY)),
+        "back on Kraken after its probation ended": _delta(t.first.get(BACK_ON_PRIMARY),
+                                                            _closed(t)),
+    }  # fmt: skip
+
+
+# The issue's targets, shipped seconds.
+FAILOVER_TARGETS = {
+    "routed after Kraken died": 60.0,
+    "routed after purchases stopped": 10.0,
+    "first purchase on the secondary after Kraken died": 60.0,
+    "back on Kraken after its probation ended": 30.0,
+}
+# The same outage without a secondary (the `refused` scenario) pages this, once.
+PAGES_WITHOUT_SECONDARY = {"ExchangeApiDown": 1}
+
+
+def _failover_figures(t: Timeline) -> list[str]:
+    lines = []
+    for what, seconds in _failover_numbers(t).items():
+        got = "never" if seconds is None else f"{seconds:.1f}s"
+        lines.append(f"{what}: {got} (target <= {FAILOVER_TARGETS[what]:.0f}s)")
+    waits = [at for at, to in t.route_changes if to is None]
+    lines.append(f"purchases bought on {SECONDARY}: {t.bought_on.get(SECONDARY, 0)} "
+                 f"(failed there: {t.failed_on.get(SECONDARY, 0)}); on Kraken: "
+                 f"{t.bought_on.get(EXCHANGE_NAME, 0)} (failed: {t.failed_on.get(EXCHANGE_NAME, 0)})")  # fmt: skip
+    lines.append(f"the gate said wait (buy_on NULL) at: {waits or 'never'}")
+    lines.append(f"pages {t.paged() or 'none'}; the same outage without a secondary pages "
+                 f"{PAGES_WITHOUT_SECONDARY}")  # fmt: skip
+    return lines
+
+
+def _failover_expect(t: Timeline) -> list[str]:
+    problems = within(t, STOPPED, 60)
+    for what, seconds in _failover_numbers(t).items():
+        if seconds is None:
+            problems.append(f"{what}: never")
+        elif seconds > FAILOVER_TARGETS[what] or seconds < 0:
+            problems.append(f"{what}: {seconds}s, target {FAILOVER_TARGETS[what]}s")
+    other = [to for _, to in t.route_changes if to not in (None, EXCHANGE_NAME, SECONDARY)]
+    if other:
+        problems.append(f"routed to {other}")
+    if not t.bought_on.get(SECONDARY):
+        problems.append(f"no purchase bought on {SECONDARY}")
+    if t.failed_on.get(SECONDARY):
+        problems.append(f"{t.failed_on[SECONDARY]} purchases failed on {SECONDARY}")
+    healed = _mark(t, "Kraken healthy again")
+    back = t.first.get(BACK_ON_PRIMARY)
+    if back is not None and healed is not None and back < healed:
+        problems.append(f"back on Kraken at {back}s, before it healed at {healed}s")
+    over = t.first.get(PROBATION_OVER)
+    if back is not None and over is not None and back + 2 < over:
+        problems.append(f"back on Kraken at {back}s, its probation ended at {over}s")
+    return problems + pages_exactly(t, PAGES_WITHOUT_SECONDARY)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
     Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
@@ -343,4 +428,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("invalid-key", "6", _invalid_key, _invalid_key_expect),
     Scenario("restart", "9", _restart, _restart_expect),
     Scenario("isolated-replica", "10", _isolated, _isolated_expect, bad_network_replica=True),
+    # Issue 22: the same outage as `refused`, with a healthy Independent Reserve beside Kraken.
+    Scenario("failover", "1 (issue 22)", _refused, _failover_expect, secondaries=(SECONDARY,),
+             figures=_failover_figures),
 ]}  # fmt: skip
