@@ -340,10 +340,15 @@ class Watcher:
 
 _DECISIONS_SQL = """
 SELECT extract(epoch FROM at)::float8 AS at, action, result, actor,
-       coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '') AS change
+       CASE WHEN action LIKE 'route_%'
+            THEN 'route ' || coalesce(detail->>'route', '?')
+                 || coalesce(' (blocked: ' || (detail->>'blocked_guard') || ')', '')
+            ELSE coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '')
+       END AS change
 FROM liquid_abt.audit_log
 WHERE action IN ('incident_opened', 'incident_relapsed', 'incident_closed', 'verify_recovery',
-                 'breaker_transition', 'set_api_rate_multiplier')
+                 'breaker_transition', 'set_api_rate_multiplier', 'route_purchases',
+                 'route_blocked', 'route_cleared')
   AND result <> 'unchanged'
 ORDER BY id
 """
