@@ -43,6 +43,13 @@ INSERT INTO bitcoin_purchases (tenant_id, amount_aud, status, failure_reason, ex
                                retry_count, created_at)
 VALUES ($1, $2, $3, $4, $5, 0, now())
 """
+# docs/platform-integration.md 3.5: a retry updates the failed row in place, never inserts one.
+RETRIED_SQL = """
+UPDATE bitcoin_purchases
+SET status = CASE WHEN $2 THEN 'completed' ELSE status END, retry_count = retry_count + 1,
+    failure_reason = coalesce($3, failure_reason)
+WHERE id::text = $1
+"""
 CALL_SQL = """
 INSERT INTO api_call_logs (provider, endpoint, success, response_time, error_message)
 VALUES ($1, 'placeOrder', $2, $3, $4)
@@ -194,6 +201,7 @@ class Platform:
                 await retry_queue.release(conn, entry.id)
                 continue
             ok, _, error = await self._order(client, on)
+            await conn.execute(RETRIED_SQL, entry.purchase_id, ok, error)
             if ok:
                 await retry_queue.complete(conn, entry.id)
                 self.counts.retries_bought += 1
