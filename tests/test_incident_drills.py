@@ -24,7 +24,12 @@ import pytest
 
 from exporter.database.pool import Connection
 from liquid_abt_drill.incidents import SCENARIOS, Timing, run_scenario
-from liquid_abt_drill.incidents.timeline import Timeline
+from liquid_abt_drill.incidents.timeline import (
+    BACK_ON_PRIMARY,
+    PROBATION_OVER,
+    Timeline,
+    routed_to,
+)
 
 TIMING = Timing(0.1, timeout_floor=3.0)
 STOPPED = "purchases stopped (paused or breaker open)"
@@ -99,6 +104,37 @@ def customers_told(t: Timeline) -> list[str]:
     return problems
 
 
+def failed_over(secondary: str) -> Callable[[Timeline], list[str]]:
+    """Purchases went to `secondary` while Kraken was down (the gate's buy_on, and the platform
+    bought there, never failing), and came back to Kraken only after its incident closed
+    (recovery verified, probation over); never routed anywhere else."""
+
+    def check(t: Timeline) -> list[str]:
+        problems = []
+        healed = next((at for at, said in t.marks if said == "Kraken healthy again"), None)
+        routed = t.first.get(routed_to(secondary))
+        if routed is None or healed is None or routed > healed:
+            problems.append(f"routed to {secondary} at {routed}, Kraken healed at {healed}")
+        if not t.bought_on.get(secondary):
+            problems.append(f"nothing bought on {secondary}: {t.bought_on}")
+        if t.failed_on.get(secondary):
+            problems.append(f"{t.failed_on[secondary]} purchases failed on {secondary}")
+        other = {to for _, to in t.route_changes} - {None, "kraken", secondary}
+        if other:
+            problems.append(f"routed to {other}")
+        back, over = t.first.get(BACK_ON_PRIMARY), t.first.get(PROBATION_OVER)
+        verified = [at for at, text in t.decisions if text.startswith("verify_recovery success")]
+        if back is None:
+            problems.append("never back on Kraken")
+        elif not verified or back < min(verified) or (over is not None and back < over - 1):
+            problems.append(f"back on Kraken at {back}: verified {verified}, probation over {over}")
+        if t.route_changes and t.route_changes[-1][1] != "kraken":
+            problems.append(f"ended with buy_on {t.route_changes[-1][1]}")
+        return problems
+
+    return check
+
+
 SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
     # Kraken refuses connections for 4 minutes: stop, queue the failed purchases, page the
     # outage once, resume after verification.
@@ -114,6 +150,20 @@ SMOKE: dict[str, list[Callable[[Timeline], list[str]]]] = {
         stopped_then_resumed_after_verification,
         paged({"ExchangeMaintenance": 1}),
         reviewed,
+    ],
+    # The same outage with a healthy Independent Reserve: purchases stop on Kraken and flow on
+    # the secondary, come back after verification; the outage pages once, failover adds nothing.
+    "failover": [
+        stopped_then_resumed_after_verification,
+        failed_over("independentreserve"),
+        paged({"ExchangeApiDown": 1}),
+        # The failed purchases were bought again on the secondary within seconds, well inside
+        # notices.blip: nobody is told a purchase failed (docs/customer-notices.md).
+        lambda t: [
+            f"customer notices {kinds}"
+            for kinds in [[kind for _, kind, _ in t.notices if kind.startswith("purchase")]]
+            if kinds
+        ],
     ],
     # Our key refused: an auth page, once; the exchange is up, so purchases go on.
     "invalid-key": [

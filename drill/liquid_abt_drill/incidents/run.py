@@ -16,7 +16,7 @@ import asyncpg
 from exporter.database.embedded import free_port
 from exporter.database.migrate import migrate
 
-from ..platform import Platform
+from ..platform import Platform, SecondaryAccount
 from ..stack import (
     ExporterProcess,
     Stack,
@@ -83,8 +83,13 @@ async def run_scenario(
                    for i in range(scenario.replicas)]
             for name in scenario.secondaries
         }  # fmt: skip
+        # The platform's own key on each: it buys there while purchases are routed.
+        platform_keys = {name: (f"drill-platform-{name}", secrets.token_urlsafe(32))
+                         for name in scenario.secondaries}  # fmt: skip
         secondaries = {
-            name: await asyncio.to_thread(stack.secondary_exchange, name, keys=dict(keys))
+            name: await asyncio.to_thread(
+                stack.secondary_exchange, name, keys=dict([*keys, platform_keys[name]])
+            )
             for name, keys in secondary_keys.items()
         }
         ports = [free_port() for _ in range(scenario.replicas)]
@@ -128,9 +133,12 @@ async def run_scenario(
             for i in range(len(exporters)):
                 exporters[i] = await asyncio.to_thread(start, i)
 
-        # 60 purchases a minute in shipped time (issue 10's platform), so faster when scaled.
+        # 60 purchases a minute in shipped time (issue 10's platform), so faster when scaled; with
+        # secondaries it follows routes (the gate's buy_on), an account on each.
+        accounts = {name: SecondaryAccount(fake.url, *platform_keys[name])
+                    for name, fake in secondaries.items()}  # fmt: skip
         platform = Platform(database_url, kraken.url, key, secret, timeout=timing.timeout(10),
-                            rate_per_minute=60 / timing.scale)  # fmt: skip
+                            rate_per_minute=60 / timing.scale, secondaries=accounts)  # fmt: skip
         drill = Drill(timing, stack, kraken, exporters, timeline, restart, secondaries)
         watcher = Watcher(database_url, prometheus, pager, timeline, exporters)
         stop = asyncio.Event()
@@ -158,6 +166,8 @@ async def run_scenario(
         timeline.decisions = await decisions(database_url, timeline)
         timeline.reviews = await incident_reviews(database_url)
         timeline.notices = await notices(database_url, timeline)
+        timeline.bought_on = dict(platform.counts.bought_on)
+        timeline.failed_on = dict(platform.counts.failed_on)
     return timeline
 
 
@@ -194,6 +204,8 @@ async def run_all(names: Sequence[str], folder: Path, timing: Timing) -> int:
             print(f"  issue 10 case(s) {scenario.case}; ran {time.monotonic() - started:.0f}s; "
                   + ("as expected" if not problems else "NOT AS EXPECTED: " + "; ".join(problems)),
                   flush=True)  # fmt: skip
+            for line in scenario.figures(timeline) if scenario.figures else []:
+                print(f"  figure: {line}")
             print()
             print_reviews(timeline, folder / name)
             failed += bool(problems)

@@ -18,8 +18,16 @@ from ..stack import (
     http_request,
     wait_until,
 )
-from .timeline import Timeline
-from .timing import Timing
+from .timeline import (
+    BACK_ON_PRIMARY,
+    PROBATION_OVER,
+    ROUTE_WAIT,
+    Timeline,
+    bought_on,
+    routed_to,
+)
+from .timing import EXCHANGE as EXCHANGE_NAME
+from .timing import PAGER, Timing
 
 # ---- scenarios --------------------------------------------------------------------------------
 
@@ -83,6 +91,8 @@ class Scenario:
     # Fake secondary exchanges started beside Kraken and configured `role: secondary`
     # (independentreserve, btcmarkets); the scenario reaches them as `drill.secondaries[name]`.
     secondaries: tuple[str, ...] = ()
+    # The figures `make drill` prints under the timeline (shipped seconds against the targets).
+    figures: Callable[[Timeline], list[str]] | None = None
 
 
 def within(timeline: Timeline, what: str, seconds: float) -> list[str]:
@@ -333,6 +343,191 @@ def _isolated_expect(t: Timeline) -> list[str]:
     return problems
 
 
+# ---- failover (issue 22): Kraken down with a verified secondary ---------------------------------
+
+SECONDARY = "independentreserve"
+STOPPED = "purchases stopped (paused or breaker open)"
+
+
+def _closed(t: Timeline) -> float | None:
+    """When Kraken's incident closed (its probation over), from the audit log."""
+    return next((at for at, text in t.decisions if text.startswith("incident_closed")), None)
+
+
+def _delta(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else round(later - earlier, 1)
+
+
+def _failover_numbers(t: Timeline) -> dict[str, float | None]:
+    routed = t.first.get(routed_to(SECONDARY))
+    return {
+        "routed after Kraken died": routed,
+        "routed after purchases stopped": _delta(routed, t.first.get(STOPPED)),
+        "first purchase on the secondary after Kraken died": t.first.get(bought_on(SECONDARY)),
+        "back on Kraken after its probation ended": _delta(t.first.get(BACK_ON_PRIMARY),
+                                                            _closed(t)),
+    }  # fmt: skip
+
+
+# The issue's targets, shipped seconds.
+FAILOVER_TARGETS = {
+    "routed after Kraken died": 60.0,
+    "routed after purchases stopped": 10.0,
+    "first purchase on the secondary after Kraken died": 60.0,
+    "back on Kraken after its probation ended": 30.0,
+}
+# The same outage without a secondary (the `refused` scenario) pages this, once.
+PAGES_WITHOUT_SECONDARY = {"ExchangeApiDown": 1}
+
+
+def _failover_figures(t: Timeline) -> list[str]:
+    lines = []
+    for what, seconds in _failover_numbers(t).items():
+        got = "never" if seconds is None else f"{seconds:.1f}s"
+        lines.append(f"{what}: {got} (target <= {FAILOVER_TARGETS[what]:.0f}s)")
+    waits = [at for at, to in t.route_changes if to is None]
+    lines.append(f"purchases bought on {SECONDARY}: {t.bought_on.get(SECONDARY, 0)} "
+                 f"(failed there: {t.failed_on.get(SECONDARY, 0)}); on Kraken: "
+                 f"{t.bought_on.get(EXCHANGE_NAME, 0)} (failed: {t.failed_on.get(EXCHANGE_NAME, 0)})")  # fmt: skip
+    lines.append(f"the gate said wait (buy_on NULL) at: {waits or 'never'}")
+    lines.append(f"pages {t.paged() or 'none'}; the same outage without a secondary pages "
+                 f"{PAGES_WITHOUT_SECONDARY}")  # fmt: skip
+    return lines
+
+
+def _failover_expect(t: Timeline) -> list[str]:
+    problems = within(t, STOPPED, 60)
+    for what, seconds in _failover_numbers(t).items():
+        if seconds is None:
+            problems.append(f"{what}: never")
+        elif seconds > FAILOVER_TARGETS[what] or seconds < 0:
+            problems.append(f"{what}: {seconds}s, target {FAILOVER_TARGETS[what]}s")
+    other = [to for _, to in t.route_changes if to not in (None, EXCHANGE_NAME, SECONDARY)]
+    if other:
+        problems.append(f"routed to {other}")
+    if not t.bought_on.get(SECONDARY):
+        problems.append(f"no purchase bought on {SECONDARY}")
+    if t.failed_on.get(SECONDARY):
+        problems.append(f"{t.failed_on[SECONDARY]} purchases failed on {SECONDARY}")
+    healed = _mark(t, "Kraken healthy again")
+    back = t.first.get(BACK_ON_PRIMARY)
+    if back is not None and healed is not None and back < healed:
+        problems.append(f"back on Kraken at {back}s, before it healed at {healed}s")
+    over = t.first.get(PROBATION_OVER)
+    if back is not None and over is not None and back + 2 < over:
+        problems.append(f"back on Kraken at {back}s, its probation ended at {over}s")
+    return problems + pages_exactly(t, PAGES_WITHOUT_SECONDARY)
+
+
+def _waits_after(t: Timeline, since: float | None) -> float | None:
+    """When the gate first said wait (buy_on NULL) after `since`."""
+    if since is None:
+        return None
+    return next((at for at, to in t.route_changes if to is None and at >= since), None)
+
+
+SECONDARY_FAILS = f"{SECONDARY} refuses connections too"
+
+
+async def _secondary_fails(d: Drill) -> None:
+    await d.hold(60)
+    d.fault("down", "Kraken refuses connections")
+    await d.wait_for(routed_to(SECONDARY), 120)
+    await d.hold(60)
+    d.secondaries[SECONDARY].set_mode("down")
+    d.timeline.mark(SECONDARY_FAILS)
+    await d.hold(120)
+    d.heal()
+    await d.wait_for("purchases resumed", 400)
+    await d.hold(60)
+
+
+def _secondary_fails_figures(t: Timeline) -> list[str]:
+    failed = _mark(t, SECONDARY_FAILS)
+    waits = _waits_after(t, failed)
+    return [
+        f"routed after Kraken died: {t.first.get(routed_to(SECONDARY))}s (target <= 60s)",
+        f"purchases wait (buy_on NULL) {_delta(waits, failed)}s after {SECONDARY} failed "
+        f"(at {failed}s)",
+        f"purchases bought on {SECONDARY}: {t.bought_on.get(SECONDARY, 0)}, failed there "
+        f"(while it was down and still routed): {t.failed_on.get(SECONDARY, 0)}",
+        f"back on Kraken after its probation ended: "
+        f"{_delta(t.first.get(BACK_ON_PRIMARY), _closed(t))}s (target <= 30s)",
+        f"pages {t.paged() or 'none'}: {_page_exchanges(t)}",
+    ]
+
+
+def _page_exchanges(t: Timeline) -> dict[str, int]:
+    """Pages that fired, by alert and exchange ("ExchangeApiDown kraken": 1)."""
+    counts: dict[str, int] = {}
+    for n in t.notifications:
+        if n.receiver != PAGER:
+            continue
+        for a in n.alerts:
+            if a.status == "firing":
+                key = f"{a.name} {a.labels.get('exchange', '')}".strip()
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _secondary_fails_expect(t: Timeline) -> list[str]:
+    problems = within(t, routed_to(SECONDARY), 60)
+    failed = _mark(t, SECONDARY_FAILS)
+    waits = _waits_after(t, failed)
+    # A route is followed while its secondary's last passing check is younger than
+    # failover.verified_within (60 s): the longest a dead secondary can keep it.
+    if waits is None or failed is None or waits - failed > 60:
+        problems.append(f"purchases wait at {waits}s, {SECONDARY} failed at {failed}s")
+    # It stays down to the end: a route to it after the wait is a route to a dead exchange.
+    if any(to == SECONDARY for at, to in t.route_changes if waits is not None and at > waits):
+        problems.append(f"routed to {SECONDARY} again while it was down: {t.route_changes}")
+    closed, back = _closed(t), t.first.get(BACK_ON_PRIMARY)
+    if back is None or closed is None or back + 2 < closed:
+        problems.append(f"back on Kraken at {back}s, its incident closed at {closed}s")
+    if _page_exchanges(t).get(f"ExchangeApiDown {EXCHANGE_NAME}") != 1:
+        problems.append(f"pages {_page_exchanges(t)}: expected ExchangeApiDown kraken once")
+    return problems + only_pages(t, {"ExchangeApiDown"})
+
+
+async def _price_spike(d: Drill) -> None:
+    """`refused` with the secondary quoting 5 % above Kraken from the start: its price guard
+    (1.5 %) must keep purchases off it, so they wait as without a secondary."""
+    d.secondaries[SECONDARY].set_mode("price_spike")
+    await d.hold(60)
+    d.fault("down", f"Kraken refuses connections ({SECONDARY} quotes 5 % above it all along)")
+    await d.wait_for("retries queued", 180)
+    await d.hold(240)
+    d.heal()
+    await d.wait_for("purchases resumed", 400)
+    await d.hold(120)
+
+
+def _price_spike_expect(t: Timeline) -> list[str]:
+    problems = within(t, STOPPED, 60)
+    routes = {to for _, to in t.route_changes} - {None, EXCHANGE_NAME}
+    if routes:
+        problems.append(f"routed to {routes} over the price guard")
+    if t.bought_on.get(SECONDARY) or t.failed_on.get(SECONDARY):
+        problems.append(f"purchases tried on {SECONDARY}: {t.bought_on}, {t.failed_on}")
+    if ROUTE_WAIT not in t.first:
+        problems.append("the gate never said wait (buy_on NULL)")
+    blocked = [text for _, text in t.decisions if "blocked: price" in text]
+    if not blocked:
+        problems.append("no route_blocked by the price guard in the audit log")
+    problems += within(t, "purchases resumed", 240 + 300)
+    return problems + pages_exactly(t, PAGES_WITHOUT_SECONDARY)
+
+
+def _price_spike_figures(t: Timeline) -> list[str]:
+    blocked = [f"{at}s {text}" for at, text in t.decisions if text.startswith("route_")]
+    return [
+        f"purchases stopped {t.first.get(STOPPED)}s after Kraken died; buy_on NULL from "
+        f"{t.first.get(ROUTE_WAIT)}s; routes: {sorted({str(to) for _, to in t.route_changes})}",
+        f"route decisions: {blocked or 'none'}",
+        f"pages {t.paged() or 'none'}; without a secondary: {PAGES_WITHOUT_SECONDARY}",
+    ]
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
     Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
@@ -343,4 +538,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("invalid-key", "6", _invalid_key, _invalid_key_expect),
     Scenario("restart", "9", _restart, _restart_expect),
     Scenario("isolated-replica", "10", _isolated, _isolated_expect, bad_network_replica=True),
+    # Issue 22: the same outage as `refused`, with a healthy Independent Reserve beside Kraken.
+    Scenario("failover", "1 (issue 22)", _refused, _failover_expect, secondaries=(SECONDARY,),
+             figures=_failover_figures),
+    Scenario("failover-secondary-fails", "issue 22", _secondary_fails, _secondary_fails_expect,
+             secondaries=(SECONDARY,), figures=_secondary_fails_figures),
+    Scenario("failover-price-spike", "issue 22", _price_spike, _price_spike_expect,
+             secondaries=(SECONDARY,), figures=_price_spike_figures),
 ]}  # fmt: skip

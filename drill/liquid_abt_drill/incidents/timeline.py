@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from exporter.config import Config
+from exporter.controls import gate
 from exporter.runbook import review
 from exporter.signals.classify import ReasonClassifier
 
@@ -74,6 +76,11 @@ class Timeline:
     reviews: list[tuple[int, str]] = field(default_factory=list)
     # Customer notices queued for the platform's notifier: (shipped seconds, kind, to whom).
     notices: list[tuple[float, str, str]] = field(default_factory=list)
+    # Failover: purchases (retries included) the platform bought, and failed, on each exchange.
+    bought_on: dict[str, int] = field(default_factory=dict)
+    failed_on: dict[str, int] = field(default_factory=dict)
+    # Each change of the gate's buy_on for Kraken as the watcher saw it: (shipped seconds, buy_on).
+    route_changes: list[tuple[float, str | None]] = field(default_factory=list)
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
@@ -105,6 +112,8 @@ class Timeline:
         rows = [(f"{at:+.1f}s", text) for at, text in self.marks]
         rows += [(f"{v:+.1f}s", k) for k, v in self.first.items()]
         rows += [(f"{at:+.1f}s", f"  audit: {text}") for at, text in self.decisions]
+        rows += [(f"{at:+.1f}s", f"  gate buy_on: {to or 'NULL'}")
+                 for at, to in self.route_changes]  # fmt: skip
         rows += [(f"{at:+.1f}s", f"  customer notice: {kind} to {to}")
                  for at, kind, to in self.notices]  # fmt: skip
         page = self.first_page()
@@ -122,6 +131,10 @@ class Timeline:
             rows.append(("", f"Prometheus firing -> webhook: {self.webhook_latency:.1f}s"))
         if self.invalid_nonces:
             rows.append(("", f"probe calls refused for their nonce: {self.invalid_nonces:.0f}"))
+        if set(self.bought_on) - {EXCHANGE} or set(self.failed_on) - {EXCHANGE}:
+            rows.append(("", f"purchases bought on: {self.bought_on}; failed on: "
+                             f"{self.failed_on or 'none'}; failovers: "
+                             f"{final.get('failovers', 0)}"))  # fmt: skip
         return rows + self.report_rows()
 
     def report_rows(self) -> list[tuple[str, str]]:
@@ -213,6 +226,33 @@ async def retry_report(database_url: str, timing: Timing) -> RetryCoverage:
         await conn.close()
 
 
+# Failover as the watcher sees it (docs/failover.md): the gate's buy_on for Kraken, the incident's
+# phase, the purchases the platform completed on another exchange.
+ROUTE_WAIT = "purchases wait (the gate's buy_on is NULL)"
+PROBATION = "Kraken's recovery verified: probation"
+PROBATION_OVER = "Kraken's probation over (incident closed)"
+BACK_ON_PRIMARY = f"back on {EXCHANGE} (the gate's buy_on)"
+ROUTED_WARNING = "PurchasesRoutedToSecondary"
+
+
+def routed_to(name: str) -> str:
+    return f"purchases routed to {name} (the gate's buy_on)"
+
+
+def bought_on(name: str) -> str:
+    return f"first purchase bought on {name}"
+
+
+_ROUTE_SQL = """
+SELECT (SELECT failovers FROM liquid_abt.purchase_routes WHERE exchange = $1) AS failovers,
+       (SELECT routed_to FROM liquid_abt.purchase_routes WHERE exchange = $1) AS routed_to,
+       (SELECT json_object_agg(exchange_provider, at) FROM (
+            SELECT exchange_provider, extract(epoch FROM min(created_at))::float8 AS at
+            FROM bitcoin_purchases
+            WHERE status = 'completed' AND exchange_provider <> $1 GROUP BY 1) f)::text AS bought
+"""
+
+
 class Watcher:
     """Polls PostgreSQL, Prometheus and the pager into a Timeline."""
 
@@ -252,9 +292,38 @@ class Watcher:
             tl.see("purchases resumed", now)
         elif not row["resumes"]:
             tl.retries_tried_before_resume = row["retries_tried"]
+        await self._watch_route(conn, row, now)
         tl.pages = self._pager.pages()
         tl.notifications = self._pager.notifications({PAGER, *ESCALATIONS})
+        for n in self._pager.received:
+            if n.receiver != PAGER and any(
+                a.name == ROUTED_WARNING and a.status == "firing" for a in n.alerts
+            ):
+                tl.first.setdefault(f"{ROUTED_WARNING} sent to {n.receiver}", tl.at(n.at))
         await self._watch_webhook(row, now)
+
+    async def _watch_route(self, conn: asyncpg.Connection, row: dict[str, Any], now: float) -> None:
+        """Where the gate sends Kraken's purchases, and when each secondary first sold."""
+        tl = self.timeline
+        buy_on = (await gate.purchase_gate(conn, EXCHANGE)).buy_on
+        route = await conn.fetchrow(_ROUTE_SQL, EXCHANGE)
+        row["buy_on"], row["routed_to"] = buy_on, route["routed_to"]
+        row["failovers"] = route["failovers"] or 0
+        if not tl.route_changes or tl.route_changes[-1][1] != buy_on:
+            tl.route_changes.append((tl.at(now), buy_on))
+        if buy_on is None:
+            tl.see(ROUTE_WAIT, now)
+        elif buy_on != EXCHANGE:
+            tl.see(routed_to(buy_on), now)
+        elif any(k.startswith("purchases routed to ") for k in tl.first):
+            tl.see(BACK_ON_PRIMARY, now)
+        if row["phase"] == "probation":
+            tl.see(PROBATION, now)
+        elif PROBATION in tl.first and row["phase"] == "normal":
+            tl.see(PROBATION_OVER, now)
+        for name, at in json.loads(route["bought"] or "{}").items():
+            if at >= tl.t0_wall:
+                tl.first.setdefault(bought_on(name), round(tl.timing.shipped(at - tl.t0_wall), 1))
 
     async def _watch_webhook(self, row: dict[str, Any], now: float) -> None:
         if self._fired_at is None:
@@ -271,10 +340,15 @@ class Watcher:
 
 _DECISIONS_SQL = """
 SELECT extract(epoch FROM at)::float8 AS at, action, result, actor,
-       coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '') AS change
+       CASE WHEN action LIKE 'route_%'
+            THEN 'route ' || coalesce(detail->>'route', '?')
+                 || coalesce(' (blocked: ' || (detail->>'blocked_guard') || ')', '')
+            ELSE coalesce(detail->>'from' || ' -> ' || (detail->>'to'), detail->>'to', '')
+       END AS change
 FROM liquid_abt.audit_log
 WHERE action IN ('incident_opened', 'incident_relapsed', 'incident_closed', 'verify_recovery',
-                 'breaker_transition', 'set_api_rate_multiplier')
+                 'breaker_transition', 'set_api_rate_multiplier', 'route_purchases',
+                 'route_blocked', 'route_cleared')
   AND result <> 'unchanged'
 ORDER BY id
 """
