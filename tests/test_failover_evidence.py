@@ -20,7 +20,7 @@ from liquid_abt_drill.exchanges.base import Mode
 from liquid_abt_drill.exchanges.btcmarkets import FakeBtcMarkets
 from liquid_abt_drill.exchanges.independentreserve import FakeIndependentReserve
 from liquid_abt_drill.kraken_server.server import FakeKraken
-from tests.helpers import scrape, value, wait_until
+from tests.helpers import scrape, series, value, wait_until
 
 FAST = {"probe_interval": "300ms", "doubt_interval": "100ms", "incident_interval": "200ms",
         "timeout": "1s", "call_spacing": "1ms", "verify_interval": "300ms"}  # fmt: skip
@@ -59,7 +59,16 @@ async def test_secondaries_are_probed_verified_and_stopped_like_kraken(
     async def all_verified() -> bool:
         return await rows() == {"kraken": True, "independentreserve": True, "btcmarkets": True}
 
+    async def probed_up() -> bool:
+        # Verification and probing are separate loops: the first verified row can come before
+        # the first probe round has answered, so wait for both rather than assume an order.
+        samples = await scrape(client)
+        up = series(samples, "liquid_abt_exchange_up")
+        return all(up.get(frozenset({("exchange", e)})) == 1
+                   for e in ("independentreserve", "btcmarkets"))  # fmt: skip
+
     await wait_until(all_verified)
+    await wait_until(probed_up)
     samples = await scrape(client)
     for exchange in ("independentreserve", "btcmarkets"):
         assert value(samples, "liquid_abt_exchange_up", exchange=exchange) == 1
