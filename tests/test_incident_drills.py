@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -340,3 +341,103 @@ async def test_the_stack_handles_the_incident(
     if timeline.invalid_nonces:
         problems.append(f"{timeline.invalid_nonces:.0f} probe calls refused for their nonce")
     assert problems == [], timeline.table()
+
+
+# ---- the failover checks can fail: each on a recorded timeline, then with one thing wrong ----
+
+IR = "independentreserve"
+VERIFIED = "verify_recovery success"
+
+
+def recorded(
+    changes: list[tuple[float, str | None]], marks: list[tuple[float, str]],
+    defaults: dict[str, Any], fields: dict[str, Any],
+) -> Timeline:  # fmt: skip
+    """A timeline as the watcher records one (shipped seconds), from its route changes: the
+    firsts it derives from them, a recovery verified 40 s after the last mark, probation over
+    at the last change; then `defaults` and the case's `fields` (one thing wrong)."""
+    changes = fields.pop("changes", changes)
+    t = Timeline("recorded", TIMING, route_changes=changes, marks=marks)
+    for at, to in changes:
+        if to is None:
+            t.first.setdefault(ROUTE_WAIT, at)
+        elif to != "kraken":
+            t.first.setdefault(routed_to(to), at)
+        elif any(k.startswith("purchases routed to ") for k in t.first):
+            t.first.setdefault(BACK_ON_PRIMARY, at)
+    t.first[PROBATION_OVER] = changes[-1][0]
+    t.decisions = [(marks[-1][0] + 40, VERIFIED)]
+    for name, value in {**defaults, **fields}.items():
+        setattr(t, name, value)
+    return t
+
+
+def spiked(**fields: Any) -> Timeline:
+    blocked = (3.5, "route_blocked success route none (blocked: price)")
+    return recorded([(0.1, "kraken"), (4.0, None), (380.0, "kraken")], [(244.0, HEALED)],
+                    {"decisions": [blocked, (284.0, VERIFIED)]}, fields)  # fmt: skip
+
+
+def both_down(**fields: Any) -> Timeline:
+    orders = [(60.0, IR, True), (75.0, IR, False), (76.0, "kraken", False)]
+    return recorded([(0.2, "kraken"), (12.8, IR), (78.1, None), (274.1, "kraken")],
+                    [(73.3, SECONDARY_FAILS), (138.4, HEALED)], {"orders": orders}, fields)  # fmt: skip
+
+
+def flapped(**fields: Any) -> Timeline:
+    return recorded([(0.3, "kraken"), (4.5, IR), (396.9, "kraken")], [(300.5, FLAPPING_STOPS)],
+                    {"bought_on": {IR: 392}, "last": {"pauses": 1}}, fields)  # fmt: skip
+
+
+def paging(*names: str) -> Timeline:
+    return Timeline("recorded", TIMING, pages=[(1.0, name, "firing") for name in names])
+
+
+@pytest.mark.parametrize(
+    ("check", "timeline", "wrong"),
+    [
+        (never_routed(IR, "price"), spiked(), None),
+        (never_routed(IR, "price"),
+         spiked(changes=[(0.1, "kraken"), (4.0, IR), (380.0, "kraken")]), "routed to"),
+        (never_routed(IR, "price"), spiked(orders=[(50.0, IR, False)]), "orders sent to"),
+        (never_routed(IR, "price"), spiked(decisions=[]), "no route_blocked by price"),
+        (never_routed(IR, "price"),
+         spiked(changes=[(0.1, "kraken"), (380.0, None)]), "the gate said wait"),
+        (waited_while_both_down(IR), both_down(), None),
+        (waited_while_both_down(IR),
+         both_down(changes=[(0.2, "kraken"), (12.8, IR), (274.1, "kraken")]), "buy_on NULL at None"),
+        (waited_while_both_down(IR),
+         both_down(changes=[(0.2, "kraken"), (12.8, IR), (78.1, None), (90.0, IR), (95.0, None),
+                            (274.1, "kraken")]), "expected independentreserve, NULL, kraken"),
+        (waited_while_both_down(IR),
+         both_down(orders=[(74.0, IR, True)]), "bought on independentreserve after it failed"),
+        (waited_while_both_down(IR),
+         both_down(orders=[(78.2, IR, False)]), "sent to independentreserve after buy_on went NULL"),
+        (waited_while_both_down(IR),
+         both_down(decisions=[(100.0, VERIFIED)]), "back on Kraken at 274.1"),
+        (stayed_routed_through_the_flaps(IR), flapped(), None),
+        (stayed_routed_through_the_flaps(IR),
+         flapped(changes=[(0.3, "kraken"), (4.5, IR), (100.0, "kraken"), (120.0, IR),
+                          (396.9, "kraken")]), "expected independentreserve once"),
+        (stayed_routed_through_the_flaps(IR),
+         flapped(changes=[(0.3, "kraken"), (4.5, IR), (100.0, None), (120.0, IR),
+                          (396.9, "kraken")]), "expected independentreserve once"),
+        (stayed_routed_through_the_flaps(IR),
+         flapped(failed_on={IR: 2}), "2 purchases failed on independentreserve"),
+        (stayed_routed_through_the_flaps(IR),
+         flapped(first={BACK_ON_PRIMARY: 396.9, PROBATION_OVER: 450.0, routed_to(IR): 4.5}),
+         "back on Kraken at 396.9"),
+        (paged_as_flapping, paging("ExchangeApiFlapping"), None),
+        (paged_as_flapping, paging("ExchangeApiFlapping", "ExchangeApiDown"), "paged twice"),
+        (paged_as_flapping, paging("ExchangeApiDown", "ExchangeApiDown"), "ExchangeApiDown 2 times"),
+        (paged_for_kraken_only, paging(), "expected kraken's once"),
+    ],
+)  # fmt: skip
+def test_a_failover_check_names_what_went_wrong(
+    check: Callable[[Timeline], list[str]], timeline: Timeline, wrong: str | None
+) -> None:
+    problems = check(timeline)
+    if wrong is None:
+        assert problems == []
+    else:
+        assert any(wrong in problem for problem in problems), problems
