@@ -545,9 +545,11 @@ async def _failover_flapping(d: Drill) -> None:
 
 
 def route_sequence(t: Timeline) -> list[str | None]:
-    """The gate's buy_on after the fault, each change once, Kraken before any route left out."""
+    """The gate's buy_on from its first route to another exchange on, each change once. Before
+    it, Kraken or a wait (buy_on NULL): the secondary may not be verified yet when Kraken stops
+    (`within` says how soon it was routed)."""
     changes = [to for _, to in t.route_changes]
-    while changes and changes[0] == EXCHANGE_NAME:
+    while changes and changes[0] in (EXCHANGE_NAME, None):
         changes.pop(0)
     return changes
 
