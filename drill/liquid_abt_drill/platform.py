@@ -68,6 +68,11 @@ class PlatformCounts:
     # Purchases (retries included) bought, and failed, on each exchange.
     bought_on: dict[str, int] = field(default_factory=dict)
     failed_on: dict[str, int] = field(default_factory=dict)
+    # Every order, retries included: (time.monotonic() when the platform started the gate read
+    # or the retry claim that sent it there, the exchange, bought). The drill compares these
+    # with the gate's route changes: an order sent after the gate stopped naming an exchange
+    # would be one the gate routed there again.
+    orders: list[tuple[float, str, bool]] = field(default_factory=list)
 
 
 class _Exchange(Protocol):
@@ -143,7 +148,7 @@ class Platform:
                     )
                     client = clients.get(buy_on) if buy_on is not None else None
                     if buy_on is not None and client is not None:
-                        order = asyncio.create_task(self._buy(conn, client, buy_on))
+                        order = asyncio.create_task(self._buy(conn, client, buy_on, started))
                         orders.add(order)
                         order.add_done_callback(orders.discard)
                         await self._buy_due_retries(conn, clients)
@@ -159,8 +164,9 @@ class Platform:
         finally:
             await conn.close()
 
-    async def _order(self, client: _Exchange, on: str) -> tuple[bool, int, str | None]:
-        """Place one order on `on`: (success, milliseconds, the exchange's error text)."""
+    async def _order(self, client: _Exchange, on: str, sent: float) -> tuple[bool, int, str | None]:
+        """Place one order on `on`, where a read begun at `sent` (monotonic) sent it: (success,
+        milliseconds, the exchange's error text)."""
         started = time.monotonic()
         error = None
         try:
@@ -172,12 +178,13 @@ class Platform:
         ms = round((time.monotonic() - started) * 1000)
         tally = self.counts.failed_on if error else self.counts.bought_on
         tally[on] = tally.get(on, 0) + 1
+        self.counts.orders.append((sent, on, error is None))
         return error is None, ms, error
 
-    async def _buy(self, conn: asyncpg.Pool, client: _Exchange, on: str) -> None:
+    async def _buy(self, conn: asyncpg.Pool, client: _Exchange, on: str, sent: float) -> None:
         self._n += 1
         tenant = f"tenant-{self._n % 40}"
-        ok, ms, error = await self._order(client, on)
+        ok, ms, error = await self._order(client, on, sent)
         self.counts.attempted += 1
         if ok:
             self.counts.completed += 1
@@ -190,6 +197,7 @@ class Platform:
         )
 
     async def _buy_due_retries(self, conn: asyncpg.Pool, clients: Mapping[str, _Exchange]) -> None:
+        claimed = time.monotonic()
         if self._secondaries:
             entries = await retry_queue.claim_routed(conn, limit=5)
         else:
@@ -200,7 +208,7 @@ class Platform:
             if client is None:  # an exchange this platform has no account on: not tried
                 await retry_queue.release(conn, entry.id)
                 continue
-            ok, _, error = await self._order(client, on)
+            ok, _, error = await self._order(client, on, claimed)
             await conn.execute(RETRIED_SQL, entry.purchase_id, ok, error)
             if ok:
                 await retry_queue.complete(conn, entry.id)

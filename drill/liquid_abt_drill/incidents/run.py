@@ -168,6 +168,7 @@ async def run_scenario(
         timeline.notices = await notices(database_url, timeline)
         timeline.bought_on = dict(platform.counts.bought_on)
         timeline.failed_on = dict(platform.counts.failed_on)
+        timeline.orders = [(timeline.at(at), on, ok) for at, on, ok in platform.counts.orders]
     return timeline
 
 

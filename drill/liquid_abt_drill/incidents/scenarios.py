@@ -27,7 +27,7 @@ from .timeline import (
     routed_to,
 )
 from .timing import EXCHANGE as EXCHANGE_NAME
-from .timing import PAGER, Timing
+from .timing import Timing
 
 # ---- scenarios --------------------------------------------------------------------------------
 
@@ -68,9 +68,13 @@ class Drill:
     async def wait_for(self, what: str, shipped_timeout: float) -> None:
         """Until `what` appears in the timeline; past the deadline the scenario goes on and its
         expectations say what never happened."""
+        await self.wait_until(lambda: what in self.timeline.first, what, shipped_timeout)
+
+    async def wait_until(self, done: Callable[[], bool], what: str, shipped_timeout: float) -> None:
+        """Until `done()` holds of the timeline, as `wait_for`."""
 
         async def seen() -> bool:
-            return what in self.timeline.first
+            return done()
 
         with contextlib.suppress(DeadlinePassed):
             await wait_until(seen, timeout=self.timing.s(shipped_timeout) + 5,
@@ -436,7 +440,12 @@ async def _secondary_fails(d: Drill) -> None:
     await d.hold(60)
     d.secondaries[SECONDARY].set_mode("down")
     d.timeline.mark(SECONDARY_FAILS)
-    await d.hold(120)
+    failed = d.timeline.marks[-1][0]
+    # Both down: Kraken stays down until purchases wait (or the expectation's 60 s are over),
+    # then a minute more.
+    await d.wait_until(lambda: _waits_after(d.timeline, failed) is not None,
+                       "purchases wait (buy_on NULL) after the secondary failed", 60)  # fmt: skip
+    await d.hold(60)
     d.heal()
     await d.wait_for("purchases resumed", 400)
     await d.hold(60)
@@ -453,21 +462,8 @@ def _secondary_fails_figures(t: Timeline) -> list[str]:
         f"(while it was down and still routed): {t.failed_on.get(SECONDARY, 0)}",
         f"back on Kraken after its probation ended: "
         f"{_delta(t.first.get(BACK_ON_PRIMARY), _closed(t))}s (target <= 30s)",
-        f"pages {t.paged() or 'none'}: {_page_exchanges(t)}",
+        f"pages {t.paged() or 'none'}: {t.paged_by_exchange()}",
     ]
-
-
-def _page_exchanges(t: Timeline) -> dict[str, int]:
-    """Pages that fired, by alert and exchange ("ExchangeApiDown kraken": 1)."""
-    counts: dict[str, int] = {}
-    for n in t.notifications:
-        if n.receiver != PAGER:
-            continue
-        for a in n.alerts:
-            if a.status == "firing":
-                key = f"{a.name} {a.labels.get('exchange', '')}".strip()
-                counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def _secondary_fails_expect(t: Timeline) -> list[str]:
@@ -484,8 +480,8 @@ def _secondary_fails_expect(t: Timeline) -> list[str]:
     closed, back = _closed(t), t.first.get(BACK_ON_PRIMARY)
     if back is None or closed is None or back + 2 < closed:
         problems.append(f"back on Kraken at {back}s, its incident closed at {closed}s")
-    if _page_exchanges(t).get(f"ExchangeApiDown {EXCHANGE_NAME}") != 1:
-        problems.append(f"pages {_page_exchanges(t)}: expected ExchangeApiDown kraken once")
+    if t.paged_by_exchange().get(f"ExchangeApiDown {EXCHANGE_NAME}") != 1:
+        problems.append(f"pages {t.paged_by_exchange()}: expected ExchangeApiDown kraken once")
     return problems + only_pages(t, {"ExchangeApiDown"})
 
 
@@ -528,6 +524,92 @@ def _price_spike_figures(t: Timeline) -> list[str]:
     ]
 
 
+FLAPS = 5
+FLAPPING_STOPS = "flapping stops"
+
+
+async def _failover_flapping(d: Drill) -> None:
+    """`flapping`'s pattern (down 20 s, up 40 s), for 5 minutes, beside a healthy Independent
+    Reserve: each up window is shorter than recovery plus probation, so Kraken's incident never
+    closes and purchases stay on the secondary until the flapping stops."""
+    await d.hold(60)
+    d.fault("down", f"Kraken flaps: down 20s, up 40s, for {FLAPS} minutes ({SECONDARY} healthy)")
+    for _ in range(FLAPS):
+        d.set("down")
+        await d.hold(20)
+        d.set("healthy")
+        await d.hold(40)
+    d.timeline.fix(FLAPPING_STOPS)
+    await d.wait_for(BACK_ON_PRIMARY, 900)
+    await d.hold(60)
+
+
+def route_sequence(t: Timeline) -> list[str | None]:
+    """The gate's buy_on from its first route to another exchange on, each change once. Before
+    it, Kraken or a wait (buy_on NULL): the secondary may not be verified yet when Kraken stops
+    (`within` says how soon it was routed)."""
+    changes = [to for _, to in t.route_changes]
+    while changes and changes[0] in (EXCHANGE_NAME, None):
+        changes.pop(0)
+    return changes
+
+
+def _flapping_pages(t: Timeline) -> list[str]:
+    """As `flapping` without a secondary: the outage pages once, as ExchangeApiDown or
+    ExchangeApiFlapping (the purchases failed before the stop may page once too); never the
+    secondary."""
+    outage = {"ExchangeApiDown", "ExchangeApiFlapping"} & set(t.paged())
+    problems = [] if len(outage) == 1 else [
+        f"pages {t.paged()}: expected ExchangeApiDown or ExchangeApiFlapping"]  # fmt: skip
+    problems += only_pages(t, {*outage, "BitcoinPurchaseFailureRateHigh"})
+    repeated = {name: n for name, n in t.paged().items() if n > 1}
+    if repeated:
+        problems.append(f"paged again: {repeated}")
+    secondary = [key for key in t.paged_by_exchange() if key.endswith(f" {SECONDARY}")]
+    if secondary:
+        problems.append(f"paged for {SECONDARY}: {secondary}")
+    return problems
+
+
+def _failover_flapping_expect(t: Timeline) -> list[str]:
+    problems = within(t, routed_to(SECONDARY), 60)
+    if route_sequence(t) != [SECONDARY, EXCHANGE_NAME]:
+        problems.append(f"the gate's buy_on went {t.route_changes}: expected {SECONDARY} once, "
+                        "then back on kraken once")  # fmt: skip
+    stops, closed = _mark(t, FLAPPING_STOPS), _closed(t)
+    back = t.first.get(BACK_ON_PRIMARY)
+    if back is None or stops is None or back < stops:
+        problems.append(f"back on Kraken at {back}s, the flapping stopped at {stops}s")
+    if back is None or closed is None or back + 2 < closed:
+        problems.append(f"back on Kraken at {back}s, its incident closed at {closed}s")
+    elif back - closed > FAILOVER_TARGETS["back on Kraken after its probation ended"]:
+        problems.append(f"back on Kraken {back - closed:.1f}s after its probation ended")
+    if not t.bought_on.get(SECONDARY):
+        problems.append(f"no purchase bought on {SECONDARY}")
+    if t.failed_on.get(SECONDARY):
+        problems.append(f"{t.failed_on[SECONDARY]} purchases failed on {SECONDARY}")
+    if t.last.get("pauses", 0) > 1:
+        problems.append(f"{t.last['pauses']} pauses, expected at most one")
+    return problems + _flapping_pages(t)
+
+
+def _failover_flapping_figures(t: Timeline) -> list[str]:
+    back, stops = t.first.get(BACK_ON_PRIMARY), _mark(t, FLAPPING_STOPS)
+    changes = ", ".join(f"{to or 'NULL'} at {at}s" for at, to in t.route_changes)
+    return [
+        f"routed to {SECONDARY} {t.first.get(routed_to(SECONDARY))}s after the first flap "
+        "(target <= 60s)",
+        f"the gate's buy_on: {changes}",
+        f"back on Kraken {_delta(back, stops)}s after the flapping stopped, "
+        f"{_delta(back, _closed(t))}s after its probation ended (target <= 30s)",
+        f"purchases bought on {SECONDARY}: {t.bought_on.get(SECONDARY, 0)} (failed there: "
+        f"{t.failed_on.get(SECONDARY, 0)}); on Kraken: {t.bought_on.get(EXCHANGE_NAME, 0)} "
+        f"(failed: {t.failed_on.get(EXCHANGE_NAME, 0)}); pauses {t.last.get('pauses', 0)}",
+        f"pages {t.paged() or 'none'}; `flapping` without a secondary pages ExchangeApiDown or "
+        "ExchangeApiFlapping, once",
+    ]
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("refused", "1, 8, 11, 12", _refused, _refused_expect),
     Scenario("crossed-book", "2", _crossed_book, _crossed_book_expect),
@@ -545,4 +627,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              secondaries=(SECONDARY,), figures=_secondary_fails_figures),
     Scenario("failover-price-spike", "issue 22", _price_spike, _price_spike_expect,
              secondaries=(SECONDARY,), figures=_price_spike_figures),
+    Scenario("failover-flapping", "7 (issue 22)", _failover_flapping, _failover_flapping_expect,
+             secondaries=(SECONDARY,), figures=_failover_flapping_figures),
 ]}  # fmt: skip

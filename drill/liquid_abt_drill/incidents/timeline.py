@@ -79,8 +79,13 @@ class Timeline:
     # Failover: purchases (retries included) the platform bought, and failed, on each exchange.
     bought_on: dict[str, int] = field(default_factory=dict)
     failed_on: dict[str, int] = field(default_factory=dict)
-    # Each change of the gate's buy_on for Kraken as the watcher saw it: (shipped seconds, buy_on).
+    # Each change of the gate's buy_on for Kraken as the watcher saw it: (shipped seconds, buy_on),
+    # timed when the watcher's gate read returned.
     route_changes: list[tuple[float, str | None]] = field(default_factory=list)
+    # Every order the platform placed: (shipped seconds when it began the gate read or retry
+    # claim that sent it, exchange, bought). One begun after a route change was seen can only
+    # have read the gate after that change.
+    orders: list[tuple[float, str, bool]] = field(default_factory=list)
 
     def at(self, when: float) -> float:
         return round(self.timing.shipped(when - self.t0), 1)
@@ -102,6 +107,18 @@ class Timeline:
         for _, name, s in self.pages:
             if s == status:
                 counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def paged_by_exchange(self) -> dict[str, int]:
+        """Pages that fired, by alert and exchange (`"ExchangeApiDown kraken": 1`)."""
+        counts: dict[str, int] = {}
+        for n in self.notifications:
+            if n.receiver != PAGER:
+                continue
+            for a in n.alerts:
+                if a.status == "firing":
+                    key = f"{a.name} {a.labels.get('exchange', '')}".strip()
+                    counts[key] = counts.get(key, 0) + 1
         return counts
 
     def first_page(self) -> tuple[float, str] | None:
@@ -306,11 +323,14 @@ class Watcher:
         """Where the gate sends Kraken's purchases, and when each secondary first sold."""
         tl = self.timeline
         buy_on = (await gate.purchase_gate(conn, EXCHANGE)).buy_on
+        # Timed once the read returned: the platform's reads begun later see this change or a
+        # newer one (Timeline.orders).
+        read = time.monotonic()
         route = await conn.fetchrow(_ROUTE_SQL, EXCHANGE)
         row["buy_on"], row["routed_to"] = buy_on, route["routed_to"]
         row["failovers"] = route["failovers"] or 0
         if not tl.route_changes or tl.route_changes[-1][1] != buy_on:
-            tl.route_changes.append((tl.at(now), buy_on))
+            tl.route_changes.append((tl.at(read), buy_on))
         if buy_on is None:
             tl.see(ROUTE_WAIT, now)
         elif buy_on != EXCHANGE:
