@@ -16,6 +16,7 @@ from exporter.config import Config, parse_config
 from exporter.controls import notices as outbox
 from exporter.controls.notice_metrics import NoticesSource
 from exporter.controls.notices import Notice
+from exporter.controls.pause import resume
 from exporter.database.pool import Connection, close_pool, create_pool
 from exporter.runbook.notices.loop import NoticeLoop, estimate_seconds
 from exporter.web.app import create_app
@@ -277,6 +278,43 @@ async def test_a_manual_pause_with_an_estimate_is_the_estimated_resolution(
         "SELECT message FROM liquid_abt.customer_notices WHERE kind = 'incident_ongoing'"
     )
     assert message.endswith(" UTC") and "unknown" not in message
+
+
+async def test_an_incident_closed_under_an_operators_hold_is_resolved_when_the_hold_is_lifted(
+    pool: asyncpg.Pool, db
+) -> None:
+    """The automation's resume is refused under a manual hold, yet the incident period closes:
+    customers are not told purchases are restored until the operator resumes them, even after
+    notices.follow_up (the notice simulator's maintenance scenario, against the SQL)."""
+    older = await incident(db, 300, ended_minutes_ago=240)  # long over, never resolved: left be
+    await outbox.insert(db, [notice(older)])
+    incident_id = await incident(db, 61, ended_minutes_ago=30)
+    await outbox.insert(db, [notice(incident_id, state="sent")])
+    await db.execute(
+        """INSERT INTO liquid_abt.exchange_controls (exchange, purchases_paused, paused_at,
+               manual_hold, pause_estimated_duration)
+           VALUES ('kraken', true, now() - interval '60 minutes', true, '2 hours')"""
+    )
+    loop = NoticeLoop(pool, CONFIG)
+    # Held: still open for customers, so the hour's ongoing notice, with the estimate.
+    assert [kind for _, kind in await loop.step()] == ["incident_ongoing"]
+    message = await db.fetchval(
+        "SELECT message FROM liquid_abt.customer_notices WHERE kind = 'incident_ongoing'"
+    )
+    assert message.endswith(" UTC") and "unknown" not in message
+    assert await loop.step() == []
+    resumed = await resume(db, "kraken", actor="admin", cause="maintenance over", manual=True)
+    assert resumed.changed
+    # The operator resumed, 30 minutes after the incident closed: resolved now, once.
+    assert [kind for _, kind in await loop.step()] == ["incident_resolved"]
+    assert await loop.step() == []
+    assert not loop.in_view  # resolved: out of view again
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM liquid_abt.customer_notices WHERE incident_id = $1", older
+        )
+        == 1
+    )
 
 
 def test_estimated_durations_an_admin_writes() -> None:

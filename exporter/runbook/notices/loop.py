@@ -2,8 +2,8 @@
 
 Every replica runs it, so a notice does not wait for one particular replica; the table's unique
 key makes each notice exactly once across replicas and restarts. An idle replica costs one
-indexed read of liquid_abt.incident_periods every `notices.idle_interval`: nothing else runs
-until an incident is open or recently closed.
+read of liquid_abt.incident_periods (a row per incident) every `notices.idle_interval`: nothing
+else runs until an incident is open or recently closed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter
@@ -25,13 +26,38 @@ from exporter.runbook.notices.plan import IncidentView, NoticePolicy, TenantImpa
 log = logging.getLogger(__name__)
 
 # Incidents open, or closed within `follow_up`; with what the exchange's pause says of its end.
+# An incident that closed while an operator's hold kept purchases paused (the automation's resume
+# is refused under a manual hold) is not over for customers: it is `held_open` while the hold
+# lasts; once purchases were resumed after its end (pause.py's audit entry), it stays in view
+# until its incident_resolved is planned, however long the hold was. The exchange's latest
+# incident only.
 IN_VIEW_SQL = """
-SELECT i.id, i.exchange, i.cause, i.started_at, i.ended_at, c.manual_hold, c.paused_at,
-       c.pause_estimated_duration, coalesce($2::timestamptz, now()) AS now
-FROM liquid_abt.incident_periods i
-LEFT JOIN liquid_abt.exchange_controls c ON c.exchange = i.exchange AND c.purchases_paused
-WHERE i.ended_at IS NULL OR i.ended_at > coalesce($2::timestamptz, now()) - make_interval(secs => $1::float8)
-ORDER BY i.id
+WITH periods AS (
+    SELECT i.id, i.exchange, i.cause, i.started_at, i.ended_at, c.manual_hold, c.paused_at,
+           c.pause_estimated_duration,
+           i.ended_at IS NOT NULL
+               AND i.id = max(i.id) OVER (PARTITION BY i.exchange) AS latest_closed
+    FROM liquid_abt.incident_periods i
+    LEFT JOIN liquid_abt.exchange_controls c ON c.exchange = i.exchange AND c.purchases_paused
+), seen AS (
+    SELECT *, coalesce(latest_closed AND manual_hold AND paused_at <= ended_at, false) AS held_open
+    FROM periods
+)
+SELECT id, exchange, cause, started_at, ended_at, manual_hold, paused_at,
+       pause_estimated_duration, held_open, coalesce($2::timestamptz, now()) AS now
+FROM seen
+WHERE ended_at IS NULL
+   OR ended_at > coalesce($2::timestamptz, now()) - make_interval(secs => $1::float8)
+   OR held_open
+   OR latest_closed
+      AND EXISTS (SELECT 1 FROM liquid_abt.customer_notices n WHERE n.incident_id = seen.id
+                  AND n.kind = 'incident_started' AND n.state <> 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM liquid_abt.customer_notices n WHERE n.incident_id = seen.id
+                      AND n.kind = 'incident_resolved')
+      AND EXISTS (SELECT 1 FROM liquid_abt.audit_log a WHERE a.exchange = seen.exchange
+                  AND a.action = 'resume_purchases' AND a.result = 'success'
+                  AND a.at > seen.ended_at)
+ORDER BY id
 """
 
 # The exchange purchases are routed to while an incident stops them (failover), or None.
@@ -57,7 +83,14 @@ def estimate_seconds(text: str | None) -> float | None:
     return sum(float(n) * _WORD_SECONDS[unit.lower()] for n, unit in found) or None
 
 
-def estimated_end(row: asyncpg.Record) -> datetime | None:
+class Row(Protocol):
+    """A row of IN_VIEW_SQL: an asyncpg record, or a dict with its columns (the notice
+    simulator builds its rows from the simulated world)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def estimated_end(row: Row) -> datetime | None:
     """Where known: an admin's pause (a manual hold, the one pause a person sized) with a
     duration, counted from when purchases were paused. Maintenance on Kraken has no announced
     end in its API, so an operator gives one by pausing with `--estimated-duration`."""
@@ -65,6 +98,18 @@ def estimated_end(row: asyncpg.Record) -> datetime | None:
         return None
     seconds = estimate_seconds(row["pause_estimated_duration"])
     return row["paused_at"] + timedelta(seconds=seconds) if seconds else None
+
+
+def incident_view(row: Row, routed_to: str | None = None) -> IncidentView:
+    """The incident as the planner is told it, from a row of IN_VIEW_SQL and where the gate
+    routes the exchange's purchases meanwhile. One closed under an operator's hold is still
+    open for customers: purchases are stopped, so it is not "restored" until the hold is lifted.
+    """
+    ended = None if row["held_open"] else row["ended_at"]
+    return IncidentView(
+        row["id"], row["exchange"], row["cause"], row["started_at"], ended, estimated_end(row),
+        routed_to,
+    )  # fmt: skip
 
 
 class NoticeMetrics:
@@ -132,12 +177,9 @@ class NoticeLoop:
 
     async def _view(self, connection: asyncpg.Connection, row: asyncpg.Record) -> IncidentView:
         routed = None
-        if self._routed_to is not None and row["ended_at"] is None:
+        if self._routed_to is not None and row["ended_at"] is None:  # a hold routes nothing
             routed = await self._routed_to(connection, row["exchange"])
-        return IncidentView(
-            row["id"], row["exchange"], row["cause"], row["started_at"], row["ended_at"],
-            estimated_end(row), routed,
-        )  # fmt: skip
+        return incident_view(row, routed)
 
     def _announce(self, inserted: list[tuple[int, str]]) -> None:
         kinds: dict[str, int] = {}
