@@ -100,9 +100,12 @@ PAGES = [
 PURCHASES = [
     (-60, "t-early", "11.00", "failed", "Kraken API unavailable", "kraken", None),
     (-30, "t-ok", "99.00", "completed", None, "kraken", None),
-    # The run of failures that led up to the incident: in its impact, its first evidence.
+    # The run of failures that led up to the incident: in its impact, its first evidence. The
+    # first of them was retried and bought since: the platform updated its row in place
+    # (platform-integration 3.5), so only its retry queue row says it failed.
+    (-12, "t-i", "30.00", "completed", "Kraken API timeout: no answer", "kraken", "succeeded"),
     (-10, "t-h", "20.00", "failed", "Kraken API timeout: no answer", "kraken", None),
-    (2, "t-a", "100.00", "failed", "Kraken API service_unavailable: down", "kraken", "succeeded"),
+    (2, "t-a", "100.00", "completed", "Kraken API unavailable: down", "kraken", "succeeded"),
     (3, "t-b", "200.00", "failed", "Kraken API timeout: no answer", "kraken", "failed"),
     (4, "t-a", "300.00", "failed", "Kraken API network_error: refused", "kraken", "queued"),
     (4, "t-c", "50.00", "failed", "Request timed out", "kraken", None),
@@ -197,33 +200,34 @@ def runbook_query() -> str:
 
 async def test_impact_equals_the_runbook_query_on_the_same_rows(pool: asyncpg.Pool) -> None:
     found = await load(pool)
-    expected = await pool.fetchrow(runbook_query(), at(-10), END)
+    expected = await pool.fetchrow(runbook_query(), at(-12), END)
     runbook = found.runbook_impact
     assert (runbook.affected_purchases, runbook.total_amount_affected,
             runbook.affected_customers) == tuple(expected)  # fmt: skip
     # Not vacuous: the rows around the window are left out (a failure before the last success
     # that preceded the incident too), the end is in (BETWEEN), another exchange's API failure
-    # is in, a reason without "API" and a refunded purchase are not.
-    assert tuple(expected) == (6, Decimal("670.00"), 5)
-    assert (found.impact_start, found.impact_end) == (at(-10), END)
+    # is in, a reason without "API", a refunded purchase and the failures a retry has bought
+    # since are not (the runbook's query counts what is still failed).
+    assert tuple(expected) == (5, Decimal("570.00"), 5)
+    assert (found.impact_start, found.impact_end) == (at(-12), END)
 
 
 async def test_the_exchange_figures_and_what_became_of_each_purchase(pool: asyncpg.Pool) -> None:
     found = await load(pool)
     totals = found.exchange_impact.totals
     assert (totals.affected_purchases, totals.total_amount_aud, totals.affected_tenants) == (
-        7, Decimal("765.00"), 6,
+        6, Decimal("665.00"), 6,
     )  # fmt: skip
     assert found.exchange_impact.by_reason["insufficient_funds"].affected_purchases == 1
     r = found.retries
     assert (r.failed_purchases, r.queued, r.succeeded, r.pending, r.exhausted, r.not_queued,
-            r.refunded, r.still_failed) == (7, 3, 1, 1, 1, 3, 1, 4)  # fmt: skip
+            r.refunded, r.still_failed) == (8, 4, 2, 1, 1, 3, 1, 4)  # fmt: skip
 
 
 async def test_times_to_stop_pause_and_resume(pool: asyncpg.Pool) -> None:
     d = (await load(pool)).durations
-    assert d.first_evidence == at(-10)  # the first failed purchase of the run
-    assert d.time_to_stop == timedelta(seconds=15)
+    assert d.first_evidence == at(-12)  # the first failed purchase of the run, retried since
+    assert d.time_to_stop == timedelta(seconds=17)
     assert d.time_paused == timedelta(seconds=1195)
     assert (
         d.evidence_clear == HEALTHY
@@ -280,9 +284,9 @@ async def test_the_markdown_has_every_section_in_order(pool: asyncpg.Pool) -> No
     ]  # fmt: skip
     cells = [[c.strip() for c in line.strip("|").split("|")]
              for line in text.splitlines() if line.startswith("|")]  # fmt: skip
-    assert ["6", "670.00", "5"] in cells  # the runbook's query
-    assert ["Time to stop", "first evidence", "purchases stopped", "15.0 s"] in cells
-    assert ["3", "1", "1", "1", "0", "3", "1", "4"] in cells  # retries
+    assert ["5", "570.00", "5"] in cells  # the runbook's query
+    assert ["Time to stop", "first evidence", "purchases stopped", "17.0 s"] in cells
+    assert ["4", "2", "1", "1", "0", "3", "1", "4"] in cells  # retries
     timeline = [c for c in cells if len(c) == 4 and c[2] in {EVIDENCE, DECISION, PAGE}]
     assert timeline[0][1:3] == ["+0:00:00.0", EVIDENCE]
     # Every question of the runbooks, each with its item and a blank answer.
@@ -403,10 +407,10 @@ async def test_the_admin_api_lists_incidents_and_serves_the_review(client: TestC
                            "notices", "rcaChecklist"}  # fmt: skip
     assert set(answer["impact"]) == {"start", "end", "runbookQuery", "exchange", "retries"}
     assert answer["impact"]["runbookQuery"] == {
-        "affectedPurchases": 6, "totalAmountAffected": "670.00", "affectedCustomers": 5,
+        "affectedPurchases": 5, "totalAmountAffected": "570.00", "affectedCustomers": 5,
     }  # fmt: skip
     assert answer["impact"]["retries"]["stillFailed"] == 4
-    assert answer["durations"]["timeToStopSeconds"] == 15.0
+    assert answer["durations"]["timeToStopSeconds"] == 17.0
     assert set(answer["timeline"]["entries"][0]) == {"at", "source", "actor", "text"}
     assert all(q["answer"] is None for s in answer["rcaChecklist"] for q in s["questions"])
 

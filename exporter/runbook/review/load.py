@@ -93,27 +93,36 @@ WHERE status = 'failed'
   AND created_at BETWEEN $1 AND $2
 """
 
+# A purchase that failed, now or before a retry bought it: the platform updates a retried row in
+# place (docs/platform-integration.md 3.5), so a failure that was retried and succeeded is
+# `completed` and known only by its retry queue row.
+_FAILED_ONCE: Final = """(p.status = 'failed' OR EXISTS (
+    SELECT 1 FROM liquid_abt.retry_queue q WHERE q.purchase_id = p.id::text))"""
+
 # The failed purchases on the exchange just before the incident's start that led up to it: the
-# run of failures since the last purchase that went through (within the timeline's lead-in).
-_RUN_UP_SQL: Final = """
+# run of failures since the last purchase that went through at its first attempt (within the
+# timeline's lead-in).
+_RUN_UP_SQL: Final = f"""
 SELECT p.created_at, p.failure_reason FROM bitcoin_purchases p
-WHERE lower(p.exchange_provider) = $1 AND p.status = 'failed'
+WHERE lower(p.exchange_provider) = $1 AND {_FAILED_ONCE}
   AND p.created_at >= $2 AND p.created_at < $3
   AND p.created_at > coalesce(
       (SELECT max(c.created_at) FROM bitcoin_purchases c
        WHERE lower(c.exchange_provider) = $1 AND c.status = 'completed'
-         AND c.created_at >= $2 AND c.created_at < $3),
+         AND c.created_at >= $2 AND c.created_at < $3
+         AND NOT EXISTS (SELECT 1 FROM liquid_abt.retry_queue q WHERE q.purchase_id = c.id::text)),
       '-infinity')
 ORDER BY p.created_at, p.id LIMIT 1
 """
 
-# The exchange's failed purchases of the window (the set `admin impact-report` counts), by what
-# became of them in the retry queue.
+# The exchange's failed purchases of the window (the set `admin impact-report` counts, and those
+# a retry has bought since), by what became of them in the retry queue.
 _RETRIES_SQL: Final = """
 SELECT p.status AS purchase_status, q.status AS queue_status, count(*) AS n
 FROM bitcoin_purchases p
 LEFT JOIN liquid_abt.retry_queue q ON q.purchase_id = p.id::text
-WHERE (p.status = 'failed' OR (p.status = 'refunded' AND p.failure_reason IS NOT NULL))
+WHERE (p.status = 'failed' OR (p.status = 'refunded' AND p.failure_reason IS NOT NULL)
+       OR q.id IS NOT NULL)
   AND p.created_at >= $1 AND p.created_at < $2 AND lower(p.exchange_provider) = $3
 GROUP BY 1, 2
 """
