@@ -190,11 +190,17 @@ def test_audit_log_lists_what_the_cli_did(exporter: RunningExporter) -> None:
 
 
 def test_customer_notices_list_hold_release_and_cancel(exporter: RunningExporter) -> None:
-    # An incident long closed (outside the planner's view): its notices are arranged here.
+    # An incident long closed and followed by another (outside the planner's view: not the
+    # exchange's latest, whose missing incident_resolved a later resume would plan): its notices
+    # are arranged here.
     row, _ = query(exporter, """
         WITH i AS (INSERT INTO liquid_abt.incident_periods (exchange, cause, started_at, ended_at)
                    VALUES ('kraken', 'unavailable', now() - interval '3 hours',
-                           now() - interval '170 minutes') RETURNING id)
+                           now() - interval '170 minutes') RETURNING id),
+             later AS (INSERT INTO liquid_abt.incident_periods (exchange, cause, started_at,
+                                                                ended_at)
+                       SELECT 'kraken', 'unavailable', now() - interval '160 minutes',
+                              now() - interval '150 minutes' FROM i)  -- after i: a higher id
         INSERT INTO liquid_abt.customer_notices (incident_id, exchange, kind, seq, tenant_id,
                                                  channels, message)
         SELECT i.id, 'kraken', k.kind, 0, k.tenant, '{app_notification}', k.message
