@@ -148,10 +148,7 @@ def failed_over(secondary: str) -> Callable[[Timeline], list[str]]:
         routed = t.first.get(routed_to(secondary))
         if routed is None or healed is None or routed > healed:
             problems.append(f"routed to {secondary} at {routed}, Kraken healed at {healed}")
-        if not t.bought_on.get(secondary):
-            problems.append(f"nothing bought on {secondary}: {t.bought_on}")
-        if t.failed_on.get(secondary):
-            problems.append(f"{t.failed_on[secondary]} purchases failed on {secondary}")
+        problems += t.bought_there_unfailed(secondary)
         other = {to for _, to in t.route_changes} - {None, "kraken", secondary}
         if other:
             problems.append(f"routed to {other}")
@@ -234,12 +231,8 @@ def stayed_routed_through_the_flaps(secondary: str) -> Callable[[Timeline], list
         if route_sequence(t) != [secondary, "kraken"]:
             problems.append(f"the gate's buy_on went {t.route_changes}: expected {secondary} "
                             "once, then kraken once")  # fmt: skip
-        if not t.bought_on.get(secondary):
-            problems.append(f"nothing bought on {secondary}: {t.bought_on}")
-        if t.failed_on.get(secondary):
-            problems.append(f"{t.failed_on[secondary]} purchases failed on {secondary}")
-        if t.last.get("pauses", 0) > 1:
-            problems.append(f"{t.last['pauses']} pauses, expected at most one")
+        problems += t.bought_there_unfailed(secondary)
+        problems += t.at_most_one_pause()
         return problems + back_on_kraken(t, FLAPPING_STOPS)
 
     return check

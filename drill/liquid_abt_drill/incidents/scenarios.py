@@ -190,8 +190,7 @@ async def _flapping(d: Drill) -> None:
 
 def _flapping_expect(t: Timeline) -> list[str]:
     problems = []
-    if t.last.get("pauses", 0) > 1:
-        problems.append(f"{t.last['pauses']} pauses, expected at most one")
+    problems += t.at_most_one_pause()
     resumed = t.first.get("purchases resumed")
     if resumed is not None and resumed < 600:
         problems.append(f"purchases resumed at {resumed}s, while it still flapped")
@@ -409,10 +408,7 @@ def _failover_expect(t: Timeline) -> list[str]:
     other = [to for _, to in t.route_changes if to not in (None, EXCHANGE_NAME, SECONDARY)]
     if other:
         problems.append(f"routed to {other}")
-    if not t.bought_on.get(SECONDARY):
-        problems.append(f"no purchase bought on {SECONDARY}")
-    if t.failed_on.get(SECONDARY):
-        problems.append(f"{t.failed_on[SECONDARY]} purchases failed on {SECONDARY}")
+    problems += t.bought_there_unfailed(SECONDARY)
     healed = _mark(t, "Kraken healthy again")
     back = t.first.get(BACK_ON_PRIMARY)
     if back is not None and healed is not None and back < healed:
@@ -584,12 +580,8 @@ def _failover_flapping_expect(t: Timeline) -> list[str]:
         problems.append(f"back on Kraken at {back}s, its incident closed at {closed}s")
     elif back - closed > FAILOVER_TARGETS["back on Kraken after its probation ended"]:
         problems.append(f"back on Kraken {back - closed:.1f}s after its probation ended")
-    if not t.bought_on.get(SECONDARY):
-        problems.append(f"no purchase bought on {SECONDARY}")
-    if t.failed_on.get(SECONDARY):
-        problems.append(f"{t.failed_on[SECONDARY]} purchases failed on {SECONDARY}")
-    if t.last.get("pauses", 0) > 1:
-        problems.append(f"{t.last['pauses']} pauses, expected at most one")
+    problems += t.bought_there_unfailed(SECONDARY)
+    problems += t.at_most_one_pause()
     return problems + _flapping_pages(t)
 
 

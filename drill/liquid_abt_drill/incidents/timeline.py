@@ -121,6 +121,20 @@ class Timeline:
                     counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def bought_there_unfailed(self, exchange: str) -> list[str]:
+        """Problems unless something was bought on `exchange` and nothing failed there: what
+        every failover check asks of the secondary purchases were routed to."""
+        problems = []
+        if not self.bought_on.get(exchange):
+            problems.append(f"nothing bought on {exchange}: {self.bought_on}")
+        if self.failed_on.get(exchange):
+            problems.append(f"{self.failed_on[exchange]} purchases failed on {exchange}")
+        return problems
+
+    def at_most_one_pause(self) -> list[str]:
+        pauses = self.last.get("pauses", 0)
+        return [f"{pauses:.0f} pauses, expected at most one"] if pauses > 1 else []
+
     def first_page(self) -> tuple[float, str] | None:
         firing = [(at, name) for at, name, s in self.pages if s == "firing"]
         return (self.at(firing[0][0]), firing[0][1]) if firing else None
