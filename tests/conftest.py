@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import os
 import shutil
+import tempfile
 import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -216,6 +217,34 @@ def _database_first(item: pytest.Item) -> None:
     if isinstance(names, list) and "database" in names:
         names.remove("database")
         names.insert(0, "database")
+
+
+# At least this much room in a RAM-backed folder before the suite's temporary files go there.
+RAM_TMP_ROOM = 2 << 30
+
+
+def ram_backed_tmp_root() -> str | None:
+    """/dev/shm (tmpfs) when it is writable and has room, else None.
+
+    Every test creates and drops a database: about 500 files, each created, copied and unlinked.
+    On this machine's ext4 (mounted with `discard`) a create and drop costs 0.28 s of kernel
+    time; on tmpfs 0.026 s. Over a thousand tests, that is most of `make test-fast`.
+    """
+    root = "/dev/shm"
+    if not os.access(root, os.W_OK | os.X_OK):
+        return None
+    return root if shutil.disk_usage(root).free >= RAM_TMP_ROOM else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files (the test PostgreSQL, the programs' folders, `tmp_path`) in RAM unless
+    the environment names a TMPDIR of its own; the programs the tests start inherit it."""
+    if os.environ.get("TMPDIR"):
+        return
+    root = ram_backed_tmp_root()
+    if root:
+        os.environ["TMPDIR"] = root
+        tempfile.tempdir = root
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

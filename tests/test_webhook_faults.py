@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -44,13 +45,15 @@ CONFIG = parse_config({
 @pytest.fixture
 async def own_server() -> AsyncIterator[PostgresServer]:
     """A server of the test's own, since the test kills its connections and restarts it."""
-    server = PostgresServer(searchable_tmp_dir("liquid-abt-webhook-faults-"))
+    folder = searchable_tmp_dir("liquid-abt-webhook-faults-")
+    server = PostgresServer(folder)
     await asyncio.to_thread(server.start)
     conn = await asyncpg.connect(server.dsn)
     await migrate(conn)
     await conn.close()
     yield server
     await asyncio.to_thread(server.stop)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
