@@ -168,9 +168,13 @@ def stop_flood(process: subprocess.Popen[str]) -> dict[str, int]:
     """What the flood did: connections, answers by status, connections dropped."""
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
-    if not out.strip():
-        err = Path(process.errors_path).read_text()[-2000:]  # type: ignore[attr-defined]
-        raise RuntimeError(f"the flood said nothing (exit {process.returncode}): {err}")
+    errors = Path(process.errors_path)  # type: ignore[attr-defined]
+    try:
+        if not out.strip():
+            err = errors.read_text()[-2000:]
+            raise RuntimeError(f"the flood said nothing (exit {process.returncode}): {err}")
+    finally:
+        errors.unlink(missing_ok=True)
     return json.loads(out.strip().splitlines()[-1])
 
 
