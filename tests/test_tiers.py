@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from tests.conftest import TIERS, _starts_a_program
+from tests.conftest import LONG_RUNNING_FIRST, TIERS, _starts_a_program
 from tests.harness import REPO, start_exporter
 
 
@@ -47,3 +47,8 @@ def test_every_collected_test_has_exactly_one_registered_tier(
     for item in items:
         tiers = [name for name in TIERS if item.get_closest_marker(name)]
         assert len(tiers) == 1, (item.nodeid, tiers)
+
+
+def test_the_long_running_modules_started_first_exist() -> None:
+    """A renamed module would silently lose its early start."""
+    assert [path for path in LONG_RUNNING_FIRST if not (REPO / path).is_file()] == []
