@@ -131,6 +131,35 @@ async def test_enqueue_takes_exactly_the_runbooks_eligible_purchases(
     assert rows[eligible[0]]["max_attempts"] == 3
 
 
+async def test_a_storm_is_queued_in_batches_and_audited_once(
+    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 3: excluded reasons between eligible ones, rows sharing a created_at across a
+    batch boundary, and a last batch exactly full are each read once."""
+    monkeypatch.setattr(retry_queue, "CANDIDATES_BATCH", 3)
+    await db.execute(
+        """INSERT INTO bitcoin_purchases
+               (tenant_id, amount_aud, status, failure_reason, exchange_provider, created_at)
+           SELECT 't' || n, 100, 'failed',
+                  CASE WHEN n % 4 = 0 THEN 'insufficient_funds' ELSE 'storm failure ' || n END,
+                  'kraken', now() - make_interval(mins => 10 + n / 2)
+           FROM generate_series(1, 18) AS n"""
+    )
+    eligible = {
+        str(r["id"]) for r in await db.fetch(
+            "SELECT id FROM bitcoin_purchases WHERE failure_reason <> 'insufficient_funds'"
+        )
+    }  # fmt: skip
+    assert await enqueue(db) == len(eligible) == 14
+    assert set(await queued(db)) == eligible
+    [entry] = [
+        e for e in await audit.entries(db) if e["action"] == "queue_failed_purchases_for_retry"
+    ]
+    assert (entry["detail"]["eligible"], entry["detail"]["queued"]) == (14, 14)
+    assert set(entry["detail"]["purchase_ids"]) == eligible
+    assert await enqueue(db) == 0
+
+
 async def test_enqueue_never_queues_a_purchase_twice(db: asyncpg.Connection) -> None:
     await purchase(db, 5, "failed", "EService:Unavailable")
     await purchase(db, 5, "failed", "EService:Unavailable", exchange="Binance")

@@ -96,7 +96,7 @@ def backoff_delay(attempt: int, retry_config: RetryConfig, rng: random.Random) -
 # with the same classifier as the metrics), so "EOrder:Insufficient funds" counts as excluded too.
 _CANDIDATES_SQL = """
 SELECT p.id::text AS purchase_id, lower(p.exchange_provider) AS exchange, p.tenant_id,
-       p.amount_aud, p.failure_reason, p.retry_count
+       p.amount_aud, p.failure_reason, p.retry_count, p.created_at
 FROM bitcoin_purchases p
 WHERE p.status = 'failed'
   AND p.retry_count < $1
@@ -105,8 +105,14 @@ WHERE p.status = 'failed'
   -- Queued once, ever: skip what is in already (the filler runs this every few seconds; the
   -- unique purchase_id below still decides a race between replicas).
   AND NOT EXISTS (SELECT 1 FROM liquid_abt.retry_queue q WHERE q.purchase_id = p.id::text)
-ORDER BY p.created_at, p.id
+  -- In batches after the previous one's last row (none for the first): an outage storm has
+  -- hundreds of thousands of failures, each with its own text, too many to hold at once.
+  AND ($5::timestamptz IS NULL OR (p.created_at, p.id::text) > ($5::timestamptz, $6::text))
+ORDER BY p.created_at, p.id::text
+LIMIT $7
 """
+# Failed purchases read, classified and queued per statement (bounds the memory of a storm).
+CANDIDATES_BATCH = 5000
 
 _INSERT_SQL = """
 INSERT INTO liquid_abt.retry_queue
@@ -146,25 +152,34 @@ async def enqueue_retry_eligible(
     records nothing in the audit log when nothing was new (the filler's every-few-seconds call).
     """
     rng = rng or random.Random()
+    excluded = purchases_config.retry_excluded_reasons
+    eligible_count, queued_count = 0, 0
+    queued_ids: list[str] = []  # the audit names the first 100
     async with transaction(db) as connection:
         now = now or await connection.fetchval("SELECT now()")
-        rows = await connection.fetch(
-            _CANDIDATES_SQL, purchases_config.retry_max_count, now, purchases_config.retry_window,
-            exchange,
-        )  # fmt: skip
-        excluded = purchases_config.retry_excluded_reasons
-        eligible = [r for r in rows if classifier.classify(r["failure_reason"]) not in excluded]
-        columns = _columns(eligible, purchases_config, retry_config, cause, now, rng)
-        inserted = await connection.fetch(_INSERT_SQL, *columns, now)
-        queued = [r["purchase_id"] for r in inserted]
-        if not queued and not audit_nothing:
+        after: tuple[datetime | None, str | None] = (None, None)
+        while True:
+            rows = await connection.fetch(
+                _CANDIDATES_SQL, purchases_config.retry_max_count, now,
+                purchases_config.retry_window, exchange, *after, CANDIDATES_BATCH,
+            )  # fmt: skip
+            eligible = [r for r in rows if classifier.classify(r["failure_reason"]) not in excluded]
+            columns = _columns(eligible, purchases_config, retry_config, cause, now, rng)
+            inserted = await connection.fetch(_INSERT_SQL, *columns, now)
+            eligible_count += len(eligible)
+            queued_count += len(inserted)
+            queued_ids += [r["purchase_id"] for r in inserted[: 100 - len(queued_ids)]]
+            if len(rows) < CANDIDATES_BATCH:
+                break
+            after = (rows[-1]["created_at"], rows[-1]["purchase_id"])
+        if not queued_count and not audit_nothing:
             return 0
         await audit.record(
             connection, actor=actor, action="queue_failed_purchases_for_retry", result="success",
             exchange=exchange, cause=cause, fingerprint=fingerprint,
-            detail={"eligible": len(eligible), "queued": len(queued), "purchase_ids": queued[:100]},
+            detail={"eligible": eligible_count, "queued": queued_count, "purchase_ids": queued_ids},
         )  # fmt: skip
-    return len(queued)
+    return queued_count
 
 
 def _columns(
